@@ -1,0 +1,84 @@
+"""Preflight checks shared by the public API: clear errors before any work is done."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["as_batch", "ensure_eval", "check_sample_sizes", "model_device"]
+
+
+def as_batch(x: Tensor, *, allow_unbounded: bool = False, name: str = "x") -> Tensor:
+    """Validate inputs and return them batch-first.
+
+    Accepted: ``[B, C, H, W]`` images, a single ``[C, H, W]`` image (promoted to ``[1, C, H, W]``),
+    ``[B, D]`` vectors, or a single ``[D]`` vector (promoted to ``[1, D]``). Inputs must be
+    floating point, finite and — the toolkit's convention — in [0, 1]; with
+    ``allow_unbounded=True`` values outside [0, 1] only warn.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor with values in [0, 1], got dtype {x.dtype}; "
+            "convert uint8 images with x.float() / 255"
+        )
+    if x.ndim in (1, 3):
+        x = x.unsqueeze(0)
+    elif x.ndim not in (2, 4):
+        raise ValueError(
+            f"{name} must be [B, C, H, W] or [C, H, W] (images) or [B, D] / [D] (vectors); "
+            f"got shape {tuple(x.shape)}"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        msg = (
+            f"{name} has values in [{lo:.4g}, {hi:.4g}] but inputs must lie in [0, 1] "
+            "(noise is added before normalization, which belongs inside the model)"
+        )
+        if not allow_unbounded:
+            raise ValueError(msg + "; pass allow_unbounded=True (CLI: --allow-unbounded) to proceed")
+        warnings.warn(msg, stacklevel=3)
+    return x
+
+
+def ensure_eval(model: nn.Module) -> nn.Module:
+    """Switch ``model`` to eval mode, warning if it was training (dropout/batchnorm would
+    otherwise change f between draws and void the certificate)."""
+    if model.training:
+        warnings.warn(
+            "the base model was in train mode; switching it to eval() for smoothing", stacklevel=3
+        )
+        model.eval()
+    return model
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter or buffer; CPU for a parameter-free model."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def check_sample_sizes(*, n: int, n0: int | None = None, batch_size: int) -> None:
+    """Reject non-positive sizes and n0 >= n (the selection draws must be the cheap part)."""
+    if int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n}")
+    if n0 is not None:
+        if int(n0) != n0 or n0 < 1:
+            raise ValueError(f"n0 must be a positive integer, got {n0}")
+        if n0 >= n:
+            raise ValueError(
+                f"n0 ({n0}) must be smaller than n ({n}): n0 only selects the class, "
+                "n draws estimate its probability"
+            )
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
