@@ -1,0 +1,300 @@
+"""``smoothcert <command>``: a thin command line over the public API.
+
+Commands: train, certify, predict, analyze, plot, quickstart. Every option maps to one keyword
+of a library call; run ``smoothcert <command> --help`` for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import analysis
+from .data import get_dataset, list_datasets
+from .evaluate import certify_dataset, predict_dataset, select_indices
+from .models import MODELS, CheckpointMeta, build_model, list_models, load_checkpoint
+from .noise import get_noise, list_noises
+from .results import ConfigMismatchError
+from .sampling import PRECISIONS
+from .smooth import SmoothedClassifier
+from .train import TrainConfig, get_method, list_methods, train
+
+#: Radii of the certified-accuracy tables (Cohen et al. 2019 report 0, 0.25, ..., in l2).
+DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+
+
+def _device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _dataset(args: argparse.Namespace, split: str):
+    options = {"subset": args.subset} if getattr(args, "subset", None) else {}
+    return get_dataset(args.dataset, split=split, root=args.data_root, download=args.download, **options)
+
+
+def _add_data_args(p: argparse.ArgumentParser, *, dataset_default: str | None) -> None:
+    p.add_argument("--dataset", default=dataset_default, choices=list_datasets(),
+                   help="dataset name (default: %(default)s" + (", or the checkpoint's" if dataset_default is None else "") + ")")
+    p.add_argument("--subset", default=None, help="for --dataset samples: cifar10, cifar100, mnist, fashion-mnist, imagenet")
+    p.add_argument("--data-root", default=None, help="data directory (default: $SMOOTHCERT_DATA or ./data)")
+    p.add_argument("--download", action="store_true", help="download missing public datasets")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+# ---------------------------------------------------------------------------------- train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    device = _device(args.device)
+    train_set = _dataset(args, "train")
+    if args.limit is not None:
+        train_set = train_set.subset(range(min(args.limit, len(train_set))))
+    test_set = _dataset(args, "test") if args.eval else None
+    info = train_set.info
+    noise = get_noise(args.noise, sigma=args.sigma)
+    # Nets with a fully connected head (LeNet) are sized by the input side; record it.
+    takes_size = "input_size" in inspect.signature(MODELS.factory(args.arch)).parameters
+    arch_kwargs = {"input_size": info.input_shape[1]} if takes_size else {}
+    model = build_model(args.arch, num_classes=info.num_classes, in_channels=info.input_shape[0],
+                        mean=list(info.mean), std=list(info.std), **arch_kwargs).to(device)
+    meta = CheckpointMeta(arch=args.arch, arch_kwargs=arch_kwargs, dataset=args.dataset, num_classes=info.num_classes,
+                          in_channels=info.input_shape[0], input_size=list(info.input_shape[1:]),
+                          mean=list(info.mean), std=list(info.std), noise=noise.name, sigma=noise.sigma)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, momentum=args.momentum,
+                         weight_decay=args.weight_decay, schedule=args.schedule, step_size=args.step_size,
+                         gamma=args.gamma, seed=args.seed)
+    torch.manual_seed(args.seed)  # weight initialisation
+    if not args.resume and Path(args.out).exists():
+        print(f"error: {args.out} exists; pass --resume to continue it or choose another --out", file=sys.stderr)
+        return 2
+    history = train(model, train_set, method=get_method(args.method), noise=noise, config=config, meta=meta,
+                    checkpoint=args.out, resume=args.resume, test_set=test_set, progress=not args.quiet)
+    if history:
+        last = history[-1]
+        print(f"saved {args.out} (epoch {last['epoch']}, loss {last['loss']:.4f}, "
+              f"noisy train acc {last['train_acc_noisy']:.4f})")
+    return 0
+
+
+# ------------------------------------------------------------------------- certify / predict
+
+
+def _smoothed_from_checkpoint(args: argparse.Namespace) -> tuple[SmoothedClassifier, CheckpointMeta, Any]:
+    device = _device(args.device)
+    model, meta = load_checkpoint(args.checkpoint, map_location=device)
+    noise_name = args.noise or (meta.noise if meta.noise != "none" else None)
+    sigma = args.sigma if args.sigma is not None else (meta.sigma or None)
+    if noise_name is None or sigma is None:
+        raise SystemExit("error: the checkpoint was trained without noise; pass --noise and --sigma")
+    args.dataset = args.dataset or meta.dataset
+    dataset = _dataset(args, args.split)
+    shape = tuple(dataset.info.input_shape)
+    size = meta.input_size if isinstance(meta.input_size, list) else [meta.input_size] * 2
+    if shape != (meta.in_channels, *size):
+        raise SystemExit(f"error: dataset {args.dataset} gives inputs {shape} but the model expects "
+                         f"{(meta.in_channels, *size)}")
+    smoothed = SmoothedClassifier(model, noise=get_noise(noise_name, sigma=sigma), num_classes=meta.num_classes,
+                                  precision=args.precision, allow_unbounded=args.allow_unbounded)
+    return smoothed, meta, dataset
+
+
+def _run_facts(args: argparse.Namespace, meta: CheckpointMeta) -> dict[str, Any]:
+    return {"dataset": args.dataset, "subset": args.subset, "split": args.split,
+            "checkpoint_sha256": _file_sha256(Path(args.checkpoint)), "arch": meta.arch}
+
+
+def cmd_certify(args: argparse.Namespace) -> int:
+    smoothed, meta, dataset = _smoothed_from_checkpoint(args)
+    indices = select_indices(len(dataset), skip=args.skip, max_count=args.max, start=args.start)
+    print(f"certifying {len(indices)} inputs of {args.dataset}/{args.split} with {smoothed!r}, "
+          f"n0={args.n0} n={args.n} alpha={args.alpha} -> {args.out}", file=sys.stderr)
+    try:
+        certify_dataset(smoothed, dataset, args.out, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch,
+                        seed=args.seed, indices=indices, norm=args.norm, two_class=args.two_class,
+                        config=_run_facts(args, meta), progress=not args.quiet)
+    except ConfigMismatchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    smoothed, meta, dataset = _smoothed_from_checkpoint(args)
+    indices = select_indices(len(dataset), skip=args.skip, max_count=args.max, start=args.start)
+    try:
+        predict_dataset(smoothed, dataset, args.out, n=args.n, alpha=args.alpha, batch_size=args.batch,
+                        seed=args.seed, indices=indices, config=_run_facts(args, meta), progress=not args.quiet)
+    except ConfigMismatchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# ---------------------------------------------------------------------------- analyze / plot
+
+
+def _load_all(paths: Sequence[str], labels: Sequence[str] | None) -> list[analysis.Results]:
+    if labels and len(labels) != len(paths):
+        raise SystemExit(f"error: {len(labels)} --labels for {len(paths)} files")
+    return [analysis.load_results(p, label=labels[i] if labels else None) for i, p in enumerate(paths)]
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    runs = _load_all(args.results, args.labels)
+    table = analysis.latex_table if args.latex else analysis.markdown_table
+    print(table(runs, args.radii, envelope=not args.no_envelope))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    runs = _load_all(args.results, args.labels)
+    path = analysis.plot_certified_accuracy(runs, args.out, max_radius=args.max_radius, title=args.title,
+                                            envelope=not args.no_envelope)
+    print(f"wrote {path}")
+    return 0
+
+
+# -------------------------------------------------------------------------------- quickstart
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """Train LeNet on the embedded MNIST subset with Gaussian noise, certify test images, report."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    ckpt = out / f"lenet_sigma{args.sigma:g}.pt"
+    common = ["--dataset", "embedded", "--device", args.device or ("cuda" if torch.cuda.is_available() else "cpu")]
+    if args.quiet:
+        common.append("--quiet")
+    # --resume: a finished checkpoint is reused as is, an interrupted one is continued.
+    rc = main(["train", *common, "--arch", "lenet", "--sigma", str(args.sigma), "--epochs", str(args.epochs),
+               "--batch", "64", "--lr", "0.02", "--schedule", "cosine", "--seed", str(args.seed),
+               "--out", str(ckpt), "--resume"])
+    if rc:
+        return rc
+    tsv = out / f"certify_sigma{args.sigma:g}.tsv"
+    rc = main(["certify", *common, "--checkpoint", str(ckpt), "--split", "test", "--n0", "100", "--n", str(args.n),
+               "--alpha", "0.001", "--max", str(args.max), "--batch", "1000", "--seed", str(args.seed),
+               "--out", str(tsv)])
+    if rc:
+        return rc
+    runs = [analysis.load_results(tsv)]
+    radii = [r for r in DEFAULT_RADII if r <= 1.0]
+    print()
+    print(analysis.markdown_table(runs, radii, envelope=False))
+    png = analysis.plot_certified_accuracy(runs, out / f"certified_accuracy_sigma{args.sigma:g}.png",
+                                           title=f"LeNet, embedded MNIST subset, Gaussian sigma={args.sigma:g}")
+    print(f"\nrows: {tsv}\ncurve: {png}\ncheckpoint: {ckpt}\ntotal {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smoothcert", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a base classifier with noise (one checkpoint per epoch)")
+    _add_data_args(p, dataset_default="embedded")
+    p.add_argument("--arch", default="lenet", choices=list_models())
+    p.add_argument("--method", default="gaussian", choices=list_methods())
+    p.add_argument("--noise", default="gaussian", choices=list_noises())
+    p.add_argument("--sigma", type=float, required=True, help="noise standard deviation per coordinate")
+    p.add_argument("--epochs", type=int, default=90)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--schedule", choices=["step", "cosine"], default="step")
+    p.add_argument("--step-size", type=int, default=30, help="epochs between lr decays (step schedule)")
+    p.add_argument("--gamma", type=float, default=0.1, help="lr decay factor (step schedule)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval", action="store_true", help="report noisy test accuracy each epoch")
+    p.add_argument("--limit", type=int, default=None, help="train on the first N examples only (smoke tests)")
+    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", required=True, help="checkpoint file (.pt)")
+    p.set_defaults(func=cmd_train)
+
+    for name, func in (("certify", cmd_certify), ("predict", cmd_predict)):
+        p = sub.add_parser(name, help=f"{name.upper()} each selected input; one TSV row each, resumable")
+        _add_data_args(p, dataset_default=None)
+        p.add_argument("--checkpoint", required=True)
+        p.add_argument("--split", default="test")
+        p.add_argument("--noise", default=None, choices=list_noises(), help="default: the checkpoint's")
+        p.add_argument("--sigma", type=float, default=None, help="default: the checkpoint's")
+        if name == "certify":
+            p.add_argument("--n0", type=int, default=100, help="selection draws")
+            p.add_argument("--norm", default=None, help="l1, l2 or linf (default: the noise's own)")
+            p.add_argument("--two-class", action="store_true", help="(pA, pB) certificate, Bonferroni split")
+        p.add_argument("--n", type=int, default=100_000, help="estimation draws")
+        p.add_argument("--alpha", type=float, default=0.001, help="failure probability per input")
+        p.add_argument("--skip", type=int, default=1, help="certify every skip-th input")
+        p.add_argument("--max", type=int, default=-1, help="at most this many inputs (-1: all)")
+        p.add_argument("--start", type=int, default=0, help="first index")
+        p.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+        p.add_argument("--allow-unbounded", action="store_true", help="warn instead of failing on pixels outside [0,1]")
+        p.add_argument("--quiet", action="store_true")
+        p.add_argument("--out", required=True, help="result TSV; re-running the same command resumes it")
+        p.set_defaults(func=func)
+
+    for name, func in (("analyze", cmd_analyze), ("plot", cmd_plot)):
+        p = sub.add_parser(name, help="certified-accuracy table" if name == "analyze" else "certified-accuracy curves")
+        p.add_argument("results", nargs="+", help="result TSV files (several: best-sigma envelope)")
+        p.add_argument("--labels", nargs="+", default=None, help="one label per file (default: sigma = ...)")
+        p.add_argument("--no-envelope", action="store_true")
+        if name == "analyze":
+            p.add_argument("--radii", type=float, nargs="+", default=list(DEFAULT_RADII))
+            p.add_argument("--latex", action="store_true", help="LaTeX (booktabs) instead of markdown")
+        else:
+            p.add_argument("--out", required=True, help="image file (.png or .pdf)")
+            p.add_argument("--max-radius", type=float, default=None)
+            p.add_argument("--title", default=None)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("quickstart", help="train + certify + report on the embedded MNIST subset (CPU, minutes)")
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--sigma", type=float, default=0.25)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--n", type=int, default=1000, help="estimation draws per input")
+    p.add_argument("--max", type=int, default=200, help="test images to certify")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_quickstart)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (FileNotFoundError, ValueError) as e:
+        # Library errors already say what is wrong and how to fix it; no traceback needed.
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""Architectures, the ``Normalize`` input layer, the model registry and checkpoints.
+
+The model a user smooths is ``build_model(...)``: ``nn.Sequential(Normalize(mean, std), net)``,
+taking inputs in [0,1] so that noise is added in pixel space before normalization.
+``get_model`` returns the bare ``net``. A registered factory is called with keyword-only
+``num_classes`` and ``in_channels`` plus any architecture keywords, and returns an
+``nn.Module`` mapping ``[B, in_channels, S, S]`` to logits ``[B, num_classes]``, where ``S`` is
+the input size it was registered with (see :func:`model_input_size`).
+
+>>> model = build_model("resnet110", num_classes=10, in_channels=3,
+...                     mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from smoothcert.registry import Registry
+
+from .lenet import LeNet, lenet, lenet_small
+from .normalize import Normalize
+from .resnet import BasicBlock, CifarResNet, resnet20, resnet56, resnet110
+
+MODELS: Registry[nn.Module] = Registry("model")
+_INPUT_SIZES: dict[str, int] = {}
+
+
+def register_model(name: str, *, input_size: int = 32) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator adding a model factory under ``name``.
+
+    ``input_size`` is the square input side the factory builds for by default; the shared
+    test suite feeds ``[2, C, input_size, input_size]`` to every registered model.
+    """
+    if not isinstance(input_size, int) or input_size < 1:
+        raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
+    add = MODELS.register(name)
+
+    def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        factory = add(factory)
+        _INPUT_SIZES[name.lower()] = input_size
+        return factory
+
+    return decorator
+
+
+def get_model(name: str, *, num_classes: int, in_channels: int, **kwargs: object) -> nn.Module:
+    """The bare network ``name`` (no normalization): ``[B, in_channels, H, W] -> [B, num_classes]``."""
+    return MODELS.create(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return MODELS.names()
+
+
+def model_input_size(name: str) -> int:
+    """The default square input side of model ``name`` (e.g. 28 for ``lenet``, 32 for CIFAR ResNets)."""
+    MODELS.factory(name)  # raises the registry's "unknown model" error with the known names
+    return _INPUT_SIZES[name.lower()]
+
+
+def build_model(
+    arch: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    **arch_kwargs: object,
+) -> nn.Sequential:
+    """``nn.Sequential(Normalize(mean, std), get_model(arch, ...))``: the model to smooth.
+
+    Takes ``[B, in_channels, H, W]`` inputs in [0,1] and returns logits ``[B, num_classes]``.
+    ``mean`` and ``std`` must have one entry per input channel.
+    """
+    if len(mean) != in_channels or len(std) != in_channels:
+        raise ValueError(
+            f"build_model({arch!r}): mean and std need one value per input channel "
+            f"(in_channels={in_channels}), got {len(mean)} and {len(std)}"
+        )
+    net = get_model(arch, num_classes=num_classes, in_channels=in_channels, **arch_kwargs)
+    return nn.Sequential(Normalize(mean, std), net)
+
+
+register_model("lenet", input_size=28)(lenet)
+register_model("lenet-small", input_size=28)(lenet_small)
+register_model("resnet20", input_size=32)(resnet20)
+register_model("resnet56", input_size=32)(resnet56)
+register_model("resnet110", input_size=32)(resnet110)
+
+# Imported last: checkpoint.py rebuilds models through the functions defined above.
+from .checkpoint import (  # noqa: E402
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    CheckpointMeta,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "MODELS",
+    "BasicBlock",
+    "CheckpointError",
+    "CheckpointMeta",
+    "CifarResNet",
+    "LeNet",
+    "Normalize",
+    "build_model",
+    "get_model",
+    "lenet",
+    "lenet_small",
+    "list_models",
+    "load_checkpoint",
+    "model_input_size",
+    "read_checkpoint",
+    "register_model",
+    "resnet20",
+    "resnet56",
+    "resnet110",
+    "save_checkpoint",
+]
