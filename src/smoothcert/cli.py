@@ -185,7 +185,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     if args.quiet:
         common.append("--quiet")
     # --resume: a finished checkpoint is reused as is, an interrupted one is continued.
-    rc = main(["train", *common, "--arch", "lenet", "--sigma", str(args.sigma), "--epochs", str(args.epochs),
+    rc = main(["train", *common, "--arch", "lenet-small", "--sigma", str(args.sigma), "--epochs", str(args.epochs),
                "--batch", "64", "--lr", "0.02", "--schedule", "cosine", "--seed", str(args.seed),
                "--out", str(ckpt), "--resume"])
     if rc:
