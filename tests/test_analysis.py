@@ -381,3 +381,14 @@ def test_reference_logs_parse_both_time_formats() -> None:
     (short,) = _cohen_runs("imagenet", ["0.25"])
     assert len(short) == 427 and short.idx[-1] == 42600
     assert math.isclose(clean_accuracy(short), 285 / 427)
+
+
+def test_mixing_norms_warns(tmp_path):
+    from smoothcert.analysis import ResultsWarning, load_results, markdown_table
+
+    rows = "idx\tlabel\tpredict\tradius\tcorrect\ttime\tnorm\n0\t1\t1\t0.5\t1\t0:00:01\t{}\n"
+    a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    a.write_text(rows.format("l2"))
+    b.write_text(rows.format("l1"))
+    with pytest.warns(ResultsWarning, match="different norms"):
+        markdown_table([load_results(a), load_results(b)], [0.0])

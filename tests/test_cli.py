@@ -112,3 +112,11 @@ def test_clear_errors(tmp_path, capsys):
     assert "train-images-idx3-ubyte" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["certify", "--checkpoint", "x.pt", "--out", "r.tsv", "--precision", "fp8"])
+
+
+def test_a_refused_argument_does_not_block_the_corrected_run(checkpoint, tmp_path, capsys):
+    out = tmp_path / "r.tsv"
+    assert _certify(checkpoint, out, "--max", "1", "--n0", "100") == 2  # n0 >= n
+    assert "n0 (100) must be smaller than n (64)" in capsys.readouterr().err
+    assert _certify(checkpoint, out, "--max", "1") == 0
+    assert _idx(out) == [0]

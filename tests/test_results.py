@@ -66,7 +66,8 @@ def test_interrupted_header_is_rewritten(tmp_path):
 
 def test_refuses_a_different_configuration(tmp_path):
     path = tmp_path / "run.tsv"
-    ResultWriter(path, config=CONFIG).close()
+    with ResultWriter(path, config=CONFIG) as w:
+        w.write(_row(0))
     with pytest.raises(ConfigMismatchError, match=r"sigma: file has 0.25, now 0.5"):
         ResultWriter(path, config=CONFIG | {"sigma": 0.5})
     before = path.read_text()
@@ -79,3 +80,20 @@ def test_refuses_a_foreign_file(tmp_path):
     with pytest.raises(ConfigMismatchError, match="refusing to append"):
         ResultWriter(path, config=CONFIG)
     assert path.read_text().endswith("0:00:01\n")
+
+
+def test_a_file_without_rows_takes_the_new_configuration(tmp_path):
+    # e.g. the first attempt was refused for a bad argument after the header was written
+    path = tmp_path / "run.tsv"
+    ResultWriter(path, config=CONFIG).close()
+    with ResultWriter(path, config=CONFIG | {"sigma": 0.5}) as w:
+        w.write(_row(0))
+    assert '"sigma": 0.5' in (tmp_path / "run.tsv.json").read_text()
+
+
+def test_floats_are_written_exactly(tmp_path):
+    path = tmp_path / "run.tsv"
+    value = 0.12345678901234567
+    with ResultWriter(path, config=CONFIG) as w:
+        w.write(_row(0) | {"radius": value})
+    assert float(_rows(path)[1][0][3]) == value

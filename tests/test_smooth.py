@@ -220,3 +220,27 @@ def test_bf16_precision_runs_on_cpu():
     s = SmoothedClassifier(model, noise=get_noise("gaussian", sigma=0.5), num_classes=2, precision="bf16")
     cert = s.certify(x, n0=20, n=2000, alpha=0.01, batch_size=512, generator=0)
     assert (cert.prediction != ABSTAIN).any()
+
+
+def test_gaussian_linf_is_tight_along_the_all_ones_direction():
+    # w = ones(d): the linf distance m/||w||_1 = m/d equals the l2 radius m/sqrt(d) divided by sqrt(d).
+    d = 16
+    model = LinearBinary(torch.ones(d), -d * 0.5)
+    x = torch.full((3, d), 0.5) + torch.tensor([[0.05], [0.08], [0.12]])  # pA = 0.66 .. 0.83
+    smoothed = SmoothedClassifier(model, noise=get_noise("gaussian", sigma=0.5), num_classes=2)
+    cert = smoothed.certify(x, n0=100, n=200_000, alpha=0.001, batch_size=50_000, generator=4, norm="linf")
+    true = model.true_radius(x, "linf")
+    assert torch.all(cert.radius <= true) and torch.all(cert.radius >= 0.95 * true)
+
+
+def test_half_precision_model_at_fp32_setting():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).to(torch.bfloat16).eval()
+    s = SmoothedClassifier(model, noise=get_noise("gaussian", sigma=0.25), num_classes=3)
+    cert = s.certify(torch.rand(2, 4), n0=10, n=100, alpha=0.01, batch_size=64, generator=0)
+    assert cert.counts.sum().item() == 200
+
+
+def test_predict_warns_when_n_can_never_answer(smoothed):
+    # two-sided p-value of n agreeing draws is 2 * 0.5^n: at alpha = 0.001 n must be >= 11
+    with pytest.warns(UserWarning, match="n >= 11"):
+        smoothed.predict(torch.rand(1, 4), n=10, alpha=0.001, batch_size=8)

@@ -58,3 +58,12 @@ def test_config_validation():
         TrainConfig(schedule="linear")
     with pytest.raises(ValueError, match="lr"):
         TrainConfig(lr=0.0)
+
+
+def test_learning_rate_schedules():
+    from smoothcert.train import learning_rate
+
+    step = TrainConfig(epochs=90, lr=0.1, schedule="step", step_size=30, gamma=0.1)
+    assert [learning_rate(step, e) for e in (0, 29, 30, 89)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
+    cos = TrainConfig(epochs=4, lr=0.1, schedule="cosine")
+    assert [learning_rate(cos, e) for e in range(4)] == pytest.approx([0.1, 0.085355, 0.05, 0.014645], rel=1e-4)

@@ -438,6 +438,11 @@ def _check_runs(results_list: Sequence[Results]) -> list[Results]:
         if not isinstance(run, Results):
             raise TypeError(f"expected Results, got {type(run).__name__}; use load_results(path)")
         _check_nonempty(run)
+    norms = {str(_single_value(run.extra["norm"])) if "norm" in run.extra else "l2" for run in runs}
+    if len(norms) > 1:
+        # Radii in different norms are different units: a shared column or envelope mixes them.
+        warnings.warn(f"these runs certify different norms ({', '.join(sorted(norms))}); their radii are "
+                      "not comparable", ResultsWarning, stacklevel=3)
     return runs
 
 

@@ -2,7 +2,8 @@
 
 Each input gets its own random stream derived from ``(seed, idx)``, so a row does not depend on
 which inputs came before it: an interrupted run that is resumed, or a run over a different
-``skip``/``max``, reproduces exactly the rows it shares with an uninterrupted one.
+``skip``/``max``, reproduces exactly the rows it shares with an uninterrupted one — given the same
+batch size and device type, which decide how the stream is cut into noise draws.
 """
 
 from __future__ import annotations
@@ -18,11 +19,18 @@ from tqdm.auto import tqdm
 
 from .results import ResultWriter, format_time
 from .smooth import ABSTAIN, SmoothedClassifier
+from .stats import check_alpha
+from .validation import check_sample_sizes
 
 __all__ = ["input_seed", "select_indices", "certify_dataset", "predict_dataset", "PREDICT_COLUMNS"]
 
 #: Cohen et al.'s predict log layout, then how the row was obtained.
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "n", "alpha", "noise", "sigma", "precision")
+
+
+#: Settings recorded with a run that may change when it is resumed: they change the random
+#: stream (so a resumed row may differ from an uninterrupted run's) but not what is certified.
+_MAY_CHANGE = ("batch_size", "device")
 
 
 def input_seed(seed: int, idx: int) -> int:
@@ -44,6 +52,7 @@ def select_indices(length: int, *, skip: int = 1, max_count: int | None = None, 
 
 def _run_config(smoothed: SmoothedClassifier, **settings: Any) -> dict[str, Any]:
     return {
+        "device": smoothed.device.type,
         "noise": smoothed.noise.name,
         "sigma": smoothed.noise.sigma,
         "precision": smoothed.precision,
@@ -70,16 +79,19 @@ def certify_dataset(
 ) -> ResultWriter:
     """CERTIFY every selected input of ``dataset`` and append one row each to ``out``.
 
-    Rows already in ``out`` (same configuration) are kept and skipped; a different configuration
-    raises :class:`smoothcert.results.ConfigMismatchError` before anything is touched.
+    Arguments are checked first. Rows already in ``out`` (same configuration) are kept and
+    skipped; a different configuration raises :class:`smoothcert.results.ConfigMismatchError`
+    and leaves the file as it was.
     ``config`` adds run facts (dataset, checkpoint hash, ...) to the guarded configuration.
     Returns the (closed) writer, whose ``done`` lists the finished indices.
     """
-    norm = smoothed.noise.default_norm if norm is None else norm
+    check_alpha(alpha)
+    check_sample_sizes(n=n, n0=n0, batch_size=batch_size)
+    norm = smoothed.noise.check_norm(norm)
     run = _run_config(smoothed, n0=n0, n=n, alpha=alpha, seed=seed, norm=norm, two_class=two_class,
                       batch_size=batch_size, **(config or {}))
     todo_all = list(range(len(dataset))) if indices is None else list(indices)
-    with ResultWriter(out, config=run, ignore=("batch_size",)) as writer:
+    with ResultWriter(out, config=run, ignore=_MAY_CHANGE) as writer:
         todo = [i for i in todo_all if i not in writer.done]
         bar = tqdm(todo, desc="certify", unit="input", disable=not progress, initial=0,
                    postfix={"kept": len(todo_all) - len(todo)})
@@ -115,9 +127,11 @@ def predict_dataset(
 ) -> ResultWriter:
     """PREDICT every selected input and append rows ``idx label predict correct time ...`` to
     ``out`` (resumable like :func:`certify_dataset`; ABSTAIN = -1 counts as incorrect)."""
+    check_alpha(alpha)
+    check_sample_sizes(n=n, batch_size=batch_size)
     run = _run_config(smoothed, n=n, alpha=alpha, seed=seed, batch_size=batch_size, **(config or {}))
     todo_all = list(range(len(dataset))) if indices is None else list(indices)
-    with ResultWriter(out, config=run, columns=PREDICT_COLUMNS, ignore=("batch_size",)) as writer:
+    with ResultWriter(out, config=run, columns=PREDICT_COLUMNS, ignore=_MAY_CHANGE) as writer:
         for i in tqdm([i for i in todo_all if i not in writer.done], desc="predict", unit="input",
                       disable=not progress):
             x, y = dataset[i]

@@ -55,11 +55,11 @@ def list_noises() -> list[str]:
 
 
 def _normal_icdf(p: Tensor) -> Tensor:
-    # float64 keeps Phi^-1 accurate near 1 (p_lower = 0.99999 at n = 1e6 is routine).
     return torch.special.ndtri(p)
 
 
 def _as_prob(p: Tensor | float, name: str) -> Tensor:
+    # float64: Phi^-1 must stay accurate near 1 (p_lower = 0.99999 at n = 1e6 is routine).
     t = torch.as_tensor(p, dtype=torch.float64)
     if torch.isnan(t).any() or (t < 0).any() or (t > 1).any():
         raise ValueError(f"{name} must hold probabilities in [0, 1]")
@@ -86,6 +86,17 @@ class Noise(ABC):
     def default_norm(self) -> str:
         """The norm this noise is usually certified in (the first of ``norms``)."""
         return self.norms[0]
+
+    def check_norm(self, norm: str | None) -> str:
+        """``norm`` (default: :attr:`default_norm`) if this noise certifies it, else a ValueError
+        naming the norms it supports."""
+        norm = self.default_norm if norm is None else norm
+        if norm not in self.norms:
+            raise ValueError(
+                f"{type(self).__name__} noise cannot certify the {norm!r} norm; "
+                f"it supports: {', '.join(self.norms)}"
+            )
+        return norm
 
     @abstractmethod
     def sample(
@@ -122,12 +133,7 @@ class Noise(ABC):
         Returns:
             float64 tensor of radii, 0 where the bounds certify nothing.
         """
-        norm = self.default_norm if norm is None else norm
-        if norm not in self.norms:
-            raise ValueError(
-                f"{type(self).__name__} noise cannot certify the {norm!r} norm; "
-                f"it supports: {', '.join(self.norms)}"
-            )
+        norm = self.check_norm(norm)
         pa = _as_prob(p_lower, "p_lower")
         pb = None if p_upper_b is None else _as_prob(p_upper_b, "p_upper_b")
         if pb is not None:

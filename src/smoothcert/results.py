@@ -39,9 +39,9 @@ def _sidecar(path: Path) -> Path:
 
 
 def _format(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
+    # repr is the shortest string that reads back as the same float: a radius or bound is
+    # never rounded up on its way to disk.
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 class ResultWriter:
@@ -53,8 +53,9 @@ class ResultWriter:
             Keys listed in ``ignore`` (e.g. batch size) are recorded but may change on resume.
         columns: the header; defaults to :data:`COLUMNS`.
 
-    On opening an existing file, a half-written last line (no newline, or a wrong number of
-    fields) is cut off, and :attr:`done` holds the ``idx`` of every complete row.
+    On opening an existing file, a half-written last line (one without its newline) is cut off,
+    and :attr:`done` holds the ``idx`` of every complete row; a complete row with the wrong number
+    of fields means a foreign or edited file and raises ValueError.
     """
 
     def __init__(
@@ -72,13 +73,21 @@ class ResultWriter:
         self.done: set[int] = set()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size > 0:
-            self._check_config()
+            if self._has_rows():
+                self._check_config()
             self._repair_and_scan()
         else:
             with open(self.path, "w", encoding="utf-8") as f:
                 f.write("\t".join(columns) + "\n")
         _sidecar(self.path).write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
         self._file = open(self.path, "a", encoding="utf-8")
+
+    def _has_rows(self) -> bool:
+        """Whether the file holds anything beyond its header; an empty file's old configuration
+        (say, of a run refused for a bad argument) carries no results and may be replaced."""
+        with open(self.path, "rb") as f:
+            f.readline()
+            return bool(f.read(1))
 
     def _check_config(self) -> None:
         side = _sidecar(self.path)

@@ -17,19 +17,25 @@ from torch import Tensor, nn
 from .noise import Noise
 from .validation import check_sample_sizes, ensure_eval, model_device
 
-__all__ = ["PRECISIONS", "precision_context", "sample_counts", "sample_mean_probs"]
+__all__ = ["PRECISIONS", "check_precision", "precision_context", "sample_counts", "sample_mean_probs"]
 
 #: Arithmetic the base classifier is evaluated in. The certificate is for the smoothed
 #: version of the network *as evaluated*, so this is part of the classifier and is recorded.
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a ValueError listing them."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
 @contextlib.contextmanager
 def precision_context(precision: str, device: torch.device) -> Iterator[None]:
     """Evaluate in ``precision``: fp32 (TF32 off), tf32 (TF32 matmul/conv on CUDA; same as fp32
     on CPU), bf16 or fp16 (torch.autocast on the device's type)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     cuda = torch.backends.cuda.matmul, torch.backends.cudnn
     saved = (cuda[0].allow_tf32, cuda[1].allow_tf32)
     tf32 = precision == "tf32"
@@ -61,15 +67,21 @@ def _logits_per_chunk(
     ensure_eval(model)
     device = model_device(model)
     x = x.to(device=device, dtype=torch.float32)
+    # Noise is added in float32; a model stored in half precision gets its own dtype after.
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     gen_device = generator.device if generator is not None else device
     total = x.shape[0] * n
     with torch.inference_mode(), precision_context(precision, device):
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
+            first, last = start // n, (stop - 1) // n
             owner = torch.arange(start, stop, device=device) // n
             delta = noise.sample((stop - start, *x.shape[1:]), generator=generator, device=gen_device)
-            batch = delta.to(device, non_blocking=True).add_(x[owner])
-            logits = model(batch)
+            delta = delta.to(device, non_blocking=True)
+            # A chunk inside one input (always, when n >= batch_size) broadcasts x instead of
+            # gathering a [b, ...] copy of it.
+            batch = delta.add_(x[first]) if first == last else delta.add_(x[owner])
+            logits = model(batch if dtype == torch.float32 else batch.to(dtype))
             if logits.ndim != 2:
                 raise ValueError(
                     f"the base model must return logits of shape [batch, num_classes]; got {tuple(logits.shape)}"

@@ -9,14 +9,14 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .noise import Noise
-from .sampling import PRECISIONS, sample_counts
+from .sampling import check_precision, sample_counts
 from .stats import (
     binomial_test_pvalue,
     bonferroni,
@@ -66,7 +66,6 @@ class Certificate:
     norm: str
     seconds: Tensor  #: float64 [B], wall time per input (a shared batch's time split evenly)
     p_upper_b: Tensor | None = None  #: float64 [B], upper bound on pB (two-class certificates)
-    extra: dict[str, object] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.prediction.shape[0])
@@ -103,12 +102,10 @@ class SmoothedClassifier:
             raise TypeError("noise must be a smoothcert Noise; build one with get_noise(name, sigma=...)")
         if int(num_classes) != num_classes or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         self.base = ensure_eval(base)
         self.noise = noise
         self.num_classes = int(num_classes)
-        self.precision = precision
+        self.precision = check_precision(precision)
         self.allow_unbounded = allow_unbounded
 
     def __repr__(self) -> str:
@@ -162,6 +159,14 @@ class SmoothedClassifier:
         """
         alpha = check_alpha(alpha)
         check_sample_sizes(n=n, batch_size=batch_size)
+        # Even n agreeing draws give p-value 2 * 0.5^n: below that n the test never rejects.
+        n_min = math.floor(math.log2(2 / alpha)) + 1 if 2 * 0.5**n > alpha else n
+        if n < n_min:
+            warnings.warn(
+                f"n={n} can never answer at alpha={alpha:g} (the binomial test cannot reject); "
+                f"use n >= {n_min}",
+                stacklevel=2,
+            )
         x, gen = self._prepare(x, generator)
         counts = self._counts(x, n, batch_size, gen).cpu()
         top2 = counts.topk(2, dim=1)
@@ -205,12 +210,7 @@ class SmoothedClassifier:
         """
         alpha = check_alpha(alpha)
         check_sample_sizes(n=n, n0=n0, batch_size=batch_size)
-        norm = self.noise.default_norm if norm is None else norm
-        if norm not in self.noise.norms:
-            raise ValueError(
-                f"{type(self.noise).__name__} noise cannot certify the {norm!r} norm; "
-                f"it supports: {', '.join(self.noise.norms)}"
-            )
+        norm = self.noise.check_norm(norm)
         alpha_a = alpha / 2 if two_class else alpha
         if n < min_samples_to_certify(alpha_a):
             warnings.warn(
