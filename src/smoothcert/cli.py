@@ -115,7 +115,8 @@ def _smoothed_from_checkpoint(args: argparse.Namespace) -> tuple[SmoothedClassif
         raise SystemExit(f"error: dataset {args.dataset} gives inputs {shape} but the model expects "
                          f"{(meta.in_channels, *size)}")
     smoothed = SmoothedClassifier(model, noise=get_noise(noise_name, sigma=sigma), num_classes=meta.num_classes,
-                                  precision=args.precision, allow_unbounded=args.allow_unbounded)
+                                  precision=args.precision, channels_last=not args.no_channels_last,
+                                  allow_unbounded=args.allow_unbounded)
     return smoothed, meta, dataset
 
 
@@ -257,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+        p.add_argument("--no-channels-last", action="store_true", help="feed NCHW batches (for models that need it)")
         p.add_argument("--allow-unbounded", action="store_true", help="warn instead of failing on pixels outside [0,1]")
         p.add_argument("--quiet", action="store_true")
         p.add_argument("--out", required=True, help="result TSV; re-running the same command resumes it")

@@ -28,9 +28,9 @@ __all__ = ["input_seed", "select_indices", "certify_dataset", "predict_dataset",
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "n", "alpha", "noise", "sigma", "precision")
 
 
-#: Settings recorded with a run that may change when it is resumed: they change the random
-#: stream (so a resumed row may differ from an uninterrupted run's) but not what is certified.
-_MAY_CHANGE = ("batch_size", "device")
+#: Settings recorded with a run that may change when it is resumed: they change how the random
+#: stream is cut into draws (so a resumed row may differ from an uninterrupted run's) but not what is certified.
+_MAY_CHANGE = ("batch_size", "device", "channels_last")
 
 
 def input_seed(seed: int, idx: int) -> int:
@@ -56,6 +56,7 @@ def _run_config(smoothed: SmoothedClassifier, **settings: Any) -> dict[str, Any]
         "noise": smoothed.noise.name,
         "sigma": smoothed.noise.sigma,
         "precision": smoothed.precision,
+        "channels_last": smoothed.channels_last,
         "num_classes": smoothed.num_classes,
         **settings,
     }

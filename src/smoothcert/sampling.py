@@ -61,6 +61,7 @@ def _logits_per_chunk(
     batch_size: int,
     generator: torch.Generator | None,
     precision: str,
+    channels_last: bool = True,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield ``(owner, logits)`` per chunk: owner[i] is the input index of row i, logits [b, K]."""
     check_sample_sizes(n=n, batch_size=batch_size)
@@ -71,12 +72,19 @@ def _logits_per_chunk(
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     gen_device = generator.device if generator is not None else device
     total = x.shape[0] * n
+    # Images are drawn straight into channels-last layout ([b, H, W, C] viewed as [b, C, H, W]):
+    # draws are i.i.d., so the layout is free, and convolutions and pooling run ~1.4x faster on
+    # it on CPU (benchmarks/README.md) and with tensor cores on GPU.
+    nhwc = channels_last and x.ndim == 4
+    shape = (*x.shape[2:], x.shape[1]) if nhwc else tuple(x.shape[1:])
     with torch.inference_mode(), precision_context(precision, device):
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
             first, last = start // n, (stop - 1) // n
             owner = torch.arange(start, stop, device=device) // n
-            delta = noise.sample((stop - start, *x.shape[1:]), generator=generator, device=gen_device)
+            delta = noise.sample((stop - start, *shape), generator=generator, device=gen_device)
+            if nhwc:
+                delta = delta.permute(0, 3, 1, 2)
             delta = delta.to(device, non_blocking=True)
             # A chunk inside one input (always, when n >= batch_size) broadcasts x instead of
             # gathering a [b, ...] copy of it.
@@ -106,6 +114,7 @@ def sample_counts(
     batch_size: int,
     generator: torch.Generator | None = None,
     precision: str = "fp32",
+    channels_last: bool = True,
 ) -> Tensor:
     """How often each class is the argmax of f(x_i + delta) over n fresh draws per input.
 
@@ -116,13 +125,17 @@ def sample_counts(
         n: draws per input.
         batch_size: rows per forward pass (draws of several inputs may share one).
         generator: source of the noise; on the model's device or on the CPU.
+        precision: arithmetic of the model (see :data:`PRECISIONS`).
+        channels_last: lay out 4-D noisy batches channels-last (faster convolutions; the
+            model sees the same values).
     Returns:
         int64 tensor ``[B, num_classes]`` on the model's device; each row sums to n.
     """
     b = x.shape[0]
     counts = torch.zeros(b * num_classes, dtype=torch.long, device=model_device(model))
     for owner, logits in _logits_per_chunk(
-        model, x, noise=noise, n=n, batch_size=batch_size, generator=generator, precision=precision
+        model, x, noise=noise, n=n, batch_size=batch_size, generator=generator, precision=precision,
+        channels_last=channels_last,
     ):
         _check_classes(logits, num_classes)
         flat = owner * num_classes + logits.argmax(dim=1)
@@ -140,6 +153,7 @@ def sample_mean_probs(
     batch_size: int,
     generator: torch.Generator | None = None,
     precision: str = "fp32",
+    channels_last: bool = True,
 ) -> Tensor:
     """Monte Carlo estimate of the smoothed soft classifier G(x) = E softmax f(x + delta).
 
@@ -148,7 +162,8 @@ def sample_mean_probs(
     b = x.shape[0]
     sums = torch.zeros(b, num_classes, dtype=torch.float64, device=model_device(model))
     for owner, logits in _logits_per_chunk(
-        model, x, noise=noise, n=n, batch_size=batch_size, generator=generator, precision=precision
+        model, x, noise=noise, n=n, batch_size=batch_size, generator=generator, precision=precision,
+        channels_last=channels_last,
     ):
         _check_classes(logits, num_classes)
         sums.index_add_(0, owner, logits.float().softmax(dim=1).double())

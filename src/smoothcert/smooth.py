@@ -84,6 +84,8 @@ class SmoothedClassifier:
         noise: the smoothing distribution (see :func:`smoothcert.noise.get_noise`).
         num_classes: number of classes K.
         precision: arithmetic of f (fp32, tf32, bf16, fp16); part of the certified classifier.
+        channels_last: feed image batches in channels-last memory layout (same values, faster
+            convolutions); turn off for models that cannot take it.
         allow_unbounded: accept inputs outside [0, 1] with a warning instead of an error.
     """
 
@@ -94,6 +96,7 @@ class SmoothedClassifier:
         noise: Noise,
         num_classes: int,
         precision: str = "fp32",
+        channels_last: bool = True,
         allow_unbounded: bool = False,
     ) -> None:
         if not isinstance(base, nn.Module):
@@ -106,12 +109,13 @@ class SmoothedClassifier:
         self.noise = noise
         self.num_classes = int(num_classes)
         self.precision = check_precision(precision)
+        self.channels_last = bool(channels_last)
         self.allow_unbounded = allow_unbounded
 
     def __repr__(self) -> str:
         return (
             f"SmoothedClassifier(base={type(self.base).__name__}, noise={self.noise!r}, "
-            f"num_classes={self.num_classes}, precision={self.precision!r})"
+            f"num_classes={self.num_classes}, precision={self.precision!r}, channels_last={self.channels_last})"
         )
 
     @property
@@ -128,6 +132,7 @@ class SmoothedClassifier:
             batch_size=batch_size,
             generator=generator,
             precision=self.precision,
+            channels_last=self.channels_last,
         )
 
     def _prepare(self, x: Tensor, seed: int | torch.Generator | None) -> tuple[Tensor, torch.Generator | None]:

@@ -51,7 +51,7 @@ def as_batch(x: Tensor, *, allow_unbounded: bool = False, name: str = "x") -> Te
 def ensure_eval(model: nn.Module) -> nn.Module:
     """Switch ``model`` to eval mode, warning if it was training (dropout/batchnorm would
     otherwise change f between draws and void the certificate)."""
-    if model.training:
+    if getattr(model, "training", False):  # TorchScript-frozen modules have no mode
         warnings.warn(
             "the base model was in train mode; switching it to eval() for smoothing", stacklevel=3
         )
