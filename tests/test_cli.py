@@ -120,3 +120,12 @@ def test_a_refused_argument_does_not_block_the_corrected_run(checkpoint, tmp_pat
     assert "n0 (100) must be smaller than n (64)" in capsys.readouterr().err
     assert _certify(checkpoint, out, "--max", "1") == 0
     assert _idx(out) == [0]
+
+
+def test_training_is_seeded_whatever_the_global_rng(tmp_path):
+    paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    for global_seed, path in zip((123, 456), paths):
+        torch.manual_seed(global_seed)  # --seed, not the caller's RNG state, decides the weights
+        assert main([*TRAIN, "--epochs", "1", "--out", str(path)]) == 0
+    sa, sb = (read_checkpoint(p)["state_dict"] for p in paths)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -73,6 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     test_set = _dataset(args, "test") if args.eval else None
     info = train_set.info
     noise = get_noise(args.noise, sigma=args.sigma)
+    torch.manual_seed(args.seed)  # weight initialisation
     # Nets with a fully connected head (LeNet) are sized by the input side; record it.
     takes_size = "input_size" in inspect.signature(MODELS.factory(args.arch)).parameters
     arch_kwargs = {"input_size": info.input_shape[1]} if takes_size else {}
@@ -84,7 +85,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, momentum=args.momentum,
                          weight_decay=args.weight_decay, schedule=args.schedule, step_size=args.step_size,
                          gamma=args.gamma, seed=args.seed)
-    torch.manual_seed(args.seed)  # weight initialisation
     if not args.resume and Path(args.out).exists():
         print(f"error: {args.out} exists; pass --resume to continue it or choose another --out", file=sys.stderr)
         return 2
@@ -196,7 +196,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         return rc
     tsv = out / f"certify_sigma{args.sigma:g}.tsv"
     rc = main(["certify", *common, "--checkpoint", str(ckpt), "--split", "test", "--n0", "100", "--n", str(args.n),
-               "--alpha", "0.001", "--max", str(args.max), "--batch", "1000", "--seed", str(args.seed),
+               "--alpha", "0.001", "--max", str(args.max), "--batch", "250", "--seed", str(args.seed),
                "--out", str(tsv)])
     if rc:
         return rc
@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=float, default=0.25)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--n", type=int, default=1000, help="estimation draws per input")
-    p.add_argument("--max", type=int, default=200, help="test images to certify")
+    p.add_argument("--max", type=int, default=500, help="test images to certify")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")
