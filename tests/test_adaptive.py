@@ -118,3 +118,17 @@ def test_certify_at_checks_its_arguments():
         certify_at(smoothed, torch.rand(1, 2), -0.1, n0=10, alpha=0.01, batch_size=8)
     with pytest.raises(ValueError, match="n0"):
         certify_at(smoothed, torch.rand(1, 2), 0.1, n0=1000, alpha=0.01, batch_size=8, stages=(100, 1000))
+
+
+def test_methods_on_the_smoothed_classifier():
+    model, x = _copies(0.4, 3)
+    smoothed = SmoothedClassifier(model, noise=get_noise("gaussian", sigma=0.5), num_classes=2)
+    cert = smoothed.certify(x, n0=50, n=5000, alpha=0.01, batch_size=4096, generator=0, target="radius",
+                            radius_loss=0.05)
+    assert cert.n == 5000 and cert.n_used.shape == (3,) and torch.all(cert.n_used <= 5000)
+    at = smoothed.certify_at(x, [0.1, 0.3], n0=50, alpha=0.01, batch_size=4096, stages=(500, 5000), generator=0)
+    assert at.certified.shape == (3, 2) and at.certified[:, 0].all()
+    with pytest.raises(ValueError, match="target"):
+        smoothed.certify(x, n0=50, n=5000, alpha=0.01, batch_size=64, target="speed")
+    fixed = smoothed.certify(x, n0=50, n=5000, alpha=0.01, batch_size=4096, generator=0)
+    assert fixed.n_used.tolist() == [5000] * 3

@@ -11,10 +11,12 @@ from torch import nn
 
 from smoothcert.models import (
     CHECKPOINT_FORMAT,
+    Bottleneck,
     CHECKPOINT_VERSION,
     CheckpointError,
     CheckpointMeta,
     CifarResNet,
+    ImageNetResNet,
     LeNet,
     Normalize,
     build_model,
@@ -37,7 +39,7 @@ CIFAR_STD = [0.2470, 0.2435, 0.2616]
 
 def test_registry_lists_the_builtin_models() -> None:
     names = list_models()
-    assert {"lenet", "lenet-small", "resnet20", "resnet56", "resnet110"} <= set(names)
+    assert {"lenet", "lenet-small", "resnet20", "resnet50", "resnet56", "resnet110"} <= set(names)
     assert names == sorted(names)
     assert model_input_size("lenet") == 28
     assert model_input_size("ResNet110") == 32  # names are case-insensitive
@@ -153,6 +155,43 @@ def test_lenet_input_sizes_and_clear_error() -> None:
         net28(torch.rand(2, 1, 32, 32))
     with pytest.raises(ValueError, match="input_size"):
         LeNet(input_size=2)
+
+
+def test_resnet50_matches_he_et_al() -> None:
+    torch.manual_seed(0)
+    net = get_model("resnet50", num_classes=1000, in_channels=3)
+    assert isinstance(net, ImageNetResNet)
+    assert model_input_size("resnet50") == 224
+    # The standard ResNet-50 figure for 1000 classes (He et al. 2016 report "25.6M").
+    assert sum(p.numel() for p in net.parameters()) == 25_557_032
+    # Depth 50: the weighted layers on the main path (3 per bottleneck, 3+4+6+3 blocks), conv1 and fc.
+    blocks = [m for m in net.modules() if isinstance(m, Bottleneck)]
+    assert len(blocks) == 16 and 3 * len(blocks) + 2 == 50
+    projections = [b for b in blocks if b.downsample is not None]
+    assert len(projections) == 4, "one projection shortcut per stage, where the shape changes"
+    # The common key layout, so ResNet-50 state dicts in that layout load as they are.
+    keys = set(net.state_dict())
+    assert {"conv1.weight", "bn1.running_mean", "layer4.2.conv3.weight", "layer2.0.downsample.0.weight",
+            "layer2.0.downsample.1.weight", "fc.weight", "fc.bias"} <= keys
+
+    stage_shapes = []
+    hooks = [getattr(net, f"layer{i}").register_forward_hook(
+        lambda _m, _i, out: stage_shapes.append(tuple(out.shape[1:]))) for i in range(1, 5)]
+    with torch.no_grad():
+        out = net.eval()(torch.rand(2, 3, 224, 224))
+    for h in hooks:
+        h.remove()
+    assert out.shape == (2, 1000) and torch.isfinite(out).all()
+    # Table 1 of He et al.: conv2_x..conv5_x at 56, 28, 14, 7 pixels with 256..2048 channels.
+    assert stage_shapes == [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
+
+    assert sum(p.numel() for p in get_model("resnet50", num_classes=10, in_channels=3).parameters()) == (
+        25_557_032 - 2048 * 990 - 990
+    )
+    with pytest.raises(ValueError, match="four positive integers"):
+        ImageNetResNet(blocks=(3, 4, 6))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        net(torch.rand(3, 224, 224))
 
 
 # --------------------------------------------------------------------------- Normalize and build_model

@@ -30,9 +30,8 @@ import torch
 from torch import Tensor
 
 from .noise import Noise
-from .smooth import ABSTAIN, Certificate, SmoothedClassifier
+from .smooth import ABSTAIN, Certificate, SmoothedClassifier, _check_sizes
 from .stats import check_alpha, clopper_pearson_lower, clopper_pearson_upper
-from .validation import check_sample_sizes
 
 __all__ = [
     "CertifyAtResult",
@@ -111,7 +110,7 @@ def certify_planned(
     n0: int,
     max_n: int,
     alpha: float,
-    batch_size: int,
+    batch_size: int | str,
     radius_loss: float,
     generator: int | torch.Generator | None = None,
     norm: str | None = None,
@@ -131,12 +130,13 @@ def certify_planned(
     """
     alpha = check_alpha(alpha)
     check_alpha(plan_alpha)
-    check_sample_sizes(n=max_n, n0=n0, batch_size=batch_size)
+    _check_sizes(n=max_n, n0=n0, batch_size=batch_size)
     if not radius_loss >= 0:
         raise ValueError(f"radius_loss must be >= 0, got {radius_loss}")
     norm = smoothed.noise.check_norm(norm)
     x, gen = smoothed._prepare(x, generator)
     dim = math.prod(x.shape[1:])
+    batch_size = smoothed._start_engine(x, batch_size)  # probe and compile: not timed
     start = time.perf_counter()
     pilot = smoothed._counts(x, n0, batch_size, gen).cpu()
     c_a = pilot.argmax(dim=1)
@@ -198,7 +198,7 @@ def certify_at(
     *,
     n0: int,
     alpha: float,
-    batch_size: int,
+    batch_size: int | str,
     stages: Sequence[int] = (1_000, 10_000, 100_000),
     generator: int | torch.Generator | None = None,
     norm: str | None = None,
@@ -215,10 +215,11 @@ def certify_at(
     stages = sorted(int(s) for s in stages)
     if not stages or stages[0] < 1 or len(set(stages)) != len(stages):
         raise ValueError(f"stages must be distinct positive sample sizes, got {stages}")
-    check_sample_sizes(n=stages[-1], n0=n0, batch_size=batch_size)
+    _check_sizes(n=stages[-1], n0=n0, batch_size=batch_size)
     norm = smoothed.noise.check_norm(norm)
     x, gen = smoothed._prepare(x, generator)
     dim = math.prod(x.shape[1:])
+    batch_size = smoothed._start_engine(x, batch_size)
     radii = torch.as_tensor(radius, dtype=torch.float64).reshape(-1)
     need = required_p_lower(smoothed.noise, radii, norm=norm, dim=dim).numpy()  # [R]
     a_s = alpha / len(stages)

@@ -1,17 +1,19 @@
 """``smoothcert <command>``: a thin command line over the public API.
 
-Commands: train, certify, predict, analyze, plot, quickstart. Every option maps to one keyword
+Commands: train, certify, predict, merge, analyze, plot, quickstart. Every option maps to one keyword
 of a library call; run ``smoothcert <command> --help`` for them.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import functools
 import hashlib
 import inspect
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import torch
 
 from . import analysis
 from .data import get_dataset, list_datasets
+from .distributed import DEFAULT_TIMEOUT, find_parts, merge_result_parts, process_group, rank_device
 from .evaluate import certify_dataset, predict_dataset, select_indices
 from .models import MODELS, CheckpointMeta, build_model, list_models, load_checkpoint
 from .noise import get_noise, list_noises
@@ -125,15 +128,33 @@ def _run_facts(args: argparse.Namespace, meta: CheckpointMeta) -> dict[str, Any]
             "checkpoint_sha256": _file_sha256(Path(args.checkpoint)), "arch": meta.arch}
 
 
+def _sharded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run ``command`` as one rank of a sharded run when launched by torchrun: join its process group
+    (one GPU per process: cuda:LOCAL_RANK) and pass the :class:`Shard` as ``args.shard`` (None
+    otherwise, and nothing changes)."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        if not args.dist_timeout > 0:
+            raise SystemExit(f"error: --dist-timeout must be a positive number of minutes, got {args.dist_timeout}")
+        device = str(_device(args.device))
+        with process_group(device=device, timeout=datetime.timedelta(minutes=args.dist_timeout)) as args.shard:
+            args.device = str(rank_device(device, args.shard))
+            return command(args)
+
+    return run
+
+
 def cmd_certify(args: argparse.Namespace) -> int:
     smoothed, meta, dataset = _smoothed_from_checkpoint(args)
     indices = select_indices(len(dataset), skip=args.skip, max_count=args.max, start=args.start)
-    print(f"certifying {len(indices)} inputs of {args.dataset}/{args.split} with {smoothed!r}, "
-          f"n0={args.n0} n={args.n} alpha={args.alpha} -> {args.out}", file=sys.stderr)
+    if args.shard is None or args.shard.rank == 0:
+        print(f"certifying {len(indices)} inputs of {args.dataset}/{args.split} with {smoothed!r}, "
+              f"n0={args.n0} n={args.n} alpha={args.alpha} -> {args.out}", file=sys.stderr)
     try:
         certify_dataset(smoothed, dataset, args.out, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch,
                         seed=args.seed, indices=indices, norm=args.norm, two_class=args.two_class,
-                        config=_run_facts(args, meta), progress=not args.quiet)
+                        config=_run_facts(args, meta), progress=not args.quiet, shard=args.shard)
     except ConfigMismatchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -145,10 +166,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     indices = select_indices(len(dataset), skip=args.skip, max_count=args.max, start=args.start)
     try:
         predict_dataset(smoothed, dataset, args.out, n=args.n, alpha=args.alpha, batch_size=args.batch,
-                        seed=args.seed, indices=indices, config=_run_facts(args, meta), progress=not args.quiet)
+                        seed=args.seed, indices=indices, config=_run_facts(args, meta), progress=not args.quiet,
+                        shard=args.shard)
     except ConfigMismatchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    parts = find_parts(args.out)
+    if not parts:
+        print(f"no part files beside {args.out}; nothing to merge", file=sys.stderr)
+        return 0
+    try:
+        idx = merge_result_parts(args.out)
+    except ConfigMismatchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"merged {len(parts)} part files into {args.out}: {len(idx)} rows")
     return 0
 
 
@@ -261,8 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-channels-last", action="store_true", help="feed NCHW batches (for models that need it)")
         p.add_argument("--allow-unbounded", action="store_true", help="warn instead of failing on pixels outside [0,1]")
         p.add_argument("--quiet", action="store_true")
+        p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT.total_seconds() / 60,
+                       help="under torchrun: minutes a process waits for the others (default: %(default)s)")
         p.add_argument("--out", required=True, help="result TSV; re-running the same command resumes it")
-        p.set_defaults(func=func)
+        p.set_defaults(func=_sharded(func))
+
+    p = sub.add_parser("merge", help="merge a sharded (torchrun) run's part files into its result file")
+    p.add_argument("out", help="the result TSV (its part files are <out>.part-<rank>-of-<size>)")
+    p.set_defaults(func=cmd_merge)
 
     for name, func in (("analyze", cmd_analyze), ("plot", cmd_plot)):
         p = sub.add_parser(name, help="certified-accuracy table" if name == "analyze" else "certified-accuracy curves")

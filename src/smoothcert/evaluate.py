@@ -17,6 +17,7 @@ import numpy as np
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .distributed import Shard, result_rows
 from .results import ResultWriter, format_time
 from .smooth import ABSTAIN, SmoothedClassifier
 from .stats import check_alpha
@@ -62,6 +63,10 @@ def _run_config(smoothed: SmoothedClassifier, **settings: Any) -> dict[str, Any]
     }
 
 
+def _desc(what: str, shard: Shard | None) -> str:
+    return what if shard is None else f"{what} (rank 0 of {shard.world_size})"
+
+
 def certify_dataset(
     smoothed: SmoothedClassifier,
     dataset: Dataset,
@@ -77,6 +82,7 @@ def certify_dataset(
     two_class: bool = False,
     config: dict[str, Any] | None = None,
     progress: bool = True,
+    shard: Shard | None = None,
 ) -> ResultWriter:
     """CERTIFY every selected input of ``dataset`` and append one row each to ``out``.
 
@@ -84,7 +90,11 @@ def certify_dataset(
     skipped; a different configuration raises :class:`smoothcert.results.ConfigMismatchError`
     and leaves the file as it was.
     ``config`` adds run facts (dataset, checkpoint hash, ...) to the guarded configuration.
-    Returns the (closed) writer, whose ``done`` lists the finished indices.
+    ``shard`` (from :func:`smoothcert.distributed.process_group`) makes this process one rank of a
+    sharded run: it does its share of the inputs and the ranks' rows are merged into ``out``
+    (same rows as one process; see :mod:`smoothcert.distributed`). The progress bar is rank 0's.
+    Returns the (closed) writer, whose ``done`` lists the indices it finished (in a sharded run,
+    this rank's part file, already merged into ``out``).
     """
     check_alpha(alpha)
     check_sample_sizes(n=n, n0=n0, batch_size=batch_size)
@@ -92,10 +102,9 @@ def certify_dataset(
     run = _run_config(smoothed, n0=n0, n=n, alpha=alpha, seed=seed, norm=norm, two_class=two_class,
                       batch_size=batch_size, **(config or {}))
     todo_all = list(range(len(dataset))) if indices is None else list(indices)
-    with ResultWriter(out, config=run, ignore=_MAY_CHANGE) as writer:
-        todo = [i for i in todo_all if i not in writer.done]
-        bar = tqdm(todo, desc="certify", unit="input", disable=not progress, initial=0,
-                   postfix={"kept": len(todo_all) - len(todo)})
+    with result_rows(out, config=run, indices=todo_all, ignore=_MAY_CHANGE, shard=shard) as (writer, todo, kept):
+        bar = tqdm(todo, desc=_desc("certify", shard), unit="input", initial=0, postfix={"kept": kept},
+                   disable=not progress or (shard is not None and shard.rank != 0))
         for i in bar:
             x, y = dataset[i]
             cert = smoothed.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
@@ -125,16 +134,18 @@ def predict_dataset(
     indices: Iterable[int] | None = None,
     config: dict[str, Any] | None = None,
     progress: bool = True,
+    shard: Shard | None = None,
 ) -> ResultWriter:
     """PREDICT every selected input and append rows ``idx label predict correct time ...`` to
-    ``out`` (resumable like :func:`certify_dataset`; ABSTAIN = -1 counts as incorrect)."""
+    ``out`` (resumable and shardable like :func:`certify_dataset`; ABSTAIN = -1 counts as incorrect)."""
     check_alpha(alpha)
     check_sample_sizes(n=n, batch_size=batch_size)
     run = _run_config(smoothed, n=n, alpha=alpha, seed=seed, batch_size=batch_size, **(config or {}))
     todo_all = list(range(len(dataset))) if indices is None else list(indices)
-    with ResultWriter(out, config=run, columns=PREDICT_COLUMNS, ignore=_MAY_CHANGE) as writer:
-        for i in tqdm([i for i in todo_all if i not in writer.done], desc="predict", unit="input",
-                      disable=not progress):
+    with result_rows(out, config=run, indices=todo_all, columns=PREDICT_COLUMNS, ignore=_MAY_CHANGE,
+                     shard=shard) as (writer, todo, _):
+        for i in tqdm(todo, desc=_desc("predict", shard), unit="input",
+                      disable=not progress or (shard is not None and shard.rank != 0)):
             x, y = dataset[i]
             t0 = time.perf_counter()
             pred = int(smoothed.predict(x, n=n, alpha=alpha, batch_size=batch_size,

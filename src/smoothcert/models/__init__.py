@@ -22,6 +22,7 @@ from smoothcert.registry import Registry
 from .lenet import LeNet, lenet, lenet_small
 from .normalize import Normalize
 from .resnet import BasicBlock, CifarResNet, resnet20, resnet56, resnet110
+from .resnet_imagenet import Bottleneck, ImageNetResNet, resnet50
 
 MODELS: Registry[nn.Module] = Registry("model")
 _INPUT_SIZES: dict[str, int] = {}
@@ -89,6 +90,7 @@ register_model("lenet-small", input_size=28)(lenet_small)
 register_model("resnet20", input_size=32)(resnet20)
 register_model("resnet56", input_size=32)(resnet56)
 register_model("resnet110", input_size=32)(resnet110)
+register_model("resnet50", input_size=224)(resnet50)
 
 # Imported last: checkpoint.py rebuilds models through the functions defined above.
 from .checkpoint import (  # noqa: E402
@@ -106,9 +108,11 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "MODELS",
     "BasicBlock",
+    "Bottleneck",
     "CheckpointError",
     "CheckpointMeta",
     "CifarResNet",
+    "ImageNetResNet",
     "LeNet",
     "Normalize",
     "build_model",
@@ -121,6 +125,7 @@ __all__ = [
     "read_checkpoint",
     "register_model",
     "resnet20",
+    "resnet50",
     "resnet56",
     "resnet110",
     "save_checkpoint",
