@@ -129,3 +129,14 @@ def test_training_is_seeded_whatever_the_global_rng(tmp_path):
         assert main([*TRAIN, "--epochs", "1", "--out", str(path)]) == 0
     sa, sb = (read_checkpoint(p)["state_dict"] for p in paths)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_adaptive_target_and_engine_options(checkpoint, tmp_path):
+    out = tmp_path / "r.tsv"
+    assert _certify(checkpoint, out, "--max", "2", "--target", "radius", "--radius-loss", "0.5",
+                    "--batch", "auto", "--no-channels-last") == 0
+    rows = [line.split("\t") for line in out.read_text().splitlines()]
+    n_col = rows[0].index("n")
+    assert all(0 < int(r[n_col]) <= 64 for r in rows[1:])
+    config = (tmp_path / "r.tsv.json").read_text()
+    assert '"target": "radius"' in config and '"channels_last": false' in config and '"batch_size": "auto"' in config

@@ -34,6 +34,10 @@ from .train import TrainConfig, get_method, list_methods, train
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 
 
+def _batch_arg(text: str) -> int | str:
+    return "auto" if text == "auto" else int(text)
+
+
 def _device(name: str | None) -> torch.device:
     if not name:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -119,6 +123,8 @@ def _smoothed_from_checkpoint(args: argparse.Namespace) -> tuple[SmoothedClassif
                          f"{(meta.in_channels, *size)}")
     smoothed = SmoothedClassifier(model, noise=get_noise(noise_name, sigma=sigma), num_classes=meta.num_classes,
                                   precision=args.precision, channels_last=not args.no_channels_last,
+                                  compile=args.compile, fixed_shape=args.fixed_shape,
+                                  max_batch_bytes=args.max_batch_bytes,
                                   allow_unbounded=args.allow_unbounded)
     return smoothed, meta, dataset
 
@@ -154,6 +160,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     try:
         certify_dataset(smoothed, dataset, args.out, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch,
                         seed=args.seed, indices=indices, norm=args.norm, two_class=args.two_class,
+                        target=args.target, radius_loss=args.radius_loss,
                         config=_run_facts(args, meta), progress=not args.quiet, shard=args.shard)
     except ConfigMismatchError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -286,15 +293,25 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--n0", type=int, default=100, help="selection draws")
             p.add_argument("--norm", default=None, help="l1, l2 or linf (default: the noise's own)")
             p.add_argument("--two-class", action="store_true", help="(pA, pB) certificate, Bonferroni split")
+            p.add_argument("--target", choices=["fixed", "radius"], default="fixed",
+                           help="radius: plan the draws per input from the n0 pilot, at most --n (column n = used)")
+            p.add_argument("--radius-loss", type=float, default=0.02,
+                           help="with --target radius: radius the plan may give up against --n draws")
         p.add_argument("--n", type=int, default=100_000, help="estimation draws")
         p.add_argument("--alpha", type=float, default=0.001, help="failure probability per input")
         p.add_argument("--skip", type=int, default=1, help="certify every skip-th input")
         p.add_argument("--max", type=int, default=-1, help="at most this many inputs (-1: all)")
         p.add_argument("--start", type=int, default=0, help="first index")
-        p.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
+        p.add_argument("--batch", type=_batch_arg, default=1000,
+                       help="noisy samples per forward pass, or 'auto' (from free memory / --max-batch-bytes)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--precision", choices=PRECISIONS, default="fp32")
         p.add_argument("--no-channels-last", action="store_true", help="feed NCHW batches (for models that need it)")
+        p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                       help="torch.compile the model (warm-up excluded from timings; for GPUs)")
+        p.add_argument("--fixed-shape", action=argparse.BooleanOptionalAction, default=None,
+                       help="pad every forward pass to --batch rows (default: on with --compile)")
+        p.add_argument("--max-batch-bytes", type=int, default=None, help="memory budget of --batch auto (bytes)")
         p.add_argument("--allow-unbounded", action="store_true", help="warn instead of failing on pixels outside [0,1]")
         p.add_argument("--quiet", action="store_true")
         p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT.total_seconds() / 60,

@@ -19,9 +19,8 @@ from tqdm.auto import tqdm
 
 from .distributed import Shard, result_rows
 from .results import ResultWriter, format_time
-from .smooth import ABSTAIN, SmoothedClassifier
+from .smooth import ABSTAIN, SmoothedClassifier, _check_sizes
 from .stats import check_alpha
-from .validation import check_sample_sizes
 
 __all__ = ["input_seed", "select_indices", "certify_dataset", "predict_dataset", "PREDICT_COLUMNS"]
 
@@ -31,7 +30,8 @@ PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "n", "alpha", "
 
 #: Settings recorded with a run that may change when it is resumed: they change how the random
 #: stream is cut into draws (so a resumed row may differ from an uninterrupted run's) but not what is certified.
-_MAY_CHANGE = ("batch_size", "device", "channels_last")
+_MAY_CHANGE = ("batch_size", "device", "channels_last", "compile", "fixed_shape", "max_batch_bytes",
+               "auto_batch_memory_fraction", "auto_batch_multiple", "auto_batch_max_rows")
 
 
 def input_seed(seed: int, idx: int) -> int:
@@ -56,9 +56,8 @@ def _run_config(smoothed: SmoothedClassifier, **settings: Any) -> dict[str, Any]
         "device": smoothed.device.type,
         "noise": smoothed.noise.name,
         "sigma": smoothed.noise.sigma,
-        "precision": smoothed.precision,
-        "channels_last": smoothed.channels_last,
         "num_classes": smoothed.num_classes,
+        **smoothed.settings(),  # precision (checked) and the speed-only engine settings
         **settings,
     }
 
@@ -80,6 +79,8 @@ def certify_dataset(
     indices: Iterable[int] | None = None,
     norm: str | None = None,
     two_class: bool = False,
+    target: str = "fixed",
+    radius_loss: float = 0.02,
     config: dict[str, Any] | None = None,
     progress: bool = True,
     shard: Shard | None = None,
@@ -97,9 +98,12 @@ def certify_dataset(
     this rank's part file, already merged into ``out``).
     """
     check_alpha(alpha)
-    check_sample_sizes(n=n, n0=n0, batch_size=batch_size)
+    _check_sizes(n=n, n0=n0, batch_size=batch_size)
+    if target not in ("fixed", "radius"):
+        raise ValueError(f"target must be 'fixed' or 'radius', got {target!r}")
     norm = smoothed.noise.check_norm(norm)
-    run = _run_config(smoothed, n0=n0, n=n, alpha=alpha, seed=seed, norm=norm, two_class=two_class,
+    adaptive = {"target": target, "radius_loss": radius_loss} if target != "fixed" else {}
+    run = _run_config(smoothed, n0=n0, n=n, alpha=alpha, seed=seed, norm=norm, two_class=two_class, **adaptive,
                       batch_size=batch_size, **(config or {}))
     todo_all = list(range(len(dataset))) if indices is None else list(indices)
     with result_rows(out, config=run, indices=todo_all, ignore=_MAY_CHANGE, shard=shard) as (writer, todo, kept):
@@ -108,14 +112,15 @@ def certify_dataset(
         for i in bar:
             x, y = dataset[i]
             cert = smoothed.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
-                                    generator=input_seed(seed, i), norm=norm, two_class=two_class)
+                                    generator=input_seed(seed, i), norm=norm, two_class=two_class,
+                                    target=target, radius_loss=radius_loss)
             pred, label = int(cert.prediction[0]), int(y)
             seconds = float(cert.seconds[0])
             writer.write({
                 "idx": i, "label": label, "predict": pred, "radius": float(cert.radius[0]),
                 "correct": int(pred == label), "time": format_time(seconds),
                 "p_lower": float(cert.p_lower[0]), "count_a": int(cert.count_a[0]),
-                "count_b": int(cert.count_b[0]), "n": n, "n0": n0, "alpha": alpha,
+                "count_b": int(cert.count_b[0]), "n": int(cert.n_used[0]), "n0": n0, "alpha": alpha,
                 "noise": smoothed.noise.name, "sigma": smoothed.noise.sigma, "norm": norm,
                 "precision": smoothed.precision, "seconds": seconds,
             })  # fmt: skip
@@ -139,7 +144,7 @@ def predict_dataset(
     """PREDICT every selected input and append rows ``idx label predict correct time ...`` to
     ``out`` (resumable and shardable like :func:`certify_dataset`; ABSTAIN = -1 counts as incorrect)."""
     check_alpha(alpha)
-    check_sample_sizes(n=n, batch_size=batch_size)
+    _check_sizes(n=n, batch_size=batch_size)
     run = _run_config(smoothed, n=n, alpha=alpha, seed=seed, batch_size=batch_size, **(config or {}))
     todo_all = list(range(len(dataset))) if indices is None else list(indices)
     with result_rows(out, config=run, indices=todo_all, columns=PREDICT_COLUMNS, ignore=_MAY_CHANGE,
