@@ -132,3 +132,27 @@ def test_methods_on_the_smoothed_classifier():
         smoothed.certify(x, n0=50, n=5000, alpha=0.01, batch_size=64, target="speed")
     fixed = smoothed.certify(x, n0=50, n=5000, alpha=0.01, batch_size=4096, generator=0)
     assert fixed.n_used.tolist() == [5000] * 3
+
+
+def test_certify_at_splits_alpha_over_the_stages(monkeypatch):
+    # Every stage bound must be taken at alpha / S (the union bound behind the guarantee).
+    import smoothcert.adaptive as adaptive
+
+    levels = []
+    real = adaptive.clopper_pearson_lower
+
+    def spy(k, n, alpha):
+        levels.append(alpha)
+        return real(k, n, alpha)
+
+    monkeypatch.setattr(adaptive, "clopper_pearson_lower", spy)
+    model, x = _copies(0.3, 4)
+    smoothed = SmoothedClassifier(model, noise=get_noise("gaussian", sigma=0.5), num_classes=2)
+    certify_at(smoothed, x, [0.2, 5.0], n0=20, alpha=0.03, batch_size=4096, stages=(100, 300, 900), generator=0)
+    assert levels and all(a == pytest.approx(0.01) for a in levels)
+
+
+def test_planned_grid_never_exceeds_max_n():
+    noise = get_noise("gaussian", sigma=0.5)
+    n = plan_sample_size(np.array([1.0]), noise=noise, alpha=0.01, max_n=2000, radius_loss=0.0, grid=[100, 5000])
+    assert n.tolist() == [2000]

@@ -150,7 +150,7 @@ def test_fixed_shape_batch_larger_than_the_work():
     x = torch.tensor([[1.0], [0.0]])
     counts = sample_counts(model, x, noise=get_noise("uniform", sigma=0.01), n=10, num_classes=2,
                            batch_size=256, fixed_shape=True)
-    assert model.rows == [256]
+    assert model.rows == [24]  # 20 rows of work in one pass, rounded up to a multiple of 8
     assert counts.tolist() == [[0, 10], [10, 0]]
 
 
@@ -408,3 +408,15 @@ def test_torch_compile_on_cpu_certifies_like_the_plain_model():
     assert (a.counts - b.counts).abs().max().item() <= 5
     assert a.seconds.sum().item() < seconds
     assert ABSTAIN not in a.prediction.tolist() or ABSTAIN in b.prediction.tolist()
+
+
+def test_fixed_rows_divide_the_work():
+    from smoothcert.sampling import fixed_rows
+
+    assert fixed_rows(100_000, 16_384) == 14_288  # 7 passes, 16 padding rows in all
+    assert fixed_rows(100, 16_384) == 104
+    assert fixed_rows(64, 64) == 64 and fixed_rows(7, 3) == 3
+    for total, batch in [(100_000, 16_384), (10_100, 1000), (37, 64), (5 * 37, 64)]:
+        rows = fixed_rows(total, batch)
+        passes = -(-total // rows)
+        assert rows <= batch and passes * rows - total < 8 * passes

@@ -94,7 +94,9 @@ def plan_sample_size(
     Returns:
         int64 [B] sample sizes from ``grid`` (default :func:`sample_size_grid`).
     """
-    grid = np.asarray(sample_size_grid(max_n) if grid is None else sorted(grid), dtype=np.int64)
+    # Sizes beyond max_n are dropped and max_n is always a candidate: n* never exceeds max_n.
+    sizes = sample_size_grid(max_n) if grid is None else sorted({int(g) for g in grid if 1 <= g <= max_n} | {max_n})
+    grid = np.asarray(sizes, dtype=np.int64)
     p = np.clip(np.asarray(p_plan, dtype=np.float64), 0.0, 1.0)
     k = np.round(p[:, None] * grid[None, :])  # [B, G]
     lower = clopper_pearson_lower(k, grid[None, :], alpha)
@@ -136,7 +138,8 @@ def certify_planned(
     norm = smoothed.noise.check_norm(norm)
     x, gen = smoothed._prepare(x, generator)
     dim = math.prod(x.shape[1:])
-    batch_size = smoothed._start_engine(x, batch_size)  # probe and compile: not timed
+    # Pilot shape warmed here; planned sizes vary per input and compile (if on) when first met.
+    batch_size = smoothed._start_engine(x, batch_size, draws=(n0,))  # probe and compile: not timed
     start = time.perf_counter()
     pilot = smoothed._counts(x, n0, batch_size, gen).cpu()
     c_a = pilot.argmax(dim=1)
@@ -219,8 +222,10 @@ def certify_at(
     norm = smoothed.noise.check_norm(norm)
     x, gen = smoothed._prepare(x, generator)
     dim = math.prod(x.shape[1:])
-    batch_size = smoothed._start_engine(x, batch_size)
-    radii = torch.as_tensor(radius, dtype=torch.float64).reshape(-1)
+    batch_size = smoothed._start_engine(x, batch_size, draws=(n0, stages[0], *np.diff(stages)))
+    radii = torch.as_tensor(radius, dtype=torch.float64).reshape(-1).cpu()
+    if radii.numel() == 0:
+        raise ValueError("certify_at needs at least one radius")
     need = required_p_lower(smoothed.noise, radii, norm=norm, dim=dim).numpy()  # [R]
     a_s = alpha / len(stages)
     b, r_count = x.shape[0], len(radii)

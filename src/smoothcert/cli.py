@@ -165,7 +165,15 @@ def cmd_certify(args: argparse.Namespace) -> int:
     except ConfigMismatchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    _report_engine(smoothed)
     return 0
+
+
+def _report_engine(smoothed: SmoothedClassifier) -> None:
+    # Measured, not configured: the rows "auto" chose and the untimed compile warm-up.
+    if smoothed.last_batch_size is not None:
+        print(f"engine: {smoothed.last_batch_size} rows per forward pass (last pass), "
+              f"compile warm-up {smoothed.compile_seconds:.1f} s (excluded from the time column)", file=sys.stderr)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

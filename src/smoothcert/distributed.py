@@ -260,8 +260,8 @@ def merge_result_parts(
     nothing is written.
 
     Every file holding rows must have been made with the same configuration (its ``.json``
-    sidecar), apart from the keys in ``ignore`` (default: those a resumed run may change: batch
-    size, device type, channels_last), and with the same columns; ``config`` and ``columns``, when
+    sidecar), apart from the keys in ``ignore`` (default: those a resumed run may change, as listed in
+    :mod:`smoothcert.evaluate`: batch size, device type and the speed-only engine settings), and with the same columns; ``config`` and ``columns``, when
     given, must match too. Otherwise :class:`~smoothcert.results.ConfigMismatchError` is raised
     before anything is touched. The merged sidecar is ``config`` if given, else the most recent
     sidecar of the files merged (as a single-process resume records its own settings).

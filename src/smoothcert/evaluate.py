@@ -30,7 +30,9 @@ PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "n", "alpha", "
 
 #: Settings recorded with a run that may change when it is resumed: they change how the random
 #: stream is cut into draws (so a resumed row may differ from an uninterrupted run's) but not what is certified.
-_MAY_CHANGE = ("batch_size", "device", "channels_last", "compile", "fixed_shape", "max_batch_bytes",
+# compile is not among them: compiled kernels may round differently, and the certificate is for the
+# network as evaluated.
+_MAY_CHANGE = ("batch_size", "device", "channels_last", "fixed_shape", "max_batch_bytes",
                "auto_batch_memory_fraction", "auto_batch_multiple", "auto_batch_max_rows")
 
 
@@ -101,6 +103,8 @@ def certify_dataset(
     _check_sizes(n=n, n0=n0, batch_size=batch_size)
     if target not in ("fixed", "radius"):
         raise ValueError(f"target must be 'fixed' or 'radius', got {target!r}")
+    if target == "radius" and two_class:
+        raise ValueError("target='radius' plans the one-class certificate; two_class is not supported with it")
     norm = smoothed.noise.check_norm(norm)
     adaptive = {"target": target, "radius_loss": radius_loss} if target != "fixed" else {}
     run = _run_config(smoothed, n0=n0, n=n, alpha=alpha, seed=seed, norm=norm, two_class=two_class, **adaptive,

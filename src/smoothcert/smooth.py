@@ -10,9 +10,8 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from .sampling import (
     auto_batch_size,
     check_batch_size,
     check_precision,
+    fixed_rows,
     free_device_bytes,
     measure_row_bytes,
     sample_counts,
@@ -133,10 +133,12 @@ class SmoothedClassifier:
             compiled LeNet ran 1.5x *slower* than the eager channels-last one (84 vs 57 ms per
             256 rows; inductor's weight prepacking needs ``freezing``, which would bake the
             weights in and is not used).
-        fixed_shape: every forward pass gets exactly ``batch_size`` rows; the last chunk is
-            padded with rows that are evaluated but never counted, so one compiled graph serves
-            every chunk. Default: on when ``compile`` is on. Padding costs up to one batch per
-            sampling call: choose a batch that divides n (and n0 <= batch_size).
+        fixed_shape: all forward passes of a sampling call get the same number of rows
+            (:func:`~smoothcert.sampling.fixed_rows`: the work split into equal passes of at most
+            ``batch_size`` rows, padded by under 8 rows per pass with rows that are evaluated but
+            never counted), so one compiled graph serves every pass of the call; CERTIFY uses two
+            shapes (n0 and n draws), both compiled during the untimed warm-up. Default: on when
+            ``compile`` is on.
         max_batch_bytes: memory budget of ``batch_size="auto"``: on CUDA the batch uses at most
             this and at most 70% of the free device memory; elsewhere this (default 56 MiB,
             which gives LeNet 256 rows, the fastest measured on 2 CPU cores).
@@ -303,12 +305,16 @@ class SmoothedClassifier:
         self.compile_seconds += seconds
         return seconds
 
-    def _start_engine(self, x: Tensor, batch_size: int | str) -> int:
+    def _start_engine(self, x: Tensor, batch_size: int | str, draws: Sequence[int] = ()) -> int:
         """Rows per forward pass for ``x`` (resolving "auto"), after warming up a compiled model
-        for that shape. Call it *before* starting a clock: it may probe and compile."""
+        for the pass shapes that ``draws`` per input will use (with fixed shapes, one per distinct
+        :func:`~smoothcert.sampling.fixed_rows`). Call it *before* starting a clock: it may probe
+        and compile."""
         rows = self.resolve_batch_size(x, batch_size)
         if self.compile:
-            self.warmup(x, batch_size=rows)
+            shapes = {fixed_rows(len(x) * d, rows) if self.fixed_shape else rows for d in draws} or {rows}
+            for shape in sorted(shapes):
+                self.warmup(x, batch_size=shape)
         return rows
 
     def _sample(
@@ -381,7 +387,7 @@ class SmoothedClassifier:
                 stacklevel=2,
             )
         x, gen = self._prepare(x, generator)
-        batch_size = self._start_engine(x, batch_size)
+        batch_size = self._start_engine(x, batch_size, draws=(n,))
         counts = self._counts(x, n, batch_size, gen).cpu()
         top2 = counts.topk(2, dim=1)
         n_a, n_b = top2.values[:, 0], top2.values[:, 1]
@@ -450,7 +456,7 @@ class SmoothedClassifier:
             )
         x, gen = self._prepare(x, generator)
         dim = math.prod(x.shape[1:])
-        batch_size = self._start_engine(x, batch_size)  # probe and compile: not timed
+        batch_size = self._start_engine(x, batch_size, draws=(n0, n))  # probe and compile: not timed
         start = time.perf_counter()
         selection = self._counts(x, n0, batch_size, gen)
         c_a = selection.argmax(dim=1)
