@@ -41,7 +41,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .results import COLUMNS, ConfigMismatchError, ResultWriter
+from .results import COLUMNS, ConfigMismatchError, ResultWriter, config_diff, sidecar_path
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -178,10 +178,6 @@ def find_parts(out: str | os.PathLike[str]) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
-
-
 @dataclass
 class _Piece:
     """The complete rows of one result or part file (a half-written last line is left out)."""
@@ -208,18 +204,13 @@ class _Piece:
         return cls(path, header, rows)
 
     def config(self) -> dict[str, Any]:
-        side = _sidecar(self.path)
+        side = sidecar_path(self.path)
         if not side.exists():
             raise ConfigMismatchError(
                 f"{self.path} holds rows but has no {side.name} describing how they were made; "
                 "refusing to merge it — remove it or restore its sidecar"
             )
         return json.loads(side.read_text())
-
-
-def _config_diff(a: Mapping[str, Any], b: Mapping[str, Any], ignore: Iterable[str]) -> list[str]:
-    keys = (set(a) | set(b)) - set(ignore)
-    return sorted(k for k in keys if a.get(k) != b.get(k))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -289,7 +280,7 @@ def merge_result_parts(
         if want_config is None:
             want_config, ref_path = cfg, piece.path
             continue
-        diff = _config_diff(want_config, cfg, ignore)
+        diff = config_diff(want_config, cfg, ignore)
         if diff:
             against = f"{ref_path}" if ref_path is not None else "this run"
             details = "; ".join(f"{k}: {against} has {want_config.get(k)!r}, {piece.path.name} has {cfg.get(k)!r}"
@@ -304,7 +295,7 @@ def merge_result_parts(
     if config is not None:
         side_text = json.dumps(want_config, indent=2, sort_keys=True) + "\n"
     else:
-        sides = [_sidecar(p.path) for p in (with_rows or pieces) if _sidecar(p.path).exists()]
+        sides = [sidecar_path(p.path) for p in (with_rows or pieces) if sidecar_path(p.path).exists()]
         side_text = max(sides, key=lambda s: s.stat().st_mtime_ns).read_text() if sides else None
 
     merged: dict[int, str] = {}
@@ -315,10 +306,10 @@ def merge_result_parts(
     out.parent.mkdir(parents=True, exist_ok=True)
     if side_text is not None:
         # The sidecar first: it describes the old rows as well (same configuration up to ignored keys).
-        _write_atomic(_sidecar(out), side_text)
+        _write_atomic(sidecar_path(out), side_text)
     _write_atomic(out, text)
     for p in parts:
-        _sidecar(p).unlink(missing_ok=True)
+        sidecar_path(p).unlink(missing_ok=True)
         p.unlink(missing_ok=True)
     return sorted(merged)
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "ResultWriter", "ConfigMismatchError", "format_time"]
+__all__ = ["COLUMNS", "ResultWriter", "ConfigMismatchError", "config_diff", "format_time", "sidecar_path"]
 
 COLUMNS: tuple[str, ...] = (
     "idx", "label", "predict", "radius", "correct", "time",
@@ -34,8 +34,15 @@ def format_time(seconds: float) -> str:
     return str(datetime.timedelta(seconds=float(seconds)))
 
 
-def _sidecar(path: Path) -> Path:
+def sidecar_path(path: Path) -> Path:
+    """Where the configuration of the result file ``path`` is kept: ``run.tsv`` -> ``run.tsv.json``."""
     return path.with_name(path.name + ".json")
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+    """Sorted keys whose values differ between two run configurations, ``ignore`` excepted."""
+    keys = (set(old) | set(new)) - set(ignore)
+    return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
 def _format(value: Any) -> str:
@@ -79,7 +86,7 @@ class ResultWriter:
         else:
             with open(self.path, "w", encoding="utf-8") as f:
                 f.write("\t".join(columns) + "\n")
-        _sidecar(self.path).write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+        sidecar_path(self.path).write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
         self._file = open(self.path, "a", encoding="utf-8")
 
     def _has_rows(self) -> bool:
@@ -90,15 +97,14 @@ class ResultWriter:
             return bool(f.read(1))
 
     def _check_config(self) -> None:
-        side = _sidecar(self.path)
+        side = sidecar_path(self.path)
         if not side.exists():
             raise ConfigMismatchError(
                 f"{self.path} exists but has no {side.name} describing how it was made; "
                 "refusing to append to it — choose another --out or remove the file"
             )
         old = json.loads(side.read_text())
-        keys = (set(old) | set(self.config)) - set(self.ignore)
-        diff = sorted(k for k in keys if old.get(k) != self.config.get(k))
+        diff = config_diff(old, self.config, self.ignore)
         if diff:
             details = "; ".join(f"{k}: file has {old.get(k)!r}, now {self.config.get(k)!r}" for k in diff)
             raise ConfigMismatchError(
