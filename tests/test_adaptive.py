@@ -108,6 +108,9 @@ def test_certify_at_decides_early_and_agrees_with_fixed_n():
     assert not res.certified[:, 4].any() and not fixed_at[:, 4].any()  # 1.5 is out of reach
     assert (res.certified == fixed_at).double().mean() >= 0.9
     assert res.n_used.double().mean() < 0.5 * 100_000
+    # decisions are monotone in r, so (answered, largest certified radius) encodes them all
+    from_rows = (res.prediction != -1)[:, None] & (res.largest_certified_radius()[:, None] >= torch.tensor(radii))
+    assert torch.equal(from_rows, res.certified)
 
 
 def test_certify_at_checks_its_arguments():

@@ -140,3 +140,16 @@ def test_adaptive_target_and_engine_options(checkpoint, tmp_path):
     assert all(0 < int(r[n_col]) <= 64 for r in rows[1:])
     config = (tmp_path / "r.tsv.json").read_text()
     assert '"target": "radius"' in config and '"channels_last": false' in config and '"batch_size": "auto"' in config
+
+
+def test_grid_target_rows_give_exact_certified_accuracy_at_the_grid(checkpoint, tmp_path, capsys):
+    out = tmp_path / "g.tsv"
+    assert _certify(checkpoint, out, "--max", "4", "--target", "grid", "--radii", "0", "0.1", "0.2",
+                    "--stages", "16") == 0
+    res = load_results(out)
+    assert set(res.radius.tolist()) <= {0.0, 0.1, 0.2}
+    assert all(n in (16, 64) for n in res.extra["n"].tolist())
+    assert '"stages": [\n    16,\n    64\n  ]' in (tmp_path / "g.tsv.json").read_text()
+    capsys.readouterr()
+    assert main(["analyze", str(out), "--radii", "0", "0.1", "0.2"]) == 0
+    assert "r = 0.1" in capsys.readouterr().out

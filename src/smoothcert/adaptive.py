@@ -188,10 +188,22 @@ class CertifyAtResult:
     radii: Tensor  #: float64 [R]
     p_lower: Tensor  #: float64 [B], the lower bound at the stage each input stopped
     n_used: Tensor  #: int64 [B], estimation draws each input used (the pilot's n0 come on top)
+    count_a: Tensor  #: int64 [B], of those draws, how many gave the tested class
     n0: int
     alpha: float
     norm: str
     seconds: Tensor  #: float64 [B]
+
+    def largest_certified_radius(self) -> Tensor:
+        """float64 [B]: the largest radius of the grid certified for each input (0 where none).
+
+        Decisions are monotone in the radius (a certified radius implies every smaller one), so
+        ``largest >= r`` holds exactly when r is certified: result rows written with this radius
+        give the right certified accuracy at every grid radius. It is only a lower bound on the
+        radius CERTIFY would report, so averages of it (ACR) understate.
+        """
+        masked = torch.where(self.certified, self.radii[None, :], torch.zeros_like(self.radii)[None, :])
+        return masked.max(dim=1).values
 
 
 def certify_at(
@@ -265,6 +277,7 @@ def certify_at(
         radii=radii,
         p_lower=torch.from_numpy(p_lower),
         n_used=torch.from_numpy(n_used),
+        count_a=torch.from_numpy(count_a),
         n0=n0,
         alpha=alpha,
         norm=norm,

@@ -160,7 +160,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
     try:
         certify_dataset(smoothed, dataset, args.out, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch,
                         seed=args.seed, indices=indices, norm=args.norm, two_class=args.two_class,
-                        target=args.target, radius_loss=args.radius_loss,
+                        target=args.target, radius_loss=args.radius_loss, radii=args.radii or (),
+                        stages=args.stages,
                         config=_run_facts(args, meta), progress=not args.quiet, shard=args.shard)
     except ConfigMismatchError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -301,8 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--n0", type=int, default=100, help="selection draws")
             p.add_argument("--norm", default=None, help="l1, l2 or linf (default: the noise's own)")
             p.add_argument("--two-class", action="store_true", help="(pA, pB) certificate, Bonferroni split")
-            p.add_argument("--target", choices=["fixed", "radius"], default="fixed",
-                           help="radius: plan the draws per input from the n0 pilot, at most --n (column n = used)")
+            p.add_argument("--target", choices=["fixed", "radius", "grid"], default="fixed",
+                           help="radius: plan the draws per input from the n0 pilot, at most --n (column n = used); "
+                                "grid: decide only the --radii with a staged test (radius column = largest certified)")
+            p.add_argument("--radii", type=float, nargs="+", default=None, help="with --target grid: radii to decide")
+            p.add_argument("--stages", type=int, nargs="+", default=None,
+                           help="with --target grid: cumulative draws of the stages before the last, --n (default 1000 10000)")
             p.add_argument("--radius-loss", type=float, default=0.02,
                            help="with --target radius: radius the plan may give up against --n draws")
         p.add_argument("--n", type=int, default=100_000, help="estimation draws")

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .adaptive import CertifyAtResult
 from .distributed import Shard, result_rows
 from .results import ResultWriter, format_time
-from .smooth import ABSTAIN, SmoothedClassifier, _check_sizes
+from .smooth import ABSTAIN, Certificate, SmoothedClassifier, _check_sizes
 from .stats import check_alpha
 
 __all__ = ["input_seed", "select_indices", "certify_dataset", "predict_dataset", "PREDICT_COLUMNS"]
@@ -83,11 +85,19 @@ def certify_dataset(
     two_class: bool = False,
     target: str = "fixed",
     radius_loss: float = 0.02,
+    radii: Sequence[float] = (),
+    stages: Sequence[int] | None = None,
     config: dict[str, Any] | None = None,
     progress: bool = True,
     shard: Shard | None = None,
 ) -> ResultWriter:
     """CERTIFY every selected input of ``dataset`` and append one row each to ``out``.
+
+    ``target``: "fixed" (n draws), "radius" (draws planned per input, at most n; see
+    :meth:`SmoothedClassifier.certify`) or "grid": :meth:`SmoothedClassifier.certify_at` on
+    ``radii`` with ``stages`` (default 1k, 10k; n is always the last), whose row holds as ``radius`` the largest grid
+    radius certified — exact certified accuracy at those radii, but a lower bound on the radius
+    (ACR understates) — and ``count_b`` = -1 (not tracked).
 
     Arguments are checked first. Rows already in ``out`` (same configuration) are kept and
     skipped; a different configuration raises :class:`smoothcert.results.ConfigMismatchError`
@@ -101,12 +111,20 @@ def certify_dataset(
     """
     check_alpha(alpha)
     _check_sizes(n=n, n0=n0, batch_size=batch_size)
-    if target not in ("fixed", "radius"):
-        raise ValueError(f"target must be 'fixed' or 'radius', got {target!r}")
-    if target == "radius" and two_class:
-        raise ValueError("target='radius' plans the one-class certificate; two_class is not supported with it")
+    if target not in ("fixed", "radius", "grid"):
+        raise ValueError(f"target must be 'fixed', 'radius' or 'grid', got {target!r}")
+    if target != "fixed" and two_class:
+        raise ValueError(f"target={target!r} works with the one-class certificate; two_class is not supported with it")
     norm = smoothed.noise.check_norm(norm)
-    adaptive = {"target": target, "radius_loss": radius_loss} if target != "fixed" else {}
+    adaptive: dict[str, Any] = {}
+    if target == "radius":
+        adaptive = {"target": target, "radius_loss": radius_loss}
+    elif target == "grid":
+        # n is always the last stage; earlier stages beyond it are dropped.
+        stages = sorted({int(s) for s in (stages or (1000, 10_000)) if s < n} | {n})
+        if not radii:
+            raise ValueError("target='grid' needs the radii to decide (--radii)")
+        adaptive = {"target": target, "radii": [float(r) for r in radii], "stages": stages}
     run = _run_config(smoothed, n0=n0, n=n, alpha=alpha, seed=seed, norm=norm, two_class=two_class, **adaptive,
                       batch_size=batch_size, **(config or {}))
     todo_all = list(range(len(dataset))) if indices is None else list(indices)
@@ -115,9 +133,14 @@ def certify_dataset(
                    disable=not progress or (shard is not None and shard.rank != 0))
         for i in bar:
             x, y = dataset[i]
-            cert = smoothed.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
-                                    generator=input_seed(seed, i), norm=norm, two_class=two_class,
-                                    target=target, radius_loss=radius_loss)
+            if target == "grid":
+                cert = _grid_certificate(smoothed.certify_at(
+                    x, radii, n0=n0, alpha=alpha, batch_size=batch_size, stages=stages,
+                    generator=input_seed(seed, i), norm=norm))
+            else:
+                cert = smoothed.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+                                        generator=input_seed(seed, i), norm=norm, two_class=two_class,
+                                        target=target, radius_loss=radius_loss)
             pred, label = int(cert.prediction[0]), int(y)
             seconds = float(cert.seconds[0])
             writer.write({
@@ -129,6 +152,15 @@ def certify_dataset(
                 "precision": smoothed.precision, "seconds": seconds,
             })  # fmt: skip
     return writer
+
+
+def _grid_certificate(res: CertifyAtResult) -> Certificate:
+    """A row-shaped view of certify_at decisions (see :func:`certify_dataset`, target "grid")."""
+    n = int(res.n_used.max())
+    return Certificate(prediction=res.prediction, radius=res.largest_certified_radius(), p_lower=res.p_lower,
+                       counts=torch.empty(len(res.prediction), 0, dtype=torch.long), count_a=res.count_a,
+                       count_b=torch.full_like(res.count_a, -1), n=n, n0=res.n0, alpha=res.alpha, norm=res.norm,
+                       seconds=res.seconds, n_used=res.n_used)
 
 
 def predict_dataset(
