@@ -30,8 +30,9 @@ import torch
 from torch import Tensor
 
 from .noise import Noise
-from .smooth import ABSTAIN, Certificate, SmoothedClassifier, _check_sizes
+from .smooth import ABSTAIN, Certificate, SmoothedClassifier, decide, split_counts
 from .stats import check_alpha, clopper_pearson_lower, clopper_pearson_upper
+from .validation import check_sample_sizes
 
 __all__ = [
     "CertifyAtResult",
@@ -132,7 +133,7 @@ def certify_planned(
     """
     alpha = check_alpha(alpha)
     check_alpha(plan_alpha)
-    _check_sizes(n=max_n, n0=n0, batch_size=batch_size)
+    check_sample_sizes(n=max_n, n0=n0, batch_size=batch_size)
     if not radius_loss >= 0:
         raise ValueError(f"radius_loss must be >= 0, got {radius_loss}")
     norm = smoothed.noise.check_norm(norm)
@@ -153,14 +154,12 @@ def certify_planned(
         rows = torch.from_numpy(np.flatnonzero(n_star == n_i))
         counts[rows] = smoothed._counts(x[rows], int(n_i), batch_size, gen).cpu()
     n_used = torch.from_numpy(n_star)
-    count_a = counts.gather(1, c_a[:, None]).squeeze(1)
-    count_b = counts.scatter(1, c_a[:, None], -1).max(dim=1).values.clamp_min(0)
+    count_a, count_b, _ = split_counts(counts, c_a)
     p_lower = torch.from_numpy(clopper_pearson_lower(count_a.numpy(), n_star, alpha))
-    certified = p_lower > 0.5
-    radius = torch.where(certified, smoothed.noise.radius(p_lower, norm=norm, dim=dim), torch.zeros_like(p_lower))
+    prediction, radius = decide(smoothed.noise, c_a, p_lower, norm=norm, dim=dim)
     elapsed = time.perf_counter() - start
     return Certificate(
-        prediction=torch.where(certified, c_a, torch.full_like(c_a, ABSTAIN)),
+        prediction=prediction,
         radius=radius,
         p_lower=p_lower,
         counts=counts,
@@ -230,7 +229,7 @@ def certify_at(
     stages = sorted(int(s) for s in stages)
     if not stages or stages[0] < 1 or len(set(stages)) != len(stages):
         raise ValueError(f"stages must be distinct positive sample sizes, got {stages}")
-    _check_sizes(n=stages[-1], n0=n0, batch_size=batch_size)
+    check_sample_sizes(n=stages[-1], n0=n0, batch_size=batch_size)
     norm = smoothed.noise.check_norm(norm)
     x, gen = smoothed._prepare(x, generator)
     dim = math.prod(x.shape[1:])

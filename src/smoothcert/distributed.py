@@ -30,7 +30,6 @@ import datetime
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -41,6 +40,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .files import atomic_write_text
 from .results import COLUMNS, ConfigMismatchError, ResultWriter, config_diff, sidecar_path
 
 __all__ = [
@@ -213,21 +213,6 @@ class _Piece:
         return json.loads(side.read_text())
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` in one step: a reader (or a crash) sees the old or the new
-    file, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _default_ignore() -> tuple[str, ...]:
     from .evaluate import _MAY_CHANGE  # settings a resumed run may change; imported late (cycle)
 
@@ -306,8 +291,8 @@ def merge_result_parts(
     out.parent.mkdir(parents=True, exist_ok=True)
     if side_text is not None:
         # The sidecar first: it describes the old rows as well (same configuration up to ignored keys).
-        _write_atomic(sidecar_path(out), side_text)
-    _write_atomic(out, text)
+        atomic_write_text(sidecar_path(out), side_text)
+    atomic_write_text(out, text)
     for p in parts:
         sidecar_path(p).unlink(missing_ok=True)
         p.unlink(missing_ok=True)

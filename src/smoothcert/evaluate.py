@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 from .adaptive import CertifyAtResult
 from .distributed import Shard, result_rows
 from .results import ResultWriter, format_time
-from .smooth import ABSTAIN, Certificate, SmoothedClassifier, _check_sizes
+from .smooth import ABSTAIN, Certificate, SmoothedClassifier
 from .stats import check_alpha
+from .validation import check_sample_sizes
 
 __all__ = ["input_seed", "select_indices", "certify_dataset", "predict_dataset", "PREDICT_COLUMNS"]
 
@@ -110,7 +111,7 @@ def certify_dataset(
     this rank's part file, already merged into ``out``).
     """
     check_alpha(alpha)
-    _check_sizes(n=n, n0=n0, batch_size=batch_size)
+    check_sample_sizes(n=n, n0=n0, batch_size=batch_size)
     if target not in ("fixed", "radius", "grid"):
         raise ValueError(f"target must be 'fixed', 'radius' or 'grid', got {target!r}")
     if target != "fixed" and two_class:
@@ -180,7 +181,7 @@ def predict_dataset(
     """PREDICT every selected input and append rows ``idx label predict correct time ...`` to
     ``out`` (resumable and shardable like :func:`certify_dataset`; ABSTAIN = -1 counts as incorrect)."""
     check_alpha(alpha)
-    _check_sizes(n=n, batch_size=batch_size)
+    check_sample_sizes(n=n, batch_size=batch_size)
     run = _run_config(smoothed, n=n, alpha=alpha, seed=seed, batch_size=batch_size, **(config or {}))
     todo_all = list(range(len(dataset))) if indices is None else list(indices)
     with result_rows(out, config=run, indices=todo_all, columns=PREDICT_COLUMNS, ignore=_MAY_CHANGE,

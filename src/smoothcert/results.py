@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_write_text
+
 __all__ = ["COLUMNS", "ResultWriter", "ConfigMismatchError", "config_diff", "format_time", "sidecar_path"]
 
 COLUMNS: tuple[str, ...] = (
@@ -86,7 +88,8 @@ class ResultWriter:
         else:
             with open(self.path, "w", encoding="utf-8") as f:
                 f.write("\t".join(columns) + "\n")
-        sidecar_path(self.path).write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+        # Atomic: a sidecar cut short by an interrupt would make the rows unreadable on resume.
+        atomic_write_text(sidecar_path(self.path), json.dumps(self.config, indent=2, sort_keys=True) + "\n")
         self._file = open(self.path, "a", encoding="utf-8")
 
     def _has_rows(self) -> bool:

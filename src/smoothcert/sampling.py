@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .noise import Noise
-from .validation import check_sample_sizes, ensure_eval, model_device
+from .validation import AUTO, check_batch_size, check_sample_sizes, ensure_eval, model_device
 
 __all__ = [
     "AUTO",
@@ -115,7 +115,7 @@ def _logits_per_chunk(
     rows = fixed_rows(total, batch_size) if fixed_shape else min(batch_size, total)
     # Images are drawn straight into channels-last layout ([b, H, W, C] viewed as [b, C, H, W]):
     # draws are i.i.d., so the layout is free, and convolutions and pooling run ~1.4x faster on
-    # it on CPU (benchmarks/README.md) and with tensor cores on GPU.
+    # it on CPU (benchmarks/README.md); GPUs favour it for convolutions too (not yet measured here).
     nhwc = channels_last and x.ndim == 4
     shape = (*x.shape[2:], x.shape[1]) if nhwc else tuple(x.shape[1:])
     with torch.inference_mode(), precision_context(precision, device):
@@ -238,14 +238,12 @@ def sample_mean_probs(
 # Automatic batch size
 # ------------------------------------------------------------------------------------------
 
-#: ``batch_size="auto"``: rows per forward pass chosen from memory (see :func:`auto_batch_size`).
-AUTO = "auto"
 #: Share of the free device memory an automatic batch may use: the rest is headroom for the
 #: allocator's fragmentation, cuDNN workspaces and other processes.
 AUTO_MEMORY_FRACTION = 0.7
 #: Automatic batches are a multiple of this many rows (whole warps/tiles on GPUs) ...
 AUTO_MULTIPLE = 64
-#: ... and at most this many: beyond it a GPU gains nothing and a fixed-shape last chunk pads more.
+#: ... and at most this many (a cap, not a measured optimum; check it with benchmarks/certify_speed.py).
 AUTO_MAX_ROWS = 16384
 #: Default budget on CPU for the noisy batch plus activations. LeNet on 28x28 inputs needs
 #: 0.199 MB per row by :func:`measure_row_bytes`, so 56 MiB gives 295 rows, rounded down to 256
@@ -259,17 +257,6 @@ OPAQUE_ACTIVATION_FACTOR = 64
 LIVE_OUTPUTS = 3
 #: Row counts of the two probe passes on CUDA; the per-row memory is the slope between them.
 PROBE_ROWS = (16, 64)
-
-
-def check_batch_size(batch_size: int | str) -> int | str:
-    """``batch_size`` if it is a positive integer or ``"auto"``, else a ValueError."""
-    if isinstance(batch_size, str):
-        if batch_size == AUTO:
-            return batch_size
-        raise ValueError(f"batch_size must be a positive integer or {AUTO!r}, got {batch_size!r}")
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer or {AUTO!r}, got {batch_size!r}")
-    return int(batch_size)
 
 
 def auto_batch_size(

@@ -103,10 +103,23 @@ class CompileError(RuntimeError):
     operator, ...); the model itself runs uncompiled."""
 
 
-def _check_sizes(*, n: int, n0: int | None = None, batch_size: int | str) -> None:
-    """:func:`check_sample_sizes` with ``batch_size="auto"`` allowed."""
-    batch_size = check_batch_size(batch_size)
-    check_sample_sizes(n=n, n0=n0, batch_size=1 if batch_size == AUTO else batch_size)
+def split_counts(counts: Tensor, c_a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(count_a, count_b, others)`` from class counts ``[B, K]`` and the tested classes ``[B]``:
+    the count of cA, the largest count of any other class, and the counts with cA's set to -1."""
+    count_a = counts.gather(1, c_a[:, None]).squeeze(1)
+    others = counts.scatter(1, c_a[:, None], -1)
+    return count_a, others.max(dim=1).values.clamp_min(0), others
+
+
+def decide(
+    noise: Noise, c_a: Tensor, p_lower: Tensor, *, p_upper_b: Tensor | None = None, norm: str, dim: int
+) -> tuple[Tensor, Tensor]:
+    """``(prediction, radius)``: cA where pA_lower > 1/2 (or > pB_upper), else ABSTAIN; the
+    noise's radius there and 0 elsewhere (:meth:`Noise.radius` already returns 0 where the bounds
+    certify nothing)."""
+    certified = p_lower > (0.5 if p_upper_b is None else p_upper_b)
+    prediction = torch.where(certified, c_a, torch.full_like(c_a, ABSTAIN))
+    return prediction, noise.radius(p_lower, norm=norm, p_upper_b=p_upper_b, dim=dim)
 
 
 def _sync(device: torch.device) -> None:
@@ -377,7 +390,7 @@ class SmoothedClassifier:
             int64 ``[B]`` on the CPU, ABSTAIN (-1) where the test does not reject.
         """
         alpha = check_alpha(alpha)
-        _check_sizes(n=n, batch_size=batch_size)
+        check_sample_sizes(n=n, batch_size=batch_size)
         # Even n agreeing draws give p-value 2 * 0.5^n: below that n the test never rejects.
         n_min = math.floor(math.log2(2 / alpha)) + 1 if 2 * 0.5**n > alpha else n
         if n < n_min:
@@ -445,7 +458,7 @@ class SmoothedClassifier:
         if target != "fixed":
             raise ValueError(f"target must be 'fixed' or 'radius', got {target!r}")
         alpha = check_alpha(alpha)
-        _check_sizes(n=n, n0=n0, batch_size=batch_size)
+        check_sample_sizes(n=n, n0=n0, batch_size=batch_size)
         norm = self.noise.check_norm(norm)
         alpha_a = alpha / 2 if two_class else alpha
         if n < min_samples_to_certify(alpha_a):
@@ -463,9 +476,7 @@ class SmoothedClassifier:
         counts = self._counts(x, n, batch_size, gen)
         # One host transfer for the whole batch, after all sampling is queued.
         counts, c_a = counts.cpu(), c_a.cpu()
-        count_a = counts.gather(1, c_a[:, None]).squeeze(1)
-        others = counts.scatter(1, c_a[:, None], -1)
-        count_b = others.max(dim=1).values.clamp_min(0)
+        count_a, count_b, others = split_counts(counts, c_a)
         p_lower = torch.from_numpy(clopper_pearson_lower(count_a.numpy(), n, alpha_a))
         p_upper_b = None
         if two_class:
@@ -473,12 +484,7 @@ class SmoothedClassifier:
             uppers = clopper_pearson_upper(others.clamp_min(0).numpy(), n, alpha_b)
             uppers[np.arange(len(c_a)), c_a.numpy()] = -np.inf  # cA is not a competitor
             p_upper_b = torch.from_numpy(np.minimum(uppers.max(axis=1), 1.0 - p_lower.numpy()))
-            certified = p_lower > p_upper_b
-        else:
-            certified = p_lower > 0.5
-        radius = self.noise.radius(p_lower, norm=norm, p_upper_b=p_upper_b, dim=dim)
-        radius = torch.where(certified, radius, torch.zeros_like(radius))
-        prediction = torch.where(certified, c_a, torch.full_like(c_a, ABSTAIN))
+        prediction, radius = decide(self.noise, c_a, p_lower, p_upper_b=p_upper_b, norm=norm, dim=dim)
         elapsed = time.perf_counter() - start
         return Certificate(
             prediction=prediction,

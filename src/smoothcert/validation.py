@@ -7,7 +7,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-__all__ = ["as_batch", "ensure_eval", "check_sample_sizes", "model_device"]
+__all__ = ["AUTO", "as_batch", "check_batch_size", "check_sample_sizes", "ensure_eval", "model_device"]
 
 
 def as_batch(x: Tensor, *, allow_unbounded: bool = False, name: str = "x") -> Tensor:
@@ -68,8 +68,25 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def check_sample_sizes(*, n: int, n0: int | None = None, batch_size: int) -> None:
-    """Reject non-positive sizes and n0 >= n (the selection draws must be the cheap part)."""
+#: ``batch_size="auto"``: rows per forward pass chosen from memory (see
+#: :func:`smoothcert.sampling.auto_batch_size`).
+AUTO = "auto"
+
+
+def check_batch_size(batch_size: int | str) -> int | str:
+    """``batch_size`` if it is a positive integer or ``"auto"``, else a ValueError."""
+    if isinstance(batch_size, str):
+        if batch_size == AUTO:
+            return batch_size
+        raise ValueError(f"batch_size must be a positive integer or {AUTO!r}, got {batch_size!r}")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer or {AUTO!r}, got {batch_size!r}")
+    return int(batch_size)
+
+
+def check_sample_sizes(*, n: int, n0: int | None = None, batch_size: int | str) -> None:
+    """Reject non-positive sizes, n0 >= n (the selection draws must be the cheap part) and a
+    batch size that is neither a positive integer nor ``"auto"``."""
     if int(n) != n or n < 1:
         raise ValueError(f"n must be a positive integer, got {n}")
     if n0 is not None:
@@ -80,5 +97,4 @@ def check_sample_sizes(*, n: int, n0: int | None = None, batch_size: int) -> Non
                 f"n0 ({n0}) must be smaller than n ({n}): n0 only selects the class, "
                 "n draws estimate its probability"
             )
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    check_batch_size(batch_size)

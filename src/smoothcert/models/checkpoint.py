@@ -18,12 +18,10 @@ crash: it silently costs accuracy.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
 import pickle
-import tempfile
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -33,6 +31,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from ..files import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -473,26 +473,4 @@ def _describe_foreign(payload: dict[str, Any]) -> str:
 
 
 def _atomic_save(payload: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates the file 0600; give the checkpoint the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    with contextlib.suppress(OSError, AttributeError):
-        # Make the rename itself durable (POSIX; directories cannot be opened on Windows).
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    atomic_write(path, lambda f: torch.save(payload, f))
