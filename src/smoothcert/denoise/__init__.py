@@ -1,0 +1,98 @@
+"""Denoised smoothing: make a pretrained classifier robust without retraining it.
+
+``Denoised(classifier, denoiser)`` is a base classifier like any other (certify, predict, attack);
+the classifier is frozen. Denoisers come in two families:
+
+* one network per noise and sigma (``dncnn``), trained with ``mse`` or the classifier-guided
+  ``stability`` / ``classification`` losses of Salman et al. 2020 (full or query access);
+* one score network ``s(y, sigma)`` (``scorenet``) trained once by multi-scale denoising score
+  matching (``dsm``), used as a one-step Tweedie denoiser (Gaussian noise) or a multi-step
+  annealed MAP denoiser (Gaussian, Laplace, uniform noise), after the score-based denoised
+  smoothing paper.
+
+Example (a classifier ``f`` for MNIST, one score network for every noise)::
+
+    score = build_denoiser("scorenet", in_channels=1, width=32)
+    train_denoiser(score, get_dataset("mnist", split="train"), loss="dsm",
+                   ladder=sigma_ladder(1.0, 0.01, 10), epochs=20)
+    den = MultiStepDenoiser(score, get_noise("laplace", sigma=0.5), ladder=sigma_ladder(0.5, 0.01, 10),
+                            steps_per_level=3, step_size=2e-5)
+    smoothed = SmoothedClassifier(Denoised(f, den), noise=get_noise("laplace", sigma=0.5), num_classes=10)
+"""
+
+from .checkpoint import (
+    DenoiserMeta,
+    load_denoiser,
+    read_denoiser_checkpoint,
+    save_denoiser,
+)
+from .losses import (
+    ClassificationLoss,
+    DenoiserLoss,
+    DSMLoss,
+    MSELoss,
+    StabilityLoss,
+    get_denoiser_loss,
+    list_denoiser_losses,
+    register_denoiser_loss,
+    zeroth_order_cross_entropy,
+)
+from .nets import (
+    DENOISERS,
+    DnCNN,
+    ScoreNet,
+    build_denoiser,
+    denoiser_kind,
+    list_denoisers,
+    register_denoiser,
+)
+from .score import (
+    MultiStepDenoiser,
+    OneStepDenoiser,
+    check_ladder,
+    dsm_loss,
+    level_step_sizes,
+    multistep_denoise,
+    noise_potential,
+    sigma_ladder,
+    tweedie_denoise,
+)
+from .train import classifier_fingerprint, denoising_psnr, psnr, train_denoiser
+from .wrapper import Denoised
+
+__all__ = [
+    "DENOISERS",
+    "ClassificationLoss",
+    "DSMLoss",
+    "Denoised",
+    "DenoiserLoss",
+    "DenoiserMeta",
+    "DnCNN",
+    "MSELoss",
+    "MultiStepDenoiser",
+    "OneStepDenoiser",
+    "ScoreNet",
+    "StabilityLoss",
+    "build_denoiser",
+    "check_ladder",
+    "classifier_fingerprint",
+    "denoiser_kind",
+    "denoising_psnr",
+    "dsm_loss",
+    "get_denoiser_loss",
+    "level_step_sizes",
+    "list_denoiser_losses",
+    "list_denoisers",
+    "load_denoiser",
+    "multistep_denoise",
+    "noise_potential",
+    "psnr",
+    "read_denoiser_checkpoint",
+    "register_denoiser",
+    "register_denoiser_loss",
+    "save_denoiser",
+    "sigma_ladder",
+    "train_denoiser",
+    "tweedie_denoise",
+    "zeroth_order_cross_entropy",
+]

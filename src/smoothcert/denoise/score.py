@@ -1,0 +1,357 @@
+"""Score-based denoising: multi-scale denoising score matching, one-step and multi-step denoisers.
+
+Source: "Efficient randomized smoothing by denoising with learned score function" (the
+score-based denoised smoothing paper in ``shared/papers``), Sec. 3.1-3.3 and Algorithm 1, after
+Song & Ermon 2019 (NCSN) for the multi-scale loss and the annealed step sizes.
+
+A *score* is any callable ``score(y, sigma) -> Tensor`` with ``y`` ``[B, ...]`` and ``sigma`` a
+``[B]`` tensor of noise levels (same device and dtype as ``y``), returning an estimate of
+``grad_y log p_sigma(y)`` of ``y``'s shape, where ``p_sigma = p * N(0, sigma^2 I)`` is the data
+density smoothed by Gaussian noise of standard deviation ``sigma``. A trained
+:class:`~smoothcert.denoise.ScoreNet` is one; an exact analytic score is another (the tests).
+
+Conventions (written once, here):
+
+* ``ladder``: noise levels ``sigma_1 > sigma_2 > ... > sigma_L > 0`` (standard deviations),
+  geometric by :func:`sigma_ladder`. Song & Ermon use ``sigma_1 = 1``, ``sigma_L = 0.01``,
+  ``L = 10`` for 32x32 images in [0, 1].
+* Noise potentials ``phi`` with ``q(u) proportional to exp(-phi(u))``, in this package's noise
+  conventions (``sigma`` the per-coordinate standard deviation, see :mod:`smoothcert.noise`):
+  Gaussian ``phi(u) = ||u||_2^2 / (2 sigma^2)``; Laplace ``phi(u) = ||u||_1 / lambda`` with the
+  scale ``lambda = sigma / sqrt(2)``; uniform ``phi(u) = 0`` on the box ``[-lambda, lambda]^d``
+  with half-width ``lambda = sigma sqrt(3)``, infinite outside. (The paper writes
+  ``q_lambda(u) = exp(-phi(u / lambda))``; the scales are the same, only absorbed into ``phi``.)
+  Every ``phi`` is even, so ``phi(y - x) = phi(x - y)``.
+* The multi-step denoiser is gradient descent on the approximate MAP objective of the paper's Sec. 3.1,
+  ``L(x; y) = -log p_sigma_i(x) + phi(x - y)``, whose gradient is
+  ``-s(x, sigma_i) + grad phi(x - y)``. The update is therefore
+  ``x <- x + alpha_i (s(x, sigma_i) - grad phi(x - y))``. Algorithm 1 of the paper prints
+  ``x + alpha_i (s + grad_x phi(x - y))``, which taken literally *ascends* on ``phi``; the
+  objective it descends (and the paper's gradient step ``x - alpha grad L_MAP``) fix the sign used here, and the tests check that the objective
+  decreases. For uniform noise ``phi`` is an indicator, so its gradient step is the Euclidean
+  projection onto ``{x : x - y in [-lambda, lambda]^d}`` (projected gradient descent).
+* Step sizes ``alpha_i = alpha sigma_i^2 / sigma_L^2`` (Algorithm 1 writes ``sigma^2`` in the
+  denominator; as in Song & Ermon's annealed Langevin dynamics we take the smallest level
+  ``sigma_L``, so ``alpha`` is the step of the last level).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..noise import Gaussian, Laplace, Noise, Uniform
+from .nets import as_sigma
+
+__all__ = [
+    "MultiStepDenoiser",
+    "OneStepDenoiser",
+    "ScoreFn",
+    "check_ladder",
+    "dsm_loss",
+    "level_step_sizes",
+    "multistep_denoise",
+    "noise_potential",
+    "sigma_ladder",
+    "tweedie_denoise",
+]
+
+#: ``score(y [B, ...], sigma [B]) -> [B, ...]``, an estimate of grad_y log p_sigma(y).
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+#: Callback of :func:`multistep_denoise`: ``(level i (0-based), step t (0-based), x after the step)``.
+StepCallback = Callable[[int, int, Tensor], None]
+
+
+def sigma_ladder(sigma_max: float, sigma_min: float, num_levels: int) -> list[float]:
+    """The geometric ladder ``sigma_1 = sigma_max > ... > sigma_L = sigma_min`` of ``L = num_levels``
+    levels (constant ratio ``(sigma_min / sigma_max)^(1/(L-1))``), as plain floats."""
+    if not isinstance(num_levels, int) or isinstance(num_levels, bool) or num_levels < 1:
+        raise ValueError(f"num_levels must be a positive integer, got {num_levels!r}")
+    hi, lo = float(sigma_max), float(sigma_min)
+    if not (math.isfinite(hi) and math.isfinite(lo) and hi >= lo > 0):
+        raise ValueError(f"need sigma_max >= sigma_min > 0, got sigma_max={sigma_max}, sigma_min={sigma_min}")
+    if num_levels == 1:
+        if hi != lo:
+            raise ValueError("a one-level ladder needs sigma_max == sigma_min")
+        return [hi]
+    if hi == lo:
+        raise ValueError("a ladder of several levels needs sigma_max > sigma_min")
+    ratio = math.log(lo / hi) / (num_levels - 1)
+    levels = [hi * math.exp(ratio * i) for i in range(num_levels)]
+    levels[-1] = lo  # exact end point, not exp(log(.)) rounding
+    return levels
+
+
+def check_ladder(ladder: Sequence[float] | Tensor) -> tuple[float, ...]:
+    """``ladder`` as a tuple of floats if it is non-empty, finite, positive and strictly decreasing."""
+    values = tuple(float(v) for v in (ladder.tolist() if isinstance(ladder, Tensor) else ladder))
+    if not values:
+        raise ValueError("the sigma ladder is empty")
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"ladder levels must be positive and finite, got {list(values)}")
+    if any(b >= a for a, b in itertools.pairwise(values)):
+        raise ValueError(f"the ladder must be strictly decreasing (sigma_1 > ... > sigma_L), got {list(values)}")
+    return values
+
+
+def dsm_loss(
+    score: ScoreFn,
+    x: Tensor,
+    ladder: Sequence[float] | Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    levels: Tensor | None = None,
+) -> Tensor:
+    """Multi-scale denoising score matching loss (paper Sec. 3.3; Song & Ermon 2019, Sec. 4.2).
+
+    ``L(theta) = (1/L) sum_i sigma_i^2 * 1/2 E ||s(y; sigma_i) + (y - x) / sigma_i^2||_2^2`` with
+    ``y = x + sigma_i z``, ``z ~ N(0, I)``; the norm is over all coordinates of one input, the
+    expectation over inputs and noise. Each row of ``x`` [B, ...] gets one level, drawn uniformly
+    (``levels`` [B] int64 indices into the ladder fixes them instead), and one noise draw; the
+    mean over rows is an unbiased estimate of ``L``. The weight ``sigma_i^2`` puts every level on
+    the same scale: the loss of row b is ``1/2 ||sigma_i s(y; sigma_i) + z||^2``. Its minimum over
+    all score functions is reached by the true score of ``p_sigma_i`` (Vincent 2011). Returns a
+    scalar with gradients to ``score``'s parameters.
+    """
+    sig = torch.tensor(check_ladder(ladder), dtype=x.dtype, device=x.device)
+    b = x.shape[0]
+    if levels is None:
+        levels = torch.randint(len(sig), (b,), generator=generator, device=x.device)
+    elif levels.shape != (b,):
+        raise ValueError(f"levels must be [B] = [{b}] indices into the ladder, got shape {tuple(levels.shape)}")
+    sigma = sig[levels.to(x.device)]
+    s = sigma.view(b, *([1] * (x.ndim - 1)))
+    z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    out = score(x + s * z, sigma)
+    return 0.5 * (s * out + z).flatten(1).pow(2).sum(1).mean()
+
+
+def tweedie_denoise(score: ScoreFn, y: Tensor, sigma: float | Tensor) -> Tensor:
+    """One-step denoiser ``x_hat = y + sigma^2 s(y, sigma)`` (paper Prop. 3.1; Tweedie/Robbins).
+
+    With the exact score of ``p_sigma`` this is the posterior mean E[x | y] for
+    ``y = x + N(0, sigma^2 I)``, the minimiser of the MSE; it is exact only for Gaussian noise.
+    ``y`` [B, ...], ``sigma`` a number or [B]; returns ``y``'s shape.
+    """
+    s = as_sigma(sigma, y)
+    return y + (s * s).view(-1, *([1] * (y.ndim - 1))) * score(y, s)
+
+
+def noise_potential(noise: Noise, u: Tensor) -> Tensor:
+    """``phi(u)`` per row of ``u`` [B, ...] (float [B]), with ``q(u) proportional to exp(-phi(u))``:
+    Gaussian ``||u||^2/(2 sigma^2)``, Laplace ``||u||_1/lambda``, uniform 0 inside
+    ``[-lambda, lambda]^d`` and ``inf`` outside (see the module docstring for the lambdas)."""
+    flat = u.flatten(1)
+    if isinstance(noise, Gaussian):
+        return flat.pow(2).sum(1) / (2 * noise.sigma**2)
+    if isinstance(noise, Laplace):
+        return flat.abs().sum(1) / noise.scale
+    if isinstance(noise, Uniform):
+        inside = (flat.abs() <= noise.half_width).all(1)
+        return torch.where(inside, torch.zeros_like(flat[:, 0]), torch.full_like(flat[:, 0], math.inf))
+    raise _unsupported(noise)
+
+
+def _unsupported(noise: object) -> TypeError:
+    return TypeError(
+        f"multi-step denoising knows the potentials of Gaussian, Laplace and Uniform noise, not "
+        f"{type(noise).__name__}; add its phi(u) = -log q(u) and gradient step to smoothcert.denoise.score"
+    )
+
+
+def level_step_sizes(ladder: Sequence[float] | Tensor, step_size: float) -> list[float]:
+    """``alpha_i = alpha sigma_i^2 / sigma_L^2`` for each level of ``ladder`` (Algorithm 1, line 3)."""
+    levels = check_ladder(ladder)
+    return [float(step_size) * (s / levels[-1]) ** 2 for s in levels]
+
+
+def _check_steps(noise: Noise, ladder: tuple[float, ...], steps_per_level: int, step_size: float) -> list[float]:
+    if not isinstance(noise, (Gaussian, Laplace, Uniform)):
+        raise _unsupported(noise)
+    if not isinstance(steps_per_level, int) or isinstance(steps_per_level, bool) or steps_per_level < 1:
+        raise ValueError(f"steps_per_level (T) must be a positive integer, got {steps_per_level!r}")
+    if not (math.isfinite(float(step_size)) and float(step_size) > 0):
+        raise ValueError(f"step_size (alpha) must be positive, got {step_size!r}")
+    alphas = level_step_sizes(ladder, step_size)
+    if isinstance(noise, Gaussian) and alphas[0] >= 2 * noise.sigma**2:
+        # grad phi is (1/sigma^2)-Lipschitz: gradient descent on the data term alone diverges past 2 sigma^2.
+        warnings.warn(
+            f"multi-step denoising: the first step size alpha_1 = {alphas[0]:.3g} is >= 2 sigma^2 = "
+            f"{2 * noise.sigma**2:.3g}, where the Gaussian data term alone makes the iteration diverge; "
+            "lower step_size (alpha is the step of the last, smallest level)",
+            stacklevel=3,
+        )
+    return alphas
+
+
+def multistep_denoise(
+    score: ScoreFn,
+    y: Tensor,
+    noise: Noise,
+    *,
+    ladder: Sequence[float] | Tensor,
+    steps_per_level: int,
+    step_size: float,
+    callback: StepCallback | None = None,
+) -> Tensor:
+    """Annealed gradient descent on the MAP objective (paper Algorithm 1, signs as derived in Sec. 3.1).
+
+    From ``x = y``, for each level ``sigma_i`` of the decreasing ``ladder`` and ``T =
+    steps_per_level`` steps of ``alpha_i = alpha sigma_i^2 / sigma_L^2`` (``alpha = step_size``)::
+
+        Gaussian, Laplace:  x <- x + alpha_i (s(x, sigma_i) - grad phi(x - y))
+        uniform:            x <- clamp(x + alpha_i s(x, sigma_i), y - lambda, y + lambda)
+
+    i.e. (projected) gradient descent on ``-log p_sigma_i(x) + phi(x - y)`` with the noise's
+    potential ``phi`` (module docstring): ``grad phi(u) = u / sigma^2`` (Gaussian),
+    ``sign(u) / lambda`` (Laplace, ``lambda = sigma/sqrt(2)``; subgradient 0 at 0), and the
+    projection onto the box of half-width ``lambda = sigma sqrt(3)`` (uniform). Every iterate of
+    the uniform case satisfies ``|x - y| <= lambda`` coordinate-wise.
+
+    Stability: with the exact score of Gaussian data of variance ``v`` the objective of level i
+    is smooth with constant ``1/(v + sigma_i^2) + 1/sigma^2`` (Gaussian noise), and the iteration
+    decreases it whenever ``alpha_i`` is below twice its inverse; a warning is given when
+    ``alpha_1 >= 2 sigma^2``. The Laplace subgradient step converges where the minimiser is
+    off the kink ``x = y`` and oscillates across the kink within about ``2 alpha_i / lambda`` of it.
+
+    Args:
+        score: ``score(x, sigma [B])``, see :data:`ScoreFn`.
+        y: noisy inputs ``[B, ...]``; the result has the same shape.
+        noise: the noise that produced ``y`` (Gaussian, Laplace or Uniform).
+        ladder: ``sigma_1 > ... > sigma_L`` at which the score is evaluated.
+        steps_per_level: T.
+        step_size: alpha, the step of the last level.
+        callback: called as ``callback(i, t, x)`` after every step (tracing, tests).
+    Gradients flow through every step (the unrolled iteration), for attacks through the denoiser;
+    run under ``torch.no_grad()`` when none are needed.
+    """
+    levels = check_ladder(ladder)
+    alphas = _check_steps(noise, levels, steps_per_level, step_size)
+    return _anneal(score, y, noise, levels, alphas, steps_per_level, callback)
+
+
+def _anneal(
+    score: ScoreFn,
+    y: Tensor,
+    noise: Noise,
+    levels: Sequence[float],
+    alphas: Sequence[float],
+    steps_per_level: int,
+    callback: StepCallback | None,
+) -> Tensor:
+    """The iteration of :func:`multistep_denoise`, settings already checked."""
+    x = y
+    for i, (sigma_i, alpha_i) in enumerate(zip(levels, alphas)):
+        sig = torch.full((y.shape[0],), sigma_i, dtype=y.dtype, device=y.device)
+        for t in range(steps_per_level):
+            s = score(x, sig)
+            if isinstance(noise, Gaussian):
+                x = x + alpha_i * (s - (x - y) / noise.sigma**2)
+            elif isinstance(noise, Laplace):
+                x = x + alpha_i * (s - torch.sign(x - y) / noise.scale)
+            else:  # Uniform: projected step onto y + [-lambda, lambda]^d
+                lam = noise.half_width
+                x = torch.clamp(x + alpha_i * s, y - lam, y + lam)
+            if callback is not None:
+                callback(i, t, x)
+    return x
+
+
+def _score_name(score: object) -> str:
+    return type(score).__name__ if isinstance(score, nn.Module) else getattr(score, "__name__", type(score).__name__)
+
+
+class OneStepDenoiser(nn.Module):
+    """``D(y) = y + sigma^2 s(y, sigma)`` (:func:`tweedie_denoise`) for Gaussian noise of std ``sigma``.
+
+    ``sigma`` is a number or a :class:`~smoothcert.noise.Gaussian` noise; other noises are refused
+    with a TypeError (Tweedie's formula is the posterior mean for Gaussian noise only: use
+    :class:`MultiStepDenoiser`). Plugs into :class:`~smoothcert.denoise.Denoised`.
+    """
+
+    def __init__(self, score: ScoreFn, sigma: float | Noise) -> None:
+        super().__init__()
+        if isinstance(sigma, Noise):
+            if not isinstance(sigma, Gaussian):
+                raise TypeError(
+                    f"the one-step (Tweedie) denoiser holds for Gaussian noise only, got {sigma!r}; "
+                    "use MultiStepDenoiser for Laplace or uniform noise"
+                )
+            sigma = sigma.sigma
+        sigma = float(sigma)
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"sigma must be positive, got {sigma}")
+        self.score = score
+        self.sigma = sigma
+
+    def settings(self) -> dict[str, Any]:
+        """The denoiser's settings as a plain dict (for run records)."""
+        return {"denoiser": "one-step", "score": _score_name(self.score), "noise": "gaussian", "sigma": self.sigma}
+
+    def forward(self, y: Tensor) -> Tensor:
+        return tweedie_denoise(self.score, y, self.sigma)
+
+    def __repr__(self) -> str:
+        return f"OneStepDenoiser(score={_score_name(self.score)}, sigma={self.sigma:g})"
+
+
+class MultiStepDenoiser(nn.Module):
+    """:func:`multistep_denoise` with fixed settings, as a module ``y -> x_hat``.
+
+    Args:
+        score: the score network (or callable) ``s(x, sigma)``.
+        noise: the smoothing noise (Gaussian, Laplace or Uniform, from :func:`smoothcert.noise.get_noise`).
+        ladder: ``sigma_1 > ... > sigma_L``; e.g. ``sigma_ladder(noise.sigma, 0.01, 10)``.
+        steps_per_level: T.
+        step_size: alpha (the step of the last level; level i steps ``alpha sigma_i^2 / sigma_L^2``).
+    :meth:`settings` records all of them, the per-level steps included, for a run's record.
+    """
+
+    def __init__(
+        self,
+        score: ScoreFn,
+        noise: Noise,
+        *,
+        ladder: Sequence[float] | Tensor,
+        steps_per_level: int,
+        step_size: float,
+    ) -> None:
+        super().__init__()
+        if not isinstance(noise, Noise):
+            raise TypeError("noise must be a smoothcert Noise; build one with get_noise(name, sigma=...)")
+        self.ladder = check_ladder(ladder)
+        self._alphas = _check_steps(noise, self.ladder, steps_per_level, step_size)
+        self.score = score
+        self.noise = noise
+        self.steps_per_level = steps_per_level
+        self.step_size = float(step_size)
+
+    def settings(self) -> dict[str, Any]:
+        """The denoiser's settings as a plain dict (for run records)."""
+        return {
+            "denoiser": "multi-step",
+            "score": _score_name(self.score),
+            "noise": self.noise.name,
+            "sigma": self.noise.sigma,
+            "ladder": list(self.ladder),
+            "steps_per_level": self.steps_per_level,
+            "step_size": self.step_size,
+            "level_step_sizes": level_step_sizes(self.ladder, self.step_size),
+        }
+
+    def forward(self, y: Tensor) -> Tensor:
+        return _anneal(self.score, y, self.noise, self.ladder, self._alphas, self.steps_per_level, None)
+
+    def __repr__(self) -> str:
+        ladder = ", ".join(f"{s:.4g}" for s in self.ladder)
+        return (
+            f"MultiStepDenoiser(score={_score_name(self.score)}, noise={self.noise!r}, ladder=[{ladder}], "
+            f"steps_per_level={self.steps_per_level}, step_size={self.step_size:g})"
+        )

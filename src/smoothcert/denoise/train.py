@@ -1,0 +1,301 @@
+"""Training denoisers and score networks: Adam, an atomic checkpoint per epoch, exact resume.
+
+The classifier of a guided loss is frozen for the whole run (eval mode, ``requires_grad=False``),
+only the denoiser's parameters are given to the optimiser, and a SHA-256 fingerprint of the
+classifier's weights goes into the checkpoint, so a resumed run cannot silently switch classifiers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..data import ArrayDataset
+from ..noise import Noise
+from ..validation import model_device
+from .checkpoint import DenoiserMeta, read_denoiser_checkpoint, save_denoiser
+from .losses import DenoiserLoss, DSMLoss, get_denoiser_loss
+from .score import dsm_loss
+
+__all__ = ["classifier_fingerprint", "denoising_psnr", "psnr", "train_denoiser"]
+
+
+def psnr(x_hat: Tensor, x: Tensor, *, data_range: float = 1.0) -> Tensor:
+    """Peak signal-to-noise ratio per image, in dB: ``10 log10(data_range^2 / MSE)`` with the MSE
+    over all coordinates of each row. ``x_hat``, ``x`` [B, ...]; returns float64 [B] (``inf`` for
+    a perfect reconstruction)."""
+    if x_hat.shape != x.shape:
+        raise ValueError(f"x_hat and x must have the same shape, got {tuple(x_hat.shape)} and {tuple(x.shape)}")
+    mse = (x_hat.detach().double() - x.detach().double()).flatten(1).pow(2).mean(1)
+    return 10.0 * torch.log10(float(data_range) ** 2 / mse)
+
+
+def _batches(
+    data: Dataset | Tensor, batch_size: int, *, shuffle: bool, generator: torch.Generator | None
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """``(x [b, C, H, W] float in [0, 1], labels [b] or None)`` mini-batches.
+
+    ``data``: an :class:`~smoothcert.data.ArrayDataset` (batched by indexing its tensors), an
+    image tensor ``[N, C, H, W]`` in [0, 1] (no labels), or any dataset yielding ``(x, y)``.
+    """
+    if isinstance(data, (ArrayDataset, Tensor)):
+        images, labels = data.tensors() if isinstance(data, ArrayDataset) else (data, None)
+        n = images.shape[0]
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for s in range(0, n, batch_size):
+            idx = order[s : s + batch_size]
+            x = images[idx]
+            x = x.float().div_(255) if x.dtype == torch.uint8 else x
+            yield x, (None if labels is None else labels[idx].long())
+        return
+    for item in DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator):
+        if isinstance(item, (list, tuple)):
+            yield item[0].float(), item[1].long() if len(item) > 1 else None
+        else:
+            yield item.float(), None
+
+
+def denoising_psnr(
+    denoiser: nn.Module, data: Dataset | Tensor, *, noise: Noise, batch_size: int = 256, seed: int = 0
+) -> float:
+    """Mean PSNR (dB) of ``denoiser(x + delta)`` against ``x`` over ``data``, one seeded noise draw
+    per image (``seed`` fixes the draws, so two denoisers see the same noisy images)."""
+    device = model_device(denoiser)
+    was_training = denoiser.training
+    denoiser.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, _ in _batches(data, batch_size, shuffle=False, generator=None):
+            x = x.to(device)
+            x_hat = denoiser(noise.perturb(x, generator=gen))
+            total += float(psnr(x_hat, x).sum())
+            count += x.shape[0]
+    denoiser.train(was_training)
+    return total / max(count, 1)
+
+
+def classifier_fingerprint(classifier: nn.Module) -> str:
+    """SHA-256 of the classifier's state dict (names, dtypes, shapes and values), hex."""
+    h = hashlib.sha256()
+    for name, t in classifier.state_dict().items():
+        h.update(name.encode())
+        if isinstance(t, Tensor):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _resolve_loss(loss: str | DenoiserLoss, ladder: Sequence[float] | Tensor | None) -> DenoiserLoss:
+    if isinstance(loss, DenoiserLoss):
+        if ladder is not None:
+            raise ValueError("ladder= is only for loss='dsm' given by name; a DSMLoss object carries its own ladder")
+        return loss
+    if loss == "dsm":
+        if ladder is None:
+            raise ValueError("loss='dsm' trains a score network over a sigma ladder: pass ladder=sigma_ladder(...)")
+        return DSMLoss(ladder=ladder)
+    if ladder is not None:
+        raise ValueError(f"ladder= is only used by loss='dsm', not {loss!r}")
+    return get_denoiser_loss(loss)
+
+
+def train_denoiser(
+    net: nn.Module,
+    train_set: Dataset | Tensor,
+    *,
+    loss: str | DenoiserLoss = "mse",
+    noise: Noise | None = None,
+    ladder: Sequence[float] | Tensor | None = None,
+    classifier: nn.Module | None = None,
+    epochs: int = 1,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    checkpoint: str | os.PathLike[str] | None = None,
+    meta: DenoiserMeta | None = None,
+    resume: bool = False,
+    test_set: Dataset | Tensor | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Train ``net`` in place with Adam (Salman et al. 2020 train their denoisers with Adam, lr 1e-3).
+
+    Args:
+        net: a denoiser ``D(y)`` (e.g. ``build_denoiser("dncnn", ...)``) for the one-noise losses,
+            or a score network ``s(y, sigma)`` (``build_denoiser("scorenet", ...)``) for ``dsm``;
+            already on the device to train on.
+        train_set: images in [0, 1]: an ``ArrayDataset``, a tensor ``[N, C, H, W]`` or a dataset of
+            ``(x, y)``; labels are used by ``loss="classification"`` only.
+        loss: a name (``mse``, ``stability``, ``classification``, ``dsm``) or a loss object from
+            :func:`~smoothcert.denoise.get_denoiser_loss` (for ``access="query"`` and its settings).
+        noise: the training noise of a denoiser (``None`` for ``dsm``).
+        ladder: the sigma ladder of ``loss="dsm"``.
+        classifier: the frozen classifier of the guided losses, on ``net``'s device; it is set to
+            eval mode with ``requires_grad=False`` (in place) and never updated.
+        epochs, lr, batch_size: Adam's schedule (constant lr).
+        seed: seeds the data order (CPU generator) and the noise draws (generator on the device).
+        checkpoint: file written atomically after every epoch (needs ``meta``).
+        meta: metadata template (``arch``, ``dataset``, ``in_channels``, ``input_size``, ...);
+            ``noise``, ``sigma``, ``ladder``, ``training`` and ``epoch`` are filled in here.
+        resume: continue from ``checkpoint`` if it exists; every setting but ``epochs`` must match.
+        test_set: if given, logged each epoch: mean PSNR of the denoiser on it with one seeded
+            noise draw per image (``test_psnr``), or the score network's DSM loss (``test_dsm``).
+    Returns:
+        the history, one dict per finished epoch (``epoch``, ``loss``, ``seconds``, test metric).
+    """
+    loss_fn = _resolve_loss(loss, ladder)
+    kind = getattr(net, "kind", "denoiser")
+    if loss_fn.kind != kind:
+        raise ValueError(
+            f"loss {loss_fn.name!r} trains a {loss_fn.kind} network, but net is a {kind} network "
+            f"({type(net).__name__}); score networks train with 'dsm', denoisers with mse/stability/classification"
+        )
+    if kind == "denoiser" and not isinstance(noise, Noise):
+        raise ValueError(f"loss {loss_fn.name!r} trains for one noise: pass noise=get_noise(name, sigma=...)")
+    if kind == "score" and noise is not None:
+        raise ValueError("a score network is trained over its ladder, not one noise: pass noise=None")
+    if not isinstance(epochs, int) or epochs < 1 or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be positive integers, got {epochs!r} and {batch_size!r}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    if checkpoint is not None and meta is None:
+        raise ValueError("checkpoint= needs meta=DenoiserMeta(arch=..., dataset=..., in_channels=..., input_size=...)")
+
+    training: dict[str, Any] = {
+        "loss": loss_fn.name, **loss_fn.hparams(), "optimizer": "adam", "lr": float(lr), "batch_size": batch_size,
+        "epochs": epochs, "seed": seed, "train_size": len(train_set),
+    }
+    if loss_fn.needs_classifier:
+        if classifier is None:
+            raise ValueError(f"loss {loss_fn.name!r} needs the frozen classifier: pass classifier=...")
+        shared = {id(p) for p in classifier.parameters()} & {id(p) for p in net.parameters()}
+        if shared:
+            raise ValueError("the denoiser shares parameters with the classifier, which must stay untouched")
+        classifier.eval()
+        for p in classifier.parameters():
+            p.requires_grad_(False)
+        training["classifier_sha256"] = classifier_fingerprint(classifier)
+    elif classifier is not None:
+        raise ValueError(f"loss {loss_fn.name!r} does not use a classifier; do not pass one")
+
+    device = model_device(net)
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{type(net).__name__} has no trainable parameters")
+    opt = torch.optim.Adam(params, lr=lr)
+    order_gen = torch.Generator().manual_seed(seed)
+    noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    if meta is not None:
+        meta = DenoiserMeta.from_dict(
+            meta.to_dict()
+            | {
+                "noise": noise.name if noise is not None else "none",
+                "sigma": noise.sigma if noise is not None else 0.0,
+                "ladder": list(getattr(loss_fn, "ladder", [])),
+                "training": training,
+            }
+        )
+    path = None if checkpoint is None else Path(checkpoint)
+    history: list[dict[str, Any]] = []
+    start = 0
+    if resume and path is not None and path.exists():
+        start, history = _resume(path, net, opt, order_gen, noise_gen, meta, device)  # type: ignore[arg-type]
+        if start >= epochs:
+            return history
+
+    steps = math.ceil(len(train_set) / batch_size)
+    for epoch in range(start, epochs):
+        net.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        seen = 0
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        for x, y in _batches(train_set, batch_size, shuffle=True, generator=order_gen):
+            x = x.to(device, non_blocking=True)
+            y = None if y is None else y.to(device, non_blocking=True)
+            value = loss_fn.loss(net, x, y, noise=noise, generator=noise_gen, classifier=classifier)
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+            loss_sum += value.detach() * x.shape[0]
+            seen += x.shape[0]
+            bar.update(1)
+        bar.close()
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss_sum.item() / max(seen, 1),
+                                  "seconds": time.perf_counter() - t0}
+        if test_set is not None:
+            if kind == "denoiser":
+                record["test_psnr"] = denoising_psnr(net, test_set, noise=noise, seed=epoch)  # type: ignore[arg-type]
+            else:
+                record["test_dsm"] = _test_dsm(net, test_set, loss_fn.ladder, seed=epoch)  # type: ignore[attr-defined]
+        history.append(record)
+        if progress:
+            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        if path is not None and meta is not None:
+            meta.epoch = epoch + 1
+            save_denoiser(
+                path, net, meta=meta, optimizer_state=opt.state_dict(),
+                extra={"order_rng": order_gen.get_state(), "noise_rng": noise_gen.get_state().cpu(),
+                       "noise_rng_device": device.type, "history": history},
+            )
+    net.eval()
+    return history
+
+
+def _test_dsm(net: nn.Module, data: Dataset | Tensor, ladder: Sequence[float], *, seed: int) -> float:
+    device = model_device(net)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    net.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, _ in _batches(data, 256, shuffle=False, generator=None):
+            x = x.to(device)
+            total += float(dsm_loss(net, x, ladder, generator=gen)) * x.shape[0]
+            count += x.shape[0]
+    net.train()
+    return total / max(count, 1)
+
+
+def _resume(
+    path: Path,
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    order_gen: torch.Generator,
+    noise_gen: torch.Generator,
+    meta: DenoiserMeta,
+    device: torch.device,
+) -> tuple[int, list[dict[str, Any]]]:
+    payload = read_denoiser_checkpoint(path)
+    old = DenoiserMeta.from_dict(payload["meta"])
+    same = {k: v for k, v in meta.training.items() if k != "epochs"}
+    was = {k: v for k, v in old.training.items() if k != "epochs"}
+    mine = (meta.arch, meta.arch_kwargs, meta.dataset, meta.noise, meta.sigma, meta.ladder)
+    theirs = (old.arch, old.arch_kwargs, old.dataset, old.noise, old.sigma, old.ladder)
+    if same != was or mine != theirs:
+        raise ValueError(
+            f"cannot resume from {path}: it was trained as {theirs} with {old.training}; "
+            f"now {mine} with {meta.training}"
+        )
+    net.load_state_dict(payload["state_dict"])
+    opt.load_state_dict(payload["optimizer_state"])
+    extra = payload.get("extra", {})
+    order_gen.set_state(extra["order_rng"])
+    if extra.get("noise_rng_device") == device.type:
+        noise_gen.set_state(extra["noise_rng"])
+    else:  # CPU and CUDA generator states differ: reseed, and say so
+        warnings.warn(f"resuming on {device.type} a run trained on {extra.get('noise_rng_device')}: "
+                      "the noise stream is reseeded", stacklevel=3)
+        noise_gen.manual_seed(int(meta.training["seed"]) + 1 + old.epoch)
+    return old.epoch, list(extra.get("history", []))
