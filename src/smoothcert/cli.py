@@ -1,6 +1,6 @@
 """``smoothcert <command>``: a thin command line over the public API.
 
-Commands: train, certify, predict, merge, analyze, plot, quickstart. Every option maps to one keyword
+Commands: train, certify, predict, attack, merge, analyze, plot, quickstart. Every option maps to one keyword
 of a library call; run ``smoothcert <command> --help`` for them.
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from . import analysis
 from .data import get_dataset, list_datasets
@@ -26,9 +27,10 @@ from .evaluate import certify_dataset, predict_dataset, select_indices
 from .models import MODELS, CheckpointMeta, build_model, list_models, load_checkpoint
 from .noise import get_noise, list_noises
 from .results import ConfigMismatchError
+from .robustness import ATTACKS, attack_dataset, summary_table
 from .sampling import PRECISIONS
 from .smooth import SmoothedClassifier
-from .train import TrainConfig, get_method, list_methods, train
+from .train import RandomCropFlip, TrainConfig, TrainingMethod, get_method, list_methods, train
 
 #: Radii of the certified-accuracy tables (Cohen et al. 2019 report 0, 0.25, ..., in l2).
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
@@ -71,14 +73,48 @@ def _add_data_args(p: argparse.ArgumentParser, *, dataset_default: str | None) -
 
 # ---------------------------------------------------------------------------------- train
 
+#: ``train --arch/--augment`` when not given, by the data's ``DatasetInfo.name`` (so ``samples --subset
+#: cifar10`` counts as cifar10): Cohen et al. 2019's base classifiers, ResNet-110 with random crop
+#: (4-pixel padding) + horizontal flip on CIFAR-10 (the same on CIFAR-100) and ResNet-50 on ImageNet
+#: (their random-resized-crop augmentation is not implemented); anything else (MNIST-like) LeNet without
+#: augmentation. The optimisation defaults (90 epochs, SGD lr 0.1, momentum 0.9, weight decay 1e-4,
+#: lr x0.1 every 30 epochs, batch 256 for their 400) are their CIFAR-10 schedule, for every dataset.
+TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cifar10": {"arch": "resnet110", "augment": True},
+    "cifar100": {"arch": "resnet110", "augment": True},
+    "imagenet": {"arch": "resnet50", "augment": False},
+    "folder": {"arch": "resnet50", "augment": False},
+}
+_OTHER_DATA_DEFAULTS: dict[str, Any] = {"arch": "lenet", "augment": False}
+
+
+def _resolve_train_defaults(args: argparse.Namespace, dataset_name: str) -> list[str]:
+    """Fill ``args.arch``/``args.augment`` left at None from :data:`TRAIN_DEFAULTS`; the flags chosen."""
+    defaults = TRAIN_DEFAULTS.get(dataset_name, _OTHER_DATA_DEFAULTS)
+    chosen = []
+    if args.arch is None:
+        args.arch = defaults["arch"]
+        chosen.append(f"--arch {args.arch}")
+    if args.augment is None:
+        args.augment = defaults["augment"]
+        chosen.append("--augment" if args.augment else "--no-augment")
+    return chosen
+
 
 def cmd_train(args: argparse.Namespace) -> int:
+    method = _method_from_args(args.method, args.hparam)  # bad --hparam fails before any data is read
+    init = _read_init(args.init) if args.init else None
+    if init is not None and args.arch is None:
+        args.arch = init[1].arch  # fine-tuning keeps the checkpoint's architecture
     device = _device(args.device)
     train_set = _dataset(args, "train")
     if args.limit is not None:
         train_set = train_set.subset(range(min(args.limit, len(train_set))))
     test_set = _dataset(args, "test") if args.eval else None
     info = train_set.info
+    chosen = _resolve_train_defaults(args, info.name)
+    if chosen and not args.quiet:
+        print(f"defaults for {info.name}: {' '.join(chosen)}", file=sys.stderr)
     noise = get_noise(args.noise, sigma=args.sigma)
     torch.manual_seed(args.seed)  # weight initialisation
     # Nets with a fully connected head (LeNet) are sized by the input side; record it.
@@ -86,22 +122,100 @@ def cmd_train(args: argparse.Namespace) -> int:
     arch_kwargs = {"input_size": info.input_shape[1]} if takes_size else {}
     model = build_model(args.arch, num_classes=info.num_classes, in_channels=info.input_shape[0],
                         mean=list(info.mean), std=list(info.std), **arch_kwargs).to(device)
+    mean, std, provenance = list(info.mean), list(info.std), {}
+    if init is not None:
+        mean, std, provenance = _apply_init(model, init, arch=args.arch, arch_kwargs=arch_kwargs, info=info,
+                                            quiet=args.quiet)
     meta = CheckpointMeta(arch=args.arch, arch_kwargs=arch_kwargs, dataset=args.dataset, num_classes=info.num_classes,
                           in_channels=info.input_shape[0], input_size=list(info.input_shape[1:]),
-                          mean=list(info.mean), std=list(info.std), noise=noise.name, sigma=noise.sigma)
+                          mean=mean, std=std, noise=noise.name, sigma=noise.sigma, training=provenance)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, momentum=args.momentum,
                          weight_decay=args.weight_decay, schedule=args.schedule, step_size=args.step_size,
                          gamma=args.gamma, seed=args.seed)
     if not args.resume and Path(args.out).exists():
         print(f"error: {args.out} exists; pass --resume to continue it or choose another --out", file=sys.stderr)
         return 2
-    history = train(model, train_set, method=get_method(args.method), noise=noise, config=config, meta=meta,
-                    checkpoint=args.out, resume=args.resume, test_set=test_set, progress=not args.quiet)
+    history = train(model, train_set, method=method, noise=noise, config=config, meta=meta,
+                    checkpoint=args.out, resume=args.resume, test_set=test_set, progress=not args.quiet,
+                    augment=RandomCropFlip(padding=4, flip=True) if args.augment else None)
     if history:
         last = history[-1]
         print(f"saved {args.out} (epoch {last['epoch']}, loss {last['loss']:.4f}, "
               f"noisy train acc {last['train_acc_noisy']:.4f})")
     return 0
+
+
+def _hparam_value(text: str) -> Any:
+    """``--hparam`` value: true/false → bool, none/null → None, then int, float, else the string."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _method_from_args(name: str, items: Sequence[str]) -> TrainingMethod:
+    """The training method ``name`` with the ``--hparam KEY=VALUE`` settings in ``items``."""
+    known = get_method(name).hparams()
+    listing = ", ".join(f"{k}={v!r}" for k, v in known.items()) or "none"
+    hparams: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"--hparam expects KEY=VALUE, got {item!r}; method {name!r} takes: {listing}")
+        if key not in known:
+            raise ValueError(f"--hparam {key}: method {name!r} has no hyperparameter {key!r}; "
+                             f"its hyperparameters (defaults): {listing}")
+        if key in hparams:
+            raise ValueError(f"--hparam {key} given twice")
+        hparams[key] = _hparam_value(value)
+    try:
+        return get_method(name, **hparams)
+    except ValueError as err:
+        raise ValueError(f"--hparam for method {name!r}: {err}") from None
+
+
+def _read_init(path_text: str) -> tuple[nn.Module, CheckpointMeta, dict[str, Any]]:
+    """``--init``: the checkpoint's model and metadata, and its provenance record (resolved path, sha256)."""
+    path = Path(path_text).resolve()
+    model, meta = load_checkpoint(path)
+    record = {"path": str(path), "sha256": _file_sha256(path), "dataset": meta.dataset, "noise": meta.noise,
+              "sigma": meta.sigma, "method": meta.training.get("method"), "epoch": meta.epoch}
+    return model, meta, record
+
+
+def _apply_init(
+    model: nn.Module, init: tuple[nn.Module, CheckpointMeta, dict[str, Any]], *, arch: str,
+    arch_kwargs: dict[str, Any], info: Any, quiet: bool,
+) -> tuple[list[float], list[float], dict[str, Any]]:
+    """Copy the ``--init`` weights into ``model`` (fine-tuning); refuse another architecture.
+
+    The checkpoint's Normalize constants come with its weights (the network learned on inputs
+    normalised by them), so they are the new checkpoint's mean/std. Returns (mean, std, the
+    ``training`` metadata entry ``{"init": record}``).
+    """
+    init_model, init_meta, record = init
+    want = (arch, arch_kwargs, info.num_classes, info.input_shape[0])
+    have = (init_meta.arch, init_meta.arch_kwargs, init_meta.num_classes, init_meta.in_channels)
+    if want != have:
+        raise ValueError(
+            f"--init {record['path']} holds {have[0]} (arch_kwargs {have[1]}) with {have[2]} classes and "
+            f"{have[3]} input channels; this run builds {want[0]} (arch_kwargs {want[1]}) with {want[2]} classes "
+            f"and {want[3]} channels for {info.name}. Fine-tuning needs the same network: pass --arch {have[0]} "
+            "and a dataset with the same classes, channels and input size."
+        )
+    model.load_state_dict(init_model.state_dict())
+    if (init_meta.mean, init_meta.std) != (list(info.mean), list(info.std)) and not quiet:
+        print(f"--init: keeping the checkpoint's normalization mean={init_meta.mean} std={init_meta.std} "
+              f"(the data's is mean={list(info.mean)} std={list(info.std)})", file=sys.stderr)
+    return list(init_meta.mean), list(init_meta.std), {"init": record}
 
 
 # ------------------------------------------------------------------------- certify / predict
@@ -204,6 +318,41 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ attack
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    """PGD / DDN on the smoothed classifier (default when the checkpoint was trained with noise or
+    --noise is given; --base to attack the network alone) and the summary table."""
+    device = _device(args.device)
+    model, meta = load_checkpoint(args.checkpoint, map_location=device)
+    smoothed = args.smoothed if args.smoothed is not None else (args.noise is not None or meta.noise != "none")
+    if smoothed:
+        target, meta, dataset = _smoothed_from_checkpoint(args)
+        what = repr(target)
+    else:
+        args.dataset = args.dataset or meta.dataset
+        dataset = _dataset(args, args.split)
+        size = meta.input_size if isinstance(meta.input_size, list) else [meta.input_size] * 2
+        if tuple(dataset.info.input_shape) != (meta.in_channels, *size):
+            raise SystemExit(f"error: dataset {args.dataset} gives inputs {tuple(dataset.info.input_shape)} but the "
+                             f"model expects {(meta.in_channels, *size)}")
+        target, what = model, f"the base {meta.arch}"
+    indices = select_indices(len(dataset), skip=args.skip, max_count=args.max, start=args.start)
+    print(f"attacking {len(indices)} inputs of {args.dataset}/{args.split} ({args.attack}, {args.steps} steps) on "
+          f"{what} -> {args.out}", file=sys.stderr)
+    try:
+        summary = attack_dataset(target, dataset, args.out, attack=args.attack, eps=args.eps, steps=args.steps,
+                                 m=args.m, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch,
+                                 attack_batch=args.attack_batch, seed=args.seed, indices=indices,
+                                 config=_run_facts(args, meta), progress=not args.quiet)
+    except ConfigMismatchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary_table(summary))
+    return 0
+
+
 # ---------------------------------------------------------------------------- analyze / plot
 
 
@@ -271,11 +420,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a base classifier with noise (one checkpoint per epoch)")
     _add_data_args(p, dataset_default="embedded")
-    p.add_argument("--arch", default="lenet", choices=list_models())
+    p.add_argument("--arch", default=None, choices=list_models(),
+                   help="default: the --init checkpoint's, else resnet110 for cifar10/cifar100, "
+                        "resnet50 for imagenet/folder, lenet for the rest")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop (4-pixel zero padding) + horizontal flip of training images "
+                        "(default: on for cifar10/cifar100)")
     p.add_argument("--method", default="gaussian", choices=list_methods())
+    p.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE",
+                   help="a hyperparameter of --method (repeatable), e.g. --hparam eps=0.5 --hparam m=2; "
+                        "values are read as bool (true/false), None, int, float or text")
+    p.add_argument("--init", default=None, metavar="CKPT",
+                   help="start from the weights of this checkpoint (fine-tuning; same architecture); "
+                        "its path and sha256 are recorded in the new checkpoint")
     p.add_argument("--noise", default="gaussian", choices=list_noises())
     p.add_argument("--sigma", type=float, required=True, help="noise standard deviation per coordinate")
-    p.add_argument("--epochs", type=int, default=90)
+    p.add_argument("--epochs", type=int, default=90,
+                   help="default 90; the defaults of --epochs..--gamma are Cohen et al. 2019's CIFAR-10 schedule")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--momentum", type=float, default=0.9)
@@ -331,6 +492,39 @@ def build_parser() -> argparse.ArgumentParser:
                        help="under torchrun: minutes a process waits for the others (default: %(default)s)")
         p.add_argument("--out", required=True, help="result TSV; re-running the same command resumes it")
         p.set_defaults(func=_sharded(func))
+
+    p = sub.add_parser("attack", help="l2 PGD / DDN attacks on the smoothed (or base) classifier; one TSV row each")
+    _add_data_args(p, dataset_default=None)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--noise", default=None, choices=list_noises(), help="default: the checkpoint's")
+    p.add_argument("--sigma", type=float, default=None, help="default: the checkpoint's")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--smoothed", dest="smoothed", action="store_const", const=True, default=None,
+                      help="attack the smoothed classifier (default if the checkpoint was trained with noise)")
+    mode.add_argument("--base", dest="smoothed", action="store_const", const=False,
+                      help="attack the base network alone (default if it was trained without noise)")
+    p.add_argument("--attack", choices=ATTACKS, default="both", help="pgd at each --eps, ddn (minimal l2), or both")
+    p.add_argument("--eps", type=float, nargs="+", default=[0.25, 0.5, 1.0], help="l2 budgets of PGD; table radii")
+    p.add_argument("--steps", type=int, default=100, help="gradient steps of each attack")
+    p.add_argument("--m", type=int, default=8, help="smoothed: noise draws per attack step, fresh each step")
+    p.add_argument("--n0", type=int, default=100, help="smoothed: CERTIFY's selection draws")
+    p.add_argument("--n", type=int, default=100_000,
+                   help="smoothed: CERTIFY's estimation draws, and PREDICT's at each attacked point")
+    p.add_argument("--alpha", type=float, default=0.001, help="failure probability of CERTIFY and of PREDICT")
+    p.add_argument("--batch", type=_batch_arg, default=1000,
+                   help="smoothed: noisy samples per forward pass of CERTIFY/PREDICT, or 'auto'")
+    p.add_argument("--attack-batch", type=int, default=32, help="inputs attacked together")
+    p.add_argument("--skip", type=int, default=1, help="attack every skip-th input")
+    p.add_argument("--max", type=int, default=-1, help="at most this many inputs (-1: all)")
+    p.add_argument("--start", type=int, default=0, help="first index")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="of CERTIFY/PREDICT (attacks run in fp32)")
+    p.add_argument("--no-channels-last", action="store_true", help="feed NCHW batches (for models that need it)")
+    p.add_argument("--allow-unbounded", action="store_true", help="warn instead of failing on pixels outside [0,1]")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", required=True, help="result TSV; re-running the same command resumes it")
+    p.set_defaults(func=cmd_attack, compile=False, fixed_shape=None, max_batch_bytes=None)
 
     p = sub.add_parser("merge", help="merge a sharded (torchrun) run's part files into its result file")
     p.add_argument("out", help="the result TSV (its part files are <out>.part-<rank>-of-<size>)")

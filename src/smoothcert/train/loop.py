@@ -3,7 +3,8 @@
 Each epoch ends with an atomic checkpoint holding the model, its metadata (architecture,
 normalization, dataset, noise, sigma, method and hyperparameters), the optimiser, the
 random-number state and the history (the learning rate is a function of the epoch), so ``resume=True`` continues exactly where
-an interrupted run stopped.
+an interrupted run stopped. Every epoch starts with ``method.begin_epoch(epoch, epochs)``, so a
+method's own schedule (SmoothAdv's epsilon warm-up) is a function of the epoch as well.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,10 @@ from ..data import ArrayDataset
 from ..models import CheckpointMeta, read_checkpoint, save_checkpoint
 from ..noise import Noise
 from ..validation import model_device
+from .augment import augment_record
 from .methods import TrainingMethod
 
-__all__ = ["TrainConfig", "learning_rate", "train", "noisy_accuracy"]
+__all__ = ["TrainConfig", "learning_rate", "noisy_accuracy", "train"]
 
 
 @dataclass(kw_only=True)
@@ -124,6 +126,7 @@ def train(
     resume: bool = False,
     test_set: Dataset | None = None,
     progress: bool = True,
+    augment: Callable[..., Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` (built by :func:`smoothcert.models.build_model`) in place.
 
@@ -132,16 +135,25 @@ def train(
         train_set: yields (x [C,H,W] in [0,1], y).
         method: the loss (see :func:`smoothcert.train.get_method`).
         noise: training noise; its name and sigma are written into the checkpoint metadata.
-        meta: metadata template; ``noise``, ``sigma``, ``training`` and ``epoch`` are filled in.
+        meta: metadata template; ``noise``, ``sigma`` and ``epoch`` are filled in, and ``training``
+            gets ``method``, ``hparams`` (the method's), the config and ``train_size``; other
+            entries the caller put in ``meta.training`` (provenance such as ``init``) are kept.
         checkpoint: file written atomically after every epoch.
         resume: continue from ``checkpoint`` if it exists (its settings must match).
         test_set: if given, noisy accuracy on it is logged every epoch.
+        augment: data augmentation ``augment(x, generator=g) -> x'`` on each training batch (on the
+            device, before the method adds noise), e.g. :class:`smoothcert.train.RandomCropFlip`;
+            recorded as ``training["augment"]`` (absent when None).
     Returns:
         the history: one dict per finished epoch (loss, train/test accuracy, lr, seconds).
     """
     device = model_device(model)
     path = Path(checkpoint)
-    training = {"method": method.name, **method.hparams(), **asdict(config), "train_size": len(train_set)}
+    # Method hyperparameters are nested: their names (gamma, step_size) may equal TrainConfig's.
+    training = {**meta.training, "method": method.name, "hparams": method.hparams(), **asdict(config),
+                "train_size": len(train_set)}
+    if augment is not None:
+        training["augment"] = augment_record(augment)
     meta = CheckpointMeta.from_dict(
         meta.to_dict() | {"noise": noise.name, "sigma": noise.sigma, "training": training}
     )
@@ -156,7 +168,7 @@ def train(
         old = payload["meta"]
         # More epochs may be asked for on resume; every other setting must match.
         same = {k: v for k, v in training.items() if k != "epochs"}
-        was = {k: v for k, v in old.get("training", {}).items() if k != "epochs"}
+        was = {"hparams": {}} | {k: v for k, v in old.get("training", {}).items() if k != "epochs"}
         if was != same or old.get("arch") != meta.arch or old.get("dataset") != meta.dataset or old.get("noise") != noise.name \
                 or old.get("sigma") != noise.sigma:
             raise ValueError(
@@ -181,6 +193,7 @@ def train(
 
     steps = math.ceil(len(train_set) / config.batch_size)
     for epoch in range(start_epoch, config.epochs):
+        method.begin_epoch(epoch, config.epochs)
         for group in opt.param_groups:
             group["lr"] = learning_rate(config, epoch)
         model.train()
@@ -191,6 +204,8 @@ def train(
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
         for x, y in _batches(train_set, config.batch_size, shuffle=True, generator=order_gen):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if augment is not None:  # draws from the data-order stream, saved per epoch: resume stays exact
+                x = augment(x, generator=order_gen)
             loss, logits = method.loss(model, x, y, noise=noise, generator=noise_gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,12 +1,19 @@
 """Training methods for smoothing: each one a loss on a batch, selectable by name.
 
-A method is a small object holding its hyperparameters (keyword-only, recorded in the
+A method is a small object holding its hyperparameters (keyword-only, validated, recorded in the
 checkpoint) with one call ``method.loss(model, x, y, noise=..., generator=...)`` returning a
-scalar loss for the optimiser; the training loop (:mod:`smoothcert.train.loop`) is shared.
+scalar loss for the optimiser; the training loop (:mod:`smoothcert.train.loop`) is shared and calls
+``method.begin_epoch(epoch, epochs)`` before every epoch, so schedules (SmoothAdv's epsilon warm-up,
+MACER's deferred start) are functions of the epoch and survive a resume.
+
+Registered: ``gaussian`` (here), ``stability`` (:mod:`.stability`), ``smoothadv``
+(:mod:`.smoothadv`), ``macer`` (:mod:`.macer`).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -17,7 +24,16 @@ from torch import Tensor, nn
 from ..noise import Noise
 from ..registry import Registry
 
-__all__ = ["TrainingMethod", "GaussianAugmentation", "register_method", "get_method", "list_methods"]
+__all__ = [
+    "GaussianAugmentation",
+    "TrainingMethod",
+    "check_bool",
+    "check_float",
+    "check_int",
+    "get_method",
+    "list_methods",
+    "register_method",
+]
 
 METHODS: Registry[TrainingMethod] = Registry("training method")
 register_method = METHODS.register
@@ -39,8 +55,14 @@ class TrainingMethod(ABC):
     name: ClassVar[str]
 
     def hparams(self) -> dict[str, Any]:
-        """The hyperparameters, as stored in checkpoints (plain JSON-able values)."""
+        """The hyperparameters, as stored in checkpoints (plain JSON-able values);
+        ``get_method(self.name, **self.hparams())`` rebuilds an equal method."""
         return {}
+
+    def begin_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by :func:`smoothcert.train.train` before (0-based) ``epoch`` of ``epochs``,
+        including the first epoch after a resume. Schedules must depend on these two numbers
+        only (not on how many times this was called), so a resumed run matches an uninterrupted one."""
 
     @abstractmethod
     def loss(
@@ -68,3 +90,27 @@ class GaussianAugmentation(TrainingMethod):
         delta = noise.sample(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         logits = model(x + delta)
         return F.cross_entropy(logits, y), logits
+
+
+# ------------------------------------------------------------------ hyperparameter checks
+
+
+def check_int(name: str, value: Any, *, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``; a ValueError naming the hyperparameter otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_float(name: str, value: Any, *, minimum: float = 0.0, strict: bool = False) -> float:
+    """``value`` as a finite float >= ``minimum`` (> if ``strict``); a ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value < minimum or (strict and value == minimum):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")  # noqa: TRY004 (bad hparams: ValueError)
+    return value

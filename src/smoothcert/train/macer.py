@@ -1,0 +1,127 @@
+"""MACER: attack-free training that maximises the soft certified radius (Zhai et al. 2020).
+
+Zhai, Dan, He, Zhang, Gong, Ravikumar, Hsieh, Wang, "MACER: Attack-free and scalable robust
+training via maximizing certified radius", ICLR 2020, Algorithm 1. With k = m Gaussian draws
+delta_i ~ N(0, sigma² I) per example, z_i = f(x + delta_i) the logits:
+
+* classification term: CE of the smoothed soft classifier, −log((1/m) Σ_i softmax(z_i))_y;
+* robustness term: with the beta-soft smoothed classifier Ĝβ = (1/m) Σ_i softmax(beta · z_i) and
+  ξ = Φ⁻¹(Ĝβ_y) − Φ⁻¹(max_{c≠y} Ĝβ_c) (the soft two-class radius is sigma/2 · ξ), the hinge
+  (sigma/2) · max(0, gamma − ξ) summed over the examples whose Ĝβ top class is y and whose ξ lies
+  in [0, gamma] — the others contribute nothing (misclassified ones cannot gain radius; beyond
+  gamma the hinge is flat);
+* loss = classification + lbd · robustness, both divided by the batch size B.
+
+The radius is that of Gaussian smoothing in l2 (Cohen et al. 2019), so MACER accepts only Gaussian
+noise; sigma is the noise's. Φ⁻¹ of the top probability is computed as −Φ⁻¹(sum of the other classes'),
+and probabilities are clamped to >= 1e-30 before Φ⁻¹, so ξ and its gradient stay finite where a
+softmax saturates (the official code drops the resulting inf/NaN instead; both leave such examples
+outside the hinge, since ξ > gamma there).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..noise import Noise
+from .methods import TrainingMethod, check_float, check_int, register_method
+
+__all__ = ["Macer", "MacerTerms", "macer_terms"]
+
+#: Probabilities entering Φ⁻¹ are >= _CLAMP (a float32 normal number; Φ⁻¹(1e-30) ≈ −11.4).
+_CLAMP = 1e-30
+
+
+class MacerTerms(NamedTuple):
+    """The two scalar terms of MACER's loss (each already divided by the batch size)."""
+
+    classification: Tensor
+    robustness: Tensor
+
+
+def macer_terms(logits: Tensor, y: Tensor, *, sigma: float, beta: float, gamma: float) -> MacerTerms:
+    """MACER's classification and robustness terms for ``logits`` [m, B, K] = f(x + delta_i), labels ``y`` [B].
+
+    ``robustness`` is (1/B) Σ_b (sigma/2) · (gamma − ξ_b) over the examples b whose beta-soft smoothed
+    top class is ``y_b`` and whose ξ_b ∈ [0, gamma] (see the module docstring); it is 0 when there is none.
+    """
+    if logits.dim() != 3 or y.shape != logits.shape[1:2]:
+        raise ValueError(f"logits must be [m, B, K] with y [B], got {list(logits.shape)} and {list(y.shape)}")
+    if logits.shape[-1] < 2:
+        raise ValueError("MACER needs at least 2 classes")
+    m, b = logits.shape[:2]
+    z = logits.float()
+    log_g = torch.logsumexp(F.log_softmax(z, dim=-1), dim=0) - math.log(m)  # [B, K]
+    classification = F.nll_loss(log_g, y)
+
+    g_beta = F.softmax(beta * z, dim=-1).mean(0)  # [B, K]
+    top2, idx = g_beta.topk(2, dim=-1)
+    correct = idx[:, 0] == y
+    # Φ⁻¹(p_top) = −Φ⁻¹(1 − p_top) with 1 − p_top summed from the other classes: accurate in
+    # float32 even where p_top rounds to 1 (where Φ⁻¹ would return inf).
+    tail = g_beta.masked_fill(F.one_hot(idx[:, 0], g_beta.shape[-1]).bool(), 0.0).sum(-1)
+    xi = -torch.special.ndtri(tail.clamp_min(_CLAMP)) - torch.special.ndtri(top2[:, 1].clamp_min(_CLAMP))
+    active = correct & torch.isfinite(xi) & (xi >= 0) & (xi <= gamma)
+    hinge = torch.where(active, gamma - xi, torch.zeros_like(xi))
+    robustness = (sigma / 2) * hinge.sum() / b
+    return MacerTerms(classification, robustness)
+
+
+@register_method("macer")
+class Macer(TrainingMethod):
+    """MACER (Zhai et al. 2020): maximise the soft certified radius without attacks; Gaussian noise only.
+
+    Hyperparameters (defaults: those of the authors' code, RuntianZ/macer ``main.py``, their CIFAR-10
+    setting — gauss_num 16, beta 16, gamma 8, lbd 12 — trained there for 440 epochs, SGD lr 0.01 x0.1
+    at epochs 200 and 400, batch 64, weight decay 5e-4. Jeong & Shin 2020 ran MNIST with lbd = 16 for
+    sigma 0.25 and 0.5 and lbd = 6 for sigma 1.0, deferred to after the first learning-rate drop,
+    about ``deferred=30`` with a 30-epoch step schedule; their ``EXPERIMENTS.MD``):
+
+    * ``m`` = 16: noise draws per example (the paper's k).
+    * ``beta`` = 16.0: inverse temperature of the soft smoothed classifier in the robustness term.
+    * ``gamma`` = 8.0: hinge threshold on ξ (examples with ξ > gamma no longer contribute).
+    * ``lbd`` = 12.0: weight of the robustness term.
+    * ``deferred`` = 0: epochs trained with the classification term only before the robustness term
+      is switched on (set by :meth:`begin_epoch`; 0 = from the start).
+
+    The returned logits (for the training accuracy) are log of the smoothed soft classifier
+    (1/m) Σ_i softmax f(x + delta_i).
+    """
+
+    name = "macer"
+
+    def __init__(
+        self, *, m: int = 16, beta: float = 16.0, gamma: float = 8.0, lbd: float = 12.0, deferred: int = 0
+    ) -> None:
+        self.m = check_int("m", m, minimum=1)
+        self.beta = check_float("beta", beta, strict=True)
+        self.gamma = check_float("gamma", gamma, strict=True)
+        self.lbd = check_float("lbd", lbd)
+        self.deferred = check_int("deferred", deferred, minimum=0)
+        self.lbd_t = self.lbd
+
+    def hparams(self) -> dict[str, Any]:
+        return {"m": self.m, "beta": self.beta, "gamma": self.gamma, "lbd": self.lbd, "deferred": self.deferred}
+
+    def begin_epoch(self, epoch: int, epochs: int) -> None:
+        self.lbd_t = 0.0 if epoch < self.deferred else self.lbd
+
+    def loss(
+        self, model: nn.Module, x: Tensor, y: Tensor, *, noise: Noise, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        if noise.name != "gaussian":
+            raise ValueError(
+                f"macer maximises the Gaussian l2 radius (sigma/2)(Φ⁻¹(pA) − Φ⁻¹(pB)); noise {noise.name!r} "
+                "has another certificate. Train with Gaussian noise, or use the gaussian or stability method."
+            )
+        deltas = noise.sample((self.m, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
+        logits = model((x.unsqueeze(0) + deltas).flatten(0, 1)).view(self.m, x.shape[0], -1)
+        terms = macer_terms(logits, y, sigma=noise.sigma, beta=self.beta, gamma=self.gamma)
+        loss = terms.classification + self.lbd_t * terms.robustness
+        log_g = torch.logsumexp(F.log_softmax(logits.detach().float(), dim=-1), dim=0) - math.log(self.m)
+        return loss, log_g
