@@ -1,7 +1,7 @@
 """``smoothcert <command>``: a thin command line over the public API.
 
-Commands: train, certify, predict, attack, merge, analyze, plot, quickstart. Every option maps to one keyword
-of a library call; run ``smoothcert <command> --help`` for them.
+Commands: train, train-denoiser, certify, predict, attack, merge, analyze, plot, quickstart. Every option
+maps to one keyword of a library call; run ``smoothcert <command> --help`` for them.
 """
 
 from __future__ import annotations
@@ -218,12 +218,161 @@ def _apply_init(
     return list(init_meta.mean), list(init_meta.std), {"init": record}
 
 
+# ------------------------------------------------------------------------- denoised smoothing
+
+
+def _load_classifier(spec: str, device: torch.device) -> tuple[nn.Module, CheckpointMeta, str]:
+    """``--checkpoint``/``--classifier``: a smoothcert checkpoint file, or the name of a pretrained
+    classifier (``efficientnet-lite0``, optional extra); ``(model, meta, sha256 of the weights file)``."""
+    from .pretrained import PRETRAINED_CLASSIFIERS, load_pretrained_classifier
+
+    if spec in PRETRAINED_CLASSIFIERS and not Path(spec).exists():
+        try:
+            model, meta, path = load_pretrained_classifier(spec)
+        except ImportError as err:
+            raise SystemExit(f"error: {err}") from None
+        return model.to(device), meta, _file_sha256(path)
+    model, meta = load_checkpoint(spec, map_location=device)
+    return model, meta, _file_sha256(Path(spec))
+
+
+def _add_denoiser_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("denoised smoothing (smooth classifier(denoiser(x)); the classifier is untouched)")
+    g.add_argument("--denoiser", default=None, metavar="CKPT|ffdnet",
+                   help="a denoiser checkpoint from train-denoiser (dncnn, or a scorenet with --denoise), or "
+                        "'ffdnet': the pretrained colour FFDNet at the smoothing sigma (extra 'pretrained')")
+    g.add_argument("--denoise", choices=["one-step", "multi-step"], default=None,
+                   help="how a score network denoises (default: one-step for gaussian noise, else multi-step)")
+    g.add_argument("--denoise-steps", type=int, default=None, help="multi-step: steps per level T (default 3)")
+    g.add_argument("--denoise-step-size", type=float, default=None,
+                   help="multi-step: alpha, the step of the last level (default 2e-5)")
+    g.add_argument("--denoise-levels", type=float, nargs="+", default=None,
+                   help="multi-step: the ladder, decreasing (default: sigma, then the trained levels below it)")
+
+
+def _wrap_denoiser(args: argparse.Namespace, model: nn.Module, noise: Any, in_channels: int,
+                   device: torch.device) -> tuple[nn.Module, dict[str, Any] | None]:
+    """``Denoised(model, D)`` for ``--denoiser`` (else ``model``), and the denoiser's record for the run's
+    configuration: file hash and every setting, so rows of different denoisers are never mixed."""
+    from .denoise import Denoised, denoiser_for_noise, load_denoiser
+
+    multi = (args.denoise_steps, args.denoise_step_size, args.denoise_levels)
+    if args.denoiser is None:
+        if args.denoise is not None or any(v is not None for v in multi):
+            raise SystemExit("error: --denoise and --denoise-* need --denoiser")
+        return model, None
+    if args.denoiser == "ffdnet" and not Path(args.denoiser).exists():
+        from .pretrained import ffdnet_color
+
+        if args.denoise is not None or any(v is not None for v in multi):
+            raise SystemExit("error: --denoise and --denoise-* are settings of score networks, not of ffdnet")
+        if in_channels != 3:
+            raise SystemExit(f"error: ffdnet is a colour (3-channel) denoiser; the data has {in_channels} channel(s)")
+        try:
+            den: nn.Module = ffdnet_color(noise.sigma).to(device)
+        except ImportError as err:
+            raise SystemExit(f"error: {err}") from None
+        record = {"file": "ffdnet", "arch": "ffdnet-color"}
+    else:
+        net, dmeta = load_denoiser(args.denoiser, map_location=device)
+        if dmeta.in_channels != in_channels:
+            raise SystemExit(f"error: the denoiser takes {dmeta.in_channels}-channel images; "
+                             f"the data has {in_channels}")
+        den = denoiser_for_noise(net, dmeta, noise, mode=args.denoise, steps_per_level=args.denoise_steps,
+                                 step_size=args.denoise_step_size, ladder=args.denoise_levels)
+        record = {"sha256": _file_sha256(Path(args.denoiser)), "arch": dmeta.arch, "kind": dmeta.kind,
+                  "trained_noise": dmeta.noise, "trained_sigma": dmeta.sigma, "trained_ladder": dmeta.ladder,
+                  "training": dmeta.training, "epoch": dmeta.epoch}
+    wrapped = Denoised(model, den.eval())
+    if not getattr(args, "quiet", False):
+        print(f"denoised smoothing: {wrapped!r}", file=sys.stderr)
+    return wrapped, record | wrapped.settings()
+
+
+def _denoise_choices(what: str) -> list[str]:
+    from .denoise import list_denoiser_losses, list_denoisers
+
+    return list_denoisers() if what == "nets" else list_denoiser_losses()
+
+
+def cmd_train_denoiser(args: argparse.Namespace) -> int:
+    """Train a DnCNN for one noise and sigma, or one score network over a sigma ladder."""
+    from .denoise import DenoiserMeta, build_denoiser, denoiser_kind, get_denoiser_loss, sigma_ladder, train_denoiser
+
+    kind = denoiser_kind(args.kind)
+    if (kind == "score") != (args.loss == "dsm"):
+        raise ValueError(f"--kind {args.kind} is a {kind} network: train it with "
+                         f"{'--loss dsm' if kind == 'score' else '--loss mse, stability or classification'}")
+    if kind == "score":
+        if args.sigma is not None:
+            raise ValueError("a score network trains over a ladder: pass --sigmas or --ladder, not --sigma")
+        if args.sigmas and args.ladder:
+            raise ValueError("pass --sigmas or --ladder, not both")
+        if args.ladder and not float(args.ladder[2]).is_integer():
+            raise ValueError(f"--ladder MAX MIN L: L must be a whole number of levels, got {args.ladder[2]:g}")
+        ladder = args.sigmas or (sigma_ladder(args.ladder[0], args.ladder[1], int(args.ladder[2])) if args.ladder
+                                 else sigma_ladder(1.0, 0.01, 10))
+        noise, loss = None, get_denoiser_loss("dsm", ladder=ladder)
+    else:
+        if args.sigma is None:
+            raise ValueError(f"--kind {args.kind} is trained for one noise: pass --sigma (and --noise)")
+        if args.sigmas or args.ladder:
+            raise ValueError("--sigmas/--ladder are for score networks (--kind scorenet --loss dsm)")
+        noise = get_noise(args.noise, sigma=args.sigma)
+        guided = {"access": args.access, "queries": args.queries, "mu": args.mu} if args.loss != "mse" else {}
+        loss = get_denoiser_loss(args.loss, **guided)
+    arch_kwargs = {}
+    for item in args.arch_arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--arch-arg expects KEY=VALUE, got {item!r}")
+        arch_kwargs[key.strip().replace("-", "_")] = _hparam_value(value)
+    device = _device(args.device)
+    train_set = _dataset(args, "train")
+    if args.limit is not None:
+        train_set = train_set.subset(range(min(args.limit, len(train_set))))
+    test_set = _dataset(args, "test") if args.eval else None
+    if test_set is not None and args.limit is not None:
+        test_set = test_set.subset(range(min(args.limit, len(test_set))))
+    info = train_set.info
+    classifier = None
+    if loss.needs_classifier:
+        if args.classifier is None:
+            raise ValueError(f"--loss {args.loss} is guided by a frozen classifier: pass --classifier CKPT")
+        classifier, cmeta, _ = _load_classifier(args.classifier, device)
+        size = cmeta.input_size if isinstance(cmeta.input_size, list) else [cmeta.input_size] * 2
+        if tuple(info.input_shape) != (cmeta.in_channels, *size):
+            raise ValueError(f"dataset {args.dataset} gives inputs {tuple(info.input_shape)} but the classifier "
+                             f"expects {(cmeta.in_channels, *size)}")
+    elif args.classifier is not None:
+        raise ValueError(f"--loss {args.loss} does not use a classifier; drop --classifier")
+    torch.manual_seed(args.seed)  # weight initialisation
+    try:
+        net = build_denoiser(args.kind, in_channels=info.input_shape[0], **arch_kwargs).to(device)
+    except TypeError as err:
+        raise ValueError(f"--arch-arg for {args.kind}: {err}") from None
+    meta = DenoiserMeta(arch=args.kind, arch_kwargs=arch_kwargs, dataset=args.dataset,
+                        in_channels=info.input_shape[0], input_size=list(info.input_shape[1:]))
+    if not args.resume and Path(args.out).exists():
+        print(f"error: {args.out} exists; pass --resume to continue it or choose another --out", file=sys.stderr)
+        return 2
+    history = train_denoiser(net, train_set, loss=loss, noise=noise, classifier=classifier, epochs=args.epochs,
+                             lr=args.lr, batch_size=args.batch, seed=args.seed, checkpoint=args.out, meta=meta,
+                             resume=args.resume, test_set=test_set, progress=not args.quiet)
+    if history:
+        last = history[-1]
+        metric = "".join(f", {k} {last[k]:.4g}" for k in ("test_psnr", "test_dsm") if k in last)
+        print(f"saved {args.out} ({args.kind}, loss {loss.name}, epoch {last['epoch']}, "
+              f"train loss {last['loss']:.4g}{metric})")
+    return 0
+
+
 # ------------------------------------------------------------------------- certify / predict
 
 
 def _smoothed_from_checkpoint(args: argparse.Namespace) -> tuple[SmoothedClassifier, CheckpointMeta, Any]:
     device = _device(args.device)
-    model, meta = load_checkpoint(args.checkpoint, map_location=device)
+    model, meta, args.checkpoint_sha256 = _load_classifier(args.checkpoint, device)
     noise_name = args.noise or (meta.noise if meta.noise != "none" else None)
     sigma = args.sigma if args.sigma is not None else (meta.sigma or None)
     if noise_name is None or sigma is None:
@@ -235,7 +384,9 @@ def _smoothed_from_checkpoint(args: argparse.Namespace) -> tuple[SmoothedClassif
     if shape != (meta.in_channels, *size):
         raise SystemExit(f"error: dataset {args.dataset} gives inputs {shape} but the model expects "
                          f"{(meta.in_channels, *size)}")
-    smoothed = SmoothedClassifier(model, noise=get_noise(noise_name, sigma=sigma), num_classes=meta.num_classes,
+    noise = get_noise(noise_name, sigma=sigma)
+    base, args.denoiser_record = _wrap_denoiser(args, model, noise, meta.in_channels, device)
+    smoothed = SmoothedClassifier(base, noise=noise, num_classes=meta.num_classes,
                                   precision=args.precision, channels_last=not args.no_channels_last,
                                   compile=args.compile, fixed_shape=args.fixed_shape,
                                   max_batch_bytes=args.max_batch_bytes,
@@ -244,8 +395,12 @@ def _smoothed_from_checkpoint(args: argparse.Namespace) -> tuple[SmoothedClassif
 
 
 def _run_facts(args: argparse.Namespace, meta: CheckpointMeta) -> dict[str, Any]:
-    return {"dataset": args.dataset, "subset": args.subset, "split": args.split,
-            "checkpoint_sha256": _file_sha256(Path(args.checkpoint)), "arch": meta.arch}
+    sha = getattr(args, "checkpoint_sha256", None) or _file_sha256(Path(args.checkpoint))
+    facts = {"dataset": args.dataset, "subset": args.subset, "split": args.split, "checkpoint_sha256": sha,
+             "arch": meta.arch}
+    if getattr(args, "denoiser_record", None) is not None:
+        facts["denoiser"] = args.denoiser_record  # absent without --denoiser: earlier result files still resume
+    return facts
 
 
 def _sharded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -325,7 +480,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     """PGD / DDN on the smoothed classifier (default when the checkpoint was trained with noise or
     --noise is given; --base to attack the network alone) and the summary table."""
     device = _device(args.device)
-    model, meta = load_checkpoint(args.checkpoint, map_location=device)
+    model, meta, args.checkpoint_sha256 = _load_classifier(args.checkpoint, device)
     smoothed = args.smoothed if args.smoothed is not None else (args.noise is not None or meta.noise != "none")
     if smoothed:
         target, meta, dataset = _smoothed_from_checkpoint(args)
@@ -338,6 +493,14 @@ def cmd_attack(args: argparse.Namespace) -> int:
             raise SystemExit(f"error: dataset {args.dataset} gives inputs {tuple(dataset.info.input_shape)} but the "
                              f"model expects {(meta.in_channels, *size)}")
         target, what = model, f"the base {meta.arch}"
+        if args.denoiser is not None:  # the denoiser is set for a noise level even when only f(D(x)) is attacked
+            noise_name = args.noise or (meta.noise if meta.noise != "none" else "gaussian")
+            sigma = args.sigma if args.sigma is not None else (meta.sigma or None)
+            if sigma is None:
+                raise SystemExit("error: --denoiser needs the noise level it denoises: pass --sigma (and --noise)")
+            target, args.denoiser_record = _wrap_denoiser(args, model, get_noise(noise_name, sigma=sigma),
+                                                          meta.in_channels, device)
+            what = f"{target!r} (base)"
     indices = select_indices(len(dataset), skip=args.skip, max_count=args.max, start=args.start)
     print(f"attacking {len(indices)} inputs of {args.dataset}/{args.split} ({args.attack}, {args.steps} steps) on "
           f"{what} -> {args.out}", file=sys.stderr)
@@ -452,6 +615,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint file (.pt)")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("train-denoiser", help="train a denoiser (dncnn) or a score network (scorenet) for "
+                                              "denoised smoothing; one checkpoint per epoch")
+    _add_data_args(p, dataset_default="embedded")
+    p.add_argument("--kind", default="dncnn", choices=_denoise_choices("nets"),
+                   help="dncnn: one network per noise and sigma; scorenet: one network for every noise (--loss dsm)")
+    p.add_argument("--loss", default="mse", choices=_denoise_choices("losses"),
+                   help="mse; stability / classification: guided by the frozen --classifier; dsm: score matching")
+    p.add_argument("--access", choices=["full", "query"], default="full",
+                   help="guided losses: backpropagate through the classifier, or query its outputs only "
+                        "(zeroth-order gradient estimate)")
+    p.add_argument("--queries", type=int, default=32, help="--access query: classifier queries per row and step")
+    p.add_argument("--mu", type=float, default=1e-3, help="--access query: finite-difference step")
+    p.add_argument("--classifier", default=None, metavar="CKPT",
+                   help="the frozen classifier of --loss stability/classification (a checkpoint or efficientnet-lite0)")
+    p.add_argument("--noise", default="gaussian", choices=list_noises(), help="dncnn: the noise it removes")
+    p.add_argument("--sigma", type=float, default=None, help="dncnn: the noise's standard deviation")
+    p.add_argument("--sigmas", type=float, nargs="+", default=None,
+                   help="scorenet: the ladder sigma_1 > ... > sigma_L (default: --ladder 1.0 0.01 10)")
+    p.add_argument("--ladder", type=float, nargs=3, default=None, metavar=("MAX", "MIN", "L"),
+                   help="scorenet: a geometric ladder of L levels from MAX down to MIN")
+    p.add_argument("--arch-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="network setting (repeatable), e.g. --arch-arg depth=10 --arch-arg width=32 (dncnn) or "
+                        "--arch-arg width=32 (scorenet)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (Salman et al. 2020: 1e-3)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval", action="store_true",
+                   help="report test PSNR (dncnn) or test DSM loss (scorenet) each epoch")
+    p.add_argument("--limit", type=int, default=None, help="train (and --eval) on the first N examples only")
+    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", required=True, help="denoiser checkpoint file (.pt)")
+    p.set_defaults(func=cmd_train_denoiser)
+
     for name, func in (("certify", cmd_certify), ("predict", cmd_predict)):
         p = sub.add_parser(name, help=f"{name.upper()} each selected input; one TSV row each, resumable")
         _add_data_args(p, dataset_default=None)
@@ -491,6 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT.total_seconds() / 60,
                        help="under torchrun: minutes a process waits for the others (default: %(default)s)")
         p.add_argument("--out", required=True, help="result TSV; re-running the same command resumes it")
+        _add_denoiser_args(p)
         p.set_defaults(func=_sharded(func))
 
     p = sub.add_parser("attack", help="l2 PGD / DDN attacks on the smoothed (or base) classifier; one TSV row each")
@@ -524,6 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unbounded", action="store_true", help="warn instead of failing on pixels outside [0,1]")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True, help="result TSV; re-running the same command resumes it")
+    _add_denoiser_args(p)
     p.set_defaults(func=cmd_attack, compile=False, fixed_shape=None, max_batch_bytes=None)
 
     p = sub.add_parser("merge", help="merge a sharded (torchrun) run's part files into its result file")

@@ -26,6 +26,7 @@ from .checkpoint import (
     read_denoiser_checkpoint,
     save_denoiser,
 )
+from .compose import DENOISE_MODES, MULTISTEP_DEFAULTS, denoiser_for_noise, multistep_ladder
 from .losses import (
     ClassificationLoss,
     DenoiserLoss,
@@ -62,6 +63,8 @@ from .wrapper import Denoised
 
 __all__ = [
     "DENOISERS",
+    "DENOISE_MODES",
+    "MULTISTEP_DEFAULTS",
     "ClassificationLoss",
     "DSMLoss",
     "Denoised",
@@ -76,6 +79,7 @@ __all__ = [
     "build_denoiser",
     "check_ladder",
     "classifier_fingerprint",
+    "denoiser_for_noise",
     "denoiser_kind",
     "denoising_psnr",
     "dsm_loss",
@@ -85,6 +89,7 @@ __all__ = [
     "list_denoisers",
     "load_denoiser",
     "multistep_denoise",
+    "multistep_ladder",
     "noise_potential",
     "psnr",
     "read_denoiser_checkpoint",

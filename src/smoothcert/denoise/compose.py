@@ -1,0 +1,97 @@
+"""From a trained network to the denoiser ``D`` of one smoothing noise (used by the CLI and benchmarks).
+
+A denoiser checkpoint (kind ``"denoiser"``) is ``D`` itself, trained for one noise and sigma. A
+score network (kind ``"score"``) becomes ``D`` through :class:`OneStepDenoiser` (Tweedie,
+Gaussian noise only) or :class:`MultiStepDenoiser` (annealed MAP descent, any of the three
+noises) with a ladder starting at the smoothing noise's standard deviation.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from ..noise import Gaussian, Noise
+from .checkpoint import DenoiserMeta
+from .score import MultiStepDenoiser, OneStepDenoiser, check_ladder
+
+__all__ = ["DENOISE_MODES", "MULTISTEP_DEFAULTS", "denoiser_for_noise", "multistep_ladder"]
+
+#: How a score network denoises: Tweedie's formula or annealed MAP descent.
+DENOISE_MODES = ("one-step", "multi-step")
+
+#: Default multi-step settings: T = 3 steps per level and alpha = 2e-5, the step of the last level
+#: sigma_L = 0.01 of the default training ladder. Then alpha_i / sigma_i^2 = alpha / sigma_L^2 =
+#: 0.2 at every level: each step moves a fifth of the way towards that level's Tweedie estimate,
+#: and the Gaussian data term's step alpha_i / sigma^2 <= 0.2 stays far below the divergence bound 2.
+MULTISTEP_DEFAULTS = {"steps_per_level": 3, "step_size": 2e-5}
+
+
+def multistep_ladder(training_ladder: Sequence[float] | Tensor, sigma: float) -> list[float]:
+    """The annealing ladder for smoothing noise of standard deviation ``sigma``: ``sigma`` itself,
+    then every level of the score network's ``training_ladder`` below it.
+
+    The first level matches the noise in ``y`` (per-coordinate std ``sigma`` for every noise of
+    :mod:`smoothcert.noise`), later levels are ones the network was trained at. A ``sigma`` above the
+    largest trained level is extrapolation; :func:`denoiser_for_noise` warns about it.
+    """
+    levels = check_ladder(training_ladder)
+    sigma = float(sigma)
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    below = [s for s in levels if s < sigma * (1 - 1e-9)]
+    return [sigma, *below]
+
+
+def denoiser_for_noise(
+    net: nn.Module,
+    meta: DenoiserMeta,
+    noise: Noise,
+    *,
+    mode: str | None = None,
+    steps_per_level: int | None = None,
+    step_size: float | None = None,
+    ladder: Sequence[float] | None = None,
+) -> nn.Module:
+    """The denoiser ``D`` (``[B, C, H, W] -> [B, C, H, W]``) for smoothing with ``noise``.
+
+    Args:
+        net, meta: from :func:`~smoothcert.denoise.load_denoiser`.
+        noise: the smoothing noise.
+        mode: score networks only: ``"one-step"`` (Gaussian noise only) or ``"multi-step"``;
+            default one-step for Gaussian noise, multi-step otherwise.
+        steps_per_level, step_size, ladder: multi-step only; defaults :data:`MULTISTEP_DEFAULTS`
+            and :func:`multistep_ladder` of the training ladder.
+    The result is in eval mode. A denoiser trained for another noise or sigma is returned with a
+    warning (the certificate stays valid for the composition; only its accuracy may suffer).
+    """
+    multi = {"steps_per_level": steps_per_level, "step_size": step_size, "ladder": ladder}
+    if meta.kind == "denoiser":
+        if mode is not None or any(v is not None for v in multi.values()):
+            raise ValueError(f"mode/steps/step size/ladder are settings of score networks; {meta.arch!r} is a denoiser")
+        if (meta.noise, meta.sigma) != (noise.name, noise.sigma):
+            warnings.warn(f"the denoiser was trained for {meta.noise} noise sigma {meta.sigma:g}; "
+                          f"smoothing uses {noise.name} sigma {noise.sigma:g}", stacklevel=2)
+        return net
+    if mode is None:
+        mode = "one-step" if isinstance(noise, Gaussian) else "multi-step"
+    if mode not in DENOISE_MODES:
+        raise ValueError(f"mode must be one of {DENOISE_MODES}, got {mode!r}")
+    if meta.ladder and noise.sigma > max(meta.ladder) * (1 + 1e-9):
+        warnings.warn(f"noise sigma {noise.sigma:g} is above the score network's largest trained level "
+                      f"{max(meta.ladder):g}", stacklevel=2)
+    if mode == "one-step":
+        if any(v is not None for v in multi.values()):
+            raise ValueError("steps/step size/ladder are settings of the multi-step denoiser (mode='multi-step')")
+        if not isinstance(noise, Gaussian):
+            raise ValueError(f"the one-step (Tweedie) denoiser holds for Gaussian noise only, not {noise.name}; "
+                             "use mode='multi-step'")
+        return OneStepDenoiser(net, noise).eval()
+    return MultiStepDenoiser(
+        net, noise, ladder=ladder if ladder is not None else multistep_ladder(meta.ladder, noise.sigma),
+        steps_per_level=steps_per_level if steps_per_level is not None else MULTISTEP_DEFAULTS["steps_per_level"],
+        step_size=step_size if step_size is not None else MULTISTEP_DEFAULTS["step_size"],
+    ).eval()
