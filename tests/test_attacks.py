@@ -5,6 +5,7 @@ is |w.x + b| / ||w||, for the base classifier and (any symmetric noise) for its 
 """
 
 import copy
+import dataclasses
 import math
 import statistics
 from pathlib import Path
@@ -16,9 +17,19 @@ from linear import LinearBinary
 from torch import nn
 
 from smoothcert import SmoothedClassifier, get_noise
-from smoothcert.attacks import SmoothedSoft, adversarial_l2, ddn, l2_norms, minimal_l2, pgd_l2
+from smoothcert import robustness as robustness_module
+from smoothcert.attacks import (
+    SmoothedSoft,
+    adversarial_l2,
+    ddn,
+    l2_norms,
+    log_mean_softmax,
+    minimal_l2,
+    pgd_l2,
+    smoothed_log_probs,
+)
 from smoothcert.cli import main
-from smoothcert.robustness import attack_columns, attack_dataset, summarize_attack, summary_table
+from smoothcert.robustness import attack_columns, attack_dataset, l2_radius, summarize_attack, summary_table
 from smoothcert.smooth import ABSTAIN
 
 ATTACKS = ["pgd", "ddn"]
@@ -211,6 +222,24 @@ def test_invalid_arguments_are_refused():
         pgd_l2(model, x, y, eps=-1.0, steps=5)
 
 
+class Flat(nn.Module):
+    """Logits that do not depend on the input: every gradient is exactly zero."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(z.shape[0], 3, dtype=z.dtype) + 0.0 * z.flatten(1).sum(1, keepdim=True)
+
+
+def test_pgd_moves_randomly_on_a_zero_gradient_and_int_seeds_are_generators():
+    x = 0.5 * torch.ones(4, 16)
+    y = torch.zeros(4, dtype=torch.long)
+    a = pgd_l2(Flat(), x, y, eps=0.3, steps=3, generator=7)
+    # A stalled PGD would return x; a random direction per step moves it, inside the budget.
+    assert bool((l2_norms(a - x) > 0.1).all()) and bool((l2_norms(a - x) <= 0.3 + 1e-6).all())
+    assert torch.equal(a, pgd_l2(Flat(), x, y, eps=0.3, steps=3, generator=torch.Generator().manual_seed(7)))
+    assert not torch.equal(a, pgd_l2(Flat(), x, y, eps=0.3, steps=3, generator=8))
+    assert torch.equal(ddn(Flat(), x, y, steps=3, generator=7), ddn(Flat(), x, y, steps=3, generator=7))
+
+
 # --------------------------------------------------------------------- smoothed attacks
 
 
@@ -222,6 +251,24 @@ def test_smoothed_soft_draws_fresh_noise_each_call_and_is_seeded():
     torch.testing.assert_close(a.exp().sum(1), torch.ones(4))
     again = SmoothedSoft(model, get_noise("gaussian", sigma=0.25), m=16, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again(x), a)
+    seeded = SmoothedSoft(model, get_noise("gaussian", sigma=0.25), m=16, generator=0)  # an int seed
+    assert torch.equal(seeded(x), a) and torch.equal(seeded(x), b)
+
+
+def test_log_mean_softmax_is_the_log_of_the_mean_probability_and_keeps_float64():
+    logits = torch.tensor([[[2.0, 0.0, -1.0]], [[0.0, 3.0, 1.0]]], dtype=torch.float64)  # [m=2, B=1, K=3]
+    expected = torch.softmax(logits, -1).mean(0).log()
+    got = log_mean_softmax(logits)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(log_mean_softmax(torch.log_softmax(logits, -1)), expected, rtol=1e-12, atol=0)
+    assert log_mean_softmax(logits.half()).dtype == torch.float32  # narrow floats are upcast
+    # A float64 model's smoothed log-probabilities stay float64.
+    net = nn.Linear(4, 3).double()
+    assert smoothed_log_probs(net, torch.rand(2, 4, dtype=torch.float64),
+                              torch.zeros(5, 2, 4, dtype=torch.float64)).dtype == torch.float64
+    with pytest.raises(ValueError, match=r"\[m, B, K\]"):
+        log_mean_softmax(torch.zeros(2, 3))
 
 
 @pytest.mark.parametrize("name", ATTACKS)
@@ -282,14 +329,40 @@ def test_attack_dataset_smoothed_has_no_violations_and_dominates_certified_accur
         for e in eps:
             if dist < 0.95 * e:
                 assert int(r[col[f"pgd@{e!r}"]]) != int(r[col["label"]])
-        # DDN's point, lengthened until PREDICT confirms it, lies near the boundary: beyond it by
-        # at most 1.05^5, or short of it where PREDICT abstains (|pA - 1/2| small: within 0.1).
-        assert dist - 0.1 <= float(r[col["min_l2"]]) <= 1.3 * dist
-    assert summary["ddn_found"] == 1.0
+        # DDN's point, lengthened until PREDICT gives the other class, lies across g's boundary (a
+        # PREDICT answer short of it would be one of its alpha-probable errors), by at most 1.05^5;
+        # abstentions near the boundary are recorded apart and never count as adversarial.
+        assert dist <= float(r[col["min_l2"]]) <= 1.3 * dist
+        assert float(r[col["ddn_abstain_l2"]]) >= dist - 0.1
+        assert r[col["norm"]] == "l2" and r[col["native_norm"]] == "l2"
+        assert float(r[col["radius_native"]]) == float(r[col["radius"]])  # Gaussian: l2 is native
+    assert summary["ddn_found"] == 1.0 and summary["confirmed_violations"] == []
+    # The bound on spurious violations: 10 inputs x (1 CERTIFY + 3 PGD + 6 DDN PREDICTs) x alpha.
+    certified = sum(int(r[col["predict"]]) != ABSTAIN for r in rows[1:])
+    assert summary["false_alarm_bound"] == pytest.approx(certified * 10 * 0.001)
     # Re-running resumes (nothing recomputed, same summary); another configuration is refused.
     assert attack_dataset(smoothed, data, out, **kw) == summary
     with pytest.raises(ValueError, match="different configuration"):
         attack_dataset(smoothed, data, out, **{**kw, "m": 8})
+
+
+def test_inputs_certified_with_another_class_are_attacked_away_from_that_class(tmp_path):
+    # Wrong labels: CERTIFY gives the model's (true) class, which is not the label. The attacks must
+    # probe that certificate, i.e. push away from the certified class, across the boundary.
+    model, x, y, _ = linear_problem(4, (16,), seed=17, d_min=0.1, d_max=0.3)
+    smoothed = SmoothedClassifier(model, noise=get_noise("gaussian", sigma=0.25), num_classes=2)
+    wrong = 1 - y
+    out = tmp_path / "wrong.tsv"
+    summary = attack_dataset(smoothed, list(zip(x, wrong)), out, eps=[0.6], steps=20, m=4, n0=32, n=1000,
+                             alpha=0.001, batch_size=1000, progress=False)
+    rows = [line.split("\t") for line in out.read_text().splitlines()]
+    col = {name: k for k, name in enumerate(rows[0])}
+    for r, label in zip(rows[1:], wrong.tolist(), strict=True):
+        assert int(r[col["predict"]]) == 1 - label  # certified: the model's class
+        assert int(r[col[f"pgd@{0.6!r}"]]) == label  # PGD crossed g's boundary away from it
+        assert int(r[col["ddn"]]) == label  # so did DDN
+        assert float(r[col["min_l2"]]) == 0.0  # the clean answer is already not the label
+    assert summary["clean_accuracy"] == 0.0 and summary["violations"] == []
 
 
 def test_summary_reports_violations_and_abstentions():
@@ -306,12 +379,136 @@ def test_summary_reports_violations_and_abstentions():
     summary = summarize_attack(rows)
     assert [v["idx"] for v in summary["violations"]] == [0]
     assert summary["violations"][0] == {"idx": 0, "attack": "pgd", "eps": 0.5, "l2": 0.5, "radius": 0.8,
-                                        "certified": 1, "predicted": 0}
+                                        "certified": 1, "predicted": 0, "confirmed": False}
+    assert summary["confirmed_violations"] == []
     assert summary["adversarial_accuracy"][0.5] == 0.25 and summary["certified_accuracy"][0.5] == 0.75
     assert summary["certified_abstained"][0.5] == 1
     assert "violations (another class inside the certified radius): 1" in summary_table(summary)
     with pytest.raises(ValueError, match="no attack was run at eps"):
         summarize_attack(rows, eps=[0.25])
+    # The re-check's verdict is read from the rows; the bounds follow alpha.
+    rechecked = [{**r, "alpha": 0.01, "recheck_radius": math.nan, "confirmed": "-"} for r in rows]
+    rechecked[0].update(recheck_radius=0.7, confirmed=f"pgd@{0.5!r}")
+    summary = summarize_attack(rechecked)
+    assert [v["idx"] for v in summary["confirmed_violations"]] == [0]
+    assert summary["false_alarm_bound"] == pytest.approx(4 * 2 * 0.01)  # 4 certified x (CERTIFY + 1 PGD)
+    assert summary["confirmed_false_alarm_bound"] == pytest.approx(2 * 0.01 / 100)  # 1 input, 1 violation
+    table = summary_table(summary)
+    assert "[confirmed]" in table and "confirmed violations (re-checked" in table and "a bug" in table
+
+
+def test_ddn_distances_exclude_abstentions_but_accuracy_counts_them():
+    def row(idx, min_l2, abstain_l2):
+        return {"idx": idx, "label": 1, "predict": 1, "radius": 0.1, "correct": 1, "ddn": 0 if min_l2 < 9 else 1,
+                "ddn_l2": min(min_l2, 2.0), "min_l2": min_l2, "ddn_abstain_l2": abstain_l2}
+
+    rows = [row(0, 0.4, math.inf), row(1, math.inf, 0.2), row(2, 0.8, 0.6)]
+    summary = summarize_attack(rows, eps=[0.3, 0.5, 0.7])
+    # Distances: the classes found only (0.4 and 0.8); input 1 abstained at 0.2 but found no class.
+    assert summary["ddn_found"] == pytest.approx(2 / 3) and summary["mean_l2"] == pytest.approx(0.6)
+    assert summary["median_l2"] == pytest.approx(0.8)
+    # Accuracy: abstaining at an attacked point within eps counts as wrong.
+    assert summary["adversarial_accuracy"] == {0.3: pytest.approx(2 / 3), 0.5: pytest.approx(1 / 3), 0.7: 0.0}
+
+
+class Scripted:
+    """A stand-in SmoothedClassifier whose PREDICT answers follow a script, one answer per call."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+
+    def predict(self, x, **kw):
+        return torch.tensor([self.answers.pop(0)])
+
+
+def test_confirm_passes_over_abstentions_and_records_them():
+    x = torch.full((1, 4), 0.5)
+    x_adv = x + torch.tensor([[0.1, 0.0, 0.0, 0.0]])
+    kw = {"n": 10, "alpha": 0.01, "batch_size": 10, "seed": 0}
+    # Abstain at 1.05^0 and 1.05^1, then class 0 (not the attacked class 1) at 1.05^2: stop there.
+    points, preds, dists, abstains = robustness_module._confirm(Scripted([ABSTAIN, ABSTAIN, 0, 1]), x, x_adv,
+                                                                [1], [0], **kw)
+    assert preds == [0] and dists[0] == pytest.approx(0.1 * 1.05**2) and abstains[0] == pytest.approx(0.1)
+    torch.testing.assert_close(points, (x + 1.05**2 * (x_adv - x)))
+    # Never another class: the last point, its answer (the attacked class), the first abstention.
+    script = [1, ABSTAIN, 1, 1, ABSTAIN, 1]
+    _, preds, dists, abstains = robustness_module._confirm(Scripted(script), x, x_adv, [1], [0], **kw)
+    assert preds == [1] and dists[0] == pytest.approx(0.1 * 1.05**5) and abstains[0] == pytest.approx(0.1 * 1.05)
+
+
+def test_l2_radius_converts_other_norms_exactly():
+    p = torch.tensor([0.3, 0.5, 0.8, 0.99], dtype=torch.float64)
+    gauss = get_noise("gaussian", sigma=0.5)
+    torch.testing.assert_close(l2_radius(gauss, p, dim=16), gauss.radius(p, norm="l2"))
+    laplace = get_noise("laplace", sigma=0.5)
+    torch.testing.assert_close(l2_radius(laplace, p, dim=16), laplace.radius(p, norm="l1") / 4)  # sqrt(16)
+    uniform = get_noise("uniform", sigma=0.5)
+    expected = torch.maximum(uniform.radius(p, norm="l1") / 4, uniform.radius(p, norm="linf", dim=16))
+    torch.testing.assert_close(l2_radius(uniform, p, dim=16), expected)
+    for noise in (gauss, laplace, uniform):  # nothing certified at pA <= 1/2
+        assert l2_radius(noise, p, dim=16)[:2].tolist() == [0.0, 0.0]
+    assert float(l2_radius(laplace, p, dim=16)[3]) > 0
+
+
+def test_attack_dataset_with_laplace_noise_reports_the_l1_certificate_and_the_conversion(tmp_path):
+    model, x, y, _ = linear_problem(3, (16,), seed=14, d_min=0.3, d_max=0.8)
+    noise = get_noise("laplace", sigma=0.25)
+    smoothed = SmoothedClassifier(model, noise=noise, num_classes=2)
+    out = tmp_path / "laplace.tsv"
+    summary = attack_dataset(smoothed, list(zip(x, y)), out, attack="pgd", eps=[0.1], steps=5, m=2, n0=32, n=500,
+                             alpha=0.01, batch_size=500, progress=False)
+    rows = [line.split("\t") for line in out.read_text().splitlines()]
+    col = {name: k for k, name in enumerate(rows[0])}
+    for r in rows[1:]:
+        assert r[col["norm"]] == "l2" and r[col["native_norm"]] == "l1"
+        assert float(r[col["radius"]]) == pytest.approx(float(r[col["radius_native"]]) / 4, rel=1e-12)
+    assert any(float(r[col["radius_native"]]) > 0 for r in rows[1:])
+    assert summary["radius_conversion"].startswith("r_l1/√d")
+    assert "certified radii are l2: r_l1/√d (radii from the l1 certificate)" in summary_table(summary)
+
+
+def _inflated_certify(monkeypatch):
+    """Make CERTIFY claim pA >= 1 - 1e-9 wherever it certifies: a deliberately wrong, huge radius."""
+    real = SmoothedClassifier.certify
+
+    def certify(self, x, **kw):
+        cert = real(self, x, **kw)
+        p = torch.where(cert.prediction != ABSTAIN, torch.full_like(cert.p_lower, 1 - 1e-9), cert.p_lower)
+        return dataclasses.replace(cert, p_lower=p, radius=self.noise.radius(p))
+
+    monkeypatch.setattr(SmoothedClassifier, "certify", certify)
+
+
+def test_a_wrong_certificate_is_reported_as_a_confirmed_violation(tmp_path, monkeypatch):
+    # Inputs 0.1 .. 0.25 from a linear boundary: PGD at eps 0.6 crosses it by >= 0.35 = 1.4 sigma, so
+    # PREDICT gives the other class there while the inflated certificate claims a radius of ~1.5.
+    model, x, y, _ = linear_problem(4, (16,), seed=15, d_min=0.1, d_max=0.25)
+    smoothed = SmoothedClassifier(model, noise=get_noise("gaussian", sigma=0.25), num_classes=2)
+    _inflated_certify(monkeypatch)
+    summary = attack_dataset(smoothed, list(zip(x, y)), tmp_path / "bug.tsv", attack="pgd", eps=[0.6], steps=10,
+                             m=2, n0=32, n=1000, alpha=0.001, batch_size=1000, progress=False)
+    assert [v["idx"] for v in summary["confirmed_violations"]] == [0, 1, 2, 3]
+    assert all(v["l2"] == pytest.approx(0.6, rel=1e-4) and v["radius"] > 1.0 for v in summary["confirmed_violations"])
+    assert "confirmed violations (re-checked with fresh draws at alpha/100): 4" in summary_table(summary)
+
+
+def test_a_spurious_predict_error_is_a_violation_but_not_confirmed(tmp_path, monkeypatch):
+    # PREDICT errs at level alpha (as it may, with probability alpha) and answers right at the
+    # re-check's level alpha/100: the violation is listed, and the re-check clears it.
+    model, x, y, _ = linear_problem(3, (16,), seed=16, d_min=0.6, d_max=0.8)
+    smoothed = SmoothedClassifier(model, noise=get_noise("gaussian", sigma=0.25), num_classes=2)
+    real = SmoothedClassifier.predict
+
+    def predict(self, x, *, alpha, **kw):
+        answer = real(self, x, alpha=alpha, **kw)
+        return 1 - answer if alpha == 0.001 else answer
+
+    monkeypatch.setattr(SmoothedClassifier, "predict", predict)
+    summary = attack_dataset(smoothed, list(zip(x, y)), tmp_path / "noisy.tsv", attack="pgd", eps=[0.1], steps=5,
+                             m=2, n0=32, n=1000, alpha=0.001, batch_size=1000, progress=False)
+    assert len(summary["violations"]) == 3 and summary["confirmed_violations"] == []
+    assert summary["false_alarm_bound"] == pytest.approx(3 * 2 * 0.001)
+    assert summary["confirmed_false_alarm_bound"] == pytest.approx(3 * 2 * 0.001 / 100)
 
 
 # ------------------------------------------------------------------------------------ CLI

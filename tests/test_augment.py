@@ -74,8 +74,18 @@ def test_uint8_and_bad_input():
         random_crop_flip(torch.rand(3, 8, 8))
     with pytest.raises(ValueError, match="padding"):
         RandomCropFlip(padding=-1)
+    with pytest.raises(ValueError, match="flip must be True or False"):
+        RandomCropFlip(flip="no")  # a truthy string would silently flip
+    with pytest.raises(ValueError, match="flip must be True or False"):
+        random_crop_flip(x, flip=1)
     aug = RandomCropFlip(padding=2, flip=False)
     assert repr(aug) == "RandomCropFlip(padding=2, flip=False)" and aug.hparams() == {"padding": 2, "flip": False}
+
+
+def test_an_int_seed_is_a_generator_on_the_inputs_device():
+    x = torch.rand(4, 3, 8, 8)
+    assert torch.equal(random_crop_flip(x, generator=5), random_crop_flip(x, generator=torch.Generator().manual_seed(5)))
+    assert torch.equal(RandomCropFlip()(x, generator=5), random_crop_flip(x, generator=5))
 
 
 def _setup():

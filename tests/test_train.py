@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from smoothcert.data import get_dataset
+from smoothcert.data import ArrayDataset, DatasetInfo, get_dataset, iter_batches
 from smoothcert.models import CheckpointMeta, build_model, load_checkpoint
 from smoothcert.noise import get_noise, list_noises
 from smoothcert.train import TrainConfig, get_method, list_methods, noisy_accuracy, train
@@ -67,3 +67,35 @@ def test_learning_rate_schedules():
     assert [learning_rate(step, e) for e in (0, 29, 30, 89)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
     cos = TrainConfig(epochs=4, lr=0.1, schedule="cosine")
     assert [learning_rate(cos, e) for e in range(4)] == pytest.approx([0.1, 0.085355, 0.05, 0.014645], rel=1e-4)
+
+
+class RawBytes(torch.utils.data.Dataset):
+    """A plain map-style dataset yielding uint8 images 0..255, as a user's own dataset might."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.labels[i]
+
+
+def test_iter_batches_scales_uint8_on_both_paths_and_shuffles_reproducibly():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (10, 1, 3, 3), dtype=torch.uint8, generator=g)
+    labels = torch.arange(10) % 3
+    info = DatasetInfo(name="tiny", input_shape=(1, 3, 3), num_classes=3, mean=(0.5,), std=(0.25,))
+    expected = images.float() / 255
+    for data in (ArrayDataset(images, labels, info=info), RawBytes(images, labels)):
+        batches = list(iter_batches(data, 4, shuffle=False))
+        assert [len(y) for _, y in batches] == [4, 4, 2]
+        x = torch.cat([b[0] for b in batches])
+        assert x.dtype == torch.float32 and torch.equal(x, expected)  # 0..255 became [0, 1]
+        assert torch.equal(torch.cat([b[1] for b in batches]), labels)
+        a = torch.cat([y for _, y in iter_batches(data, 3, shuffle=True, generator=torch.Generator().manual_seed(4))])
+        b = torch.cat([y for _, y in iter_batches(data, 3, shuffle=True, generator=torch.Generator().manual_seed(4))])
+        assert torch.equal(a, b) and sorted(a.tolist()) == sorted(labels.tolist())
+    with pytest.raises(ValueError, match="batch_size"):
+        next(iter_batches(RawBytes(images, labels), 0, shuffle=False))

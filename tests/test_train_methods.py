@@ -144,6 +144,8 @@ def test_resume_refuses_other_method_hparams(tmp_path):
         ("stability", {"lbd": -1.0}, "lbd must be"),
         ("stability", {"eta": float("nan")}, "eta must be"),
         ("stability", {"clean": "yes"}, "clean must be True or False"),
+        ("stability", {"clean": True, "xent": 1}, "xent must be True or False"),
+        ("stability", {"xent": True}, "applies to stability training"),
         ("smoothadv", {"eps": 0.0}, "eps must be a finite number > 0"),
         ("smoothadv", {"steps": 0}, "steps must be"),
         ("smoothadv", {"m": True}, "m must be an integer"),
@@ -194,6 +196,12 @@ def test_stability_loss_equals_a_hand_computation():
     kl = np.mean([(np.exp(log_c[b]) * (log_c[b] - log_p[i, b])).sum() for i in range(2) for b in range(3)])
     got = stability_loss(torch.tensor(clean), torch.tensor(LOGITS), torch.tensor(LABELS), lbd=2.0)
     assert got.item() == pytest.approx(ce + 2.0 * kl, rel=1e-6)
+    assert got.dtype == torch.float64  # float64 logits are not narrowed
+    # Jeong & Shin's train_stab.py: the cross-entropy -Σ p(x) log p(x + delta_i) in place of the KL.
+    xent = np.mean([-(np.exp(log_c[b]) * log_p[i, b]).sum() for i in range(2) for b in range(3)])
+    got = stability_loss(torch.tensor(clean), torch.tensor(LOGITS), torch.tensor(LABELS), lbd=2.0, xent=True)
+    assert got.item() == pytest.approx(ce + 2.0 * xent, rel=1e-6)
+    assert consistency_loss(torch.tensor(LOGITS), torch.tensor(LABELS), lbd=1.0, eta=0.5).dtype == torch.float64
 
 
 class FixedLogits(nn.Module):
@@ -218,13 +226,32 @@ def test_stability_method_wires_the_losses():
     loss, logits = get_method("stability", m=3, eta=0.5).loss(FixedLogits(table), x, y, noise=GAUSS, generator=None)
     assert loss.item() == pytest.approx(ce + 0.5 * ent, rel=1e-6)
     torch.testing.assert_close(logits, torch.log_softmax(table, -1))
-    loss, _ = get_method("stability", clean=True).loss(FixedLogits(table), x, y, noise=GAUSS, generator=None)
+    # Stability training, KL form: clean and noisy predictions agree, only CE is left.
+    loss, _ = get_method("stability", clean=True, xent=False).loss(FixedLogits(table), x, y, noise=GAUSS,
+                                                                   generator=None)
     assert loss.item() == pytest.approx(ce, rel=1e-6)
+    # The default cross-entropy form keeps lbd·H(p) (Jeong & Shin's baseline): KL = 0, H(p, p) = H(p).
+    loss, _ = get_method("stability", clean=True).loss(FixedLogits(table), x, y, noise=GAUSS, generator=None)
+    assert loss.item() == pytest.approx(ce + 2.0 * ent, rel=1e-6)
 
 
 def test_stability_defaults_follow_the_variant():
-    assert get_method("stability").hparams() == {"m": 2, "lbd": 10.0, "eta": 0.5, "clean": False}
-    assert get_method("stability", clean=True).hparams() == {"m": 1, "lbd": 2.0, "eta": 0.0, "clean": True}
+    assert get_method("stability").hparams() == {"m": 2, "lbd": 10.0, "eta": 0.5, "clean": False, "xent": False}
+    assert get_method("stability", clean=True).hparams() == {"m": 1, "lbd": 2.0, "eta": 0.0, "clean": True,
+                                                             "xent": True}
+
+
+def test_a_checkpoint_saved_before_a_new_hyperparameter_resumes(tmp_path, monkeypatch):
+    # Checkpoints written before xent existed record no xent: resuming fills in its default.
+    from smoothcert.train.stability import StabilityTraining
+
+    real = StabilityTraining.hparams
+    monkeypatch.setattr(StabilityTraining, "hparams", lambda self: {k: v for k, v in real(self).items() if k != "xent"})
+    _tiny_training(tmp_path, get_method("stability", m=2))
+    assert "xent" not in read_checkpoint(tmp_path / "m.pt")["meta"]["training"]["hparams"]
+    monkeypatch.setattr(StabilityTraining, "hparams", real)
+    history, path = _tiny_training(tmp_path, get_method("stability", m=2), epochs=2, resume=True)
+    assert len(history) == 2 and read_checkpoint(path)["meta"]["training"]["hparams"]["xent"] is False
 
 
 # ------------------------------------------------------------------ macer
@@ -280,17 +307,40 @@ def test_macer_radius_term_is_zero_when_every_input_is_misclassified():
     assert macer_terms(confident, torch.tensor([0]), sigma=1.0, beta=16.0, gamma=8.0).robustness.item() == 0.0
 
 
-def test_macer_is_finite_where_softmax_saturates():
-    table = torch.tensor([[[60.0, 0.0, -5.0], [0.0, 9.0, 0.0]]], requires_grad=True)
-    terms = macer_terms(table, torch.tensor([0, 1]), sigma=0.25, beta=16.0, gamma=100.0)
-    (terms.classification + terms.robustness).backward()
-    assert torch.isfinite(table.grad).all() and terms.robustness.item() > 0
+def test_macer_leaves_saturated_examples_out_and_stays_finite():
+    # Examples 0 and 1 saturate at beta = 16 (the other classes' mass underflows float32), where the
+    # official code's Φ⁻¹ is ±inf and the example is dropped; example 2 does not (ξ ≈ 6.2).
+    table = torch.tensor([[[60.0, 0.0, -5.0], [0.0, 9.0, 0.0], [0.0, 1.0, 0.5]]], requires_grad=True)
+    y = torch.tensor([0, 1, 1])
+    for gamma in (8.0, 30.0, 100.0):  # a large gamma would take in a clamped, artificial ξ ≈ 22.8
+        terms = macer_terms(table, y, sigma=0.25, beta=16.0, gamma=gamma)
+        _, rob, hinges = _macer_by_hand(table.detach().double().numpy()[:, 2:], y.numpy()[2:], sigma=0.25,
+                                        beta=16.0, gamma=gamma)
+        assert hinges[0] > 0  # the unsaturated example contributes ...
+        assert terms.robustness.item() == pytest.approx(rob / 3, rel=1e-4)  # ... and only it (B = 3)
+        table.grad = None
+        terms.robustness.backward()
+        assert torch.isfinite(table.grad).all()
+        assert torch.equal(table.grad[0, :2], torch.zeros(2, 3)) and table.grad[0, 2].abs().sum() > 0
+    table.grad = None
+    macer_terms(table, y, sigma=0.25, beta=16.0, gamma=100.0).classification.backward()
+    assert torch.isfinite(table.grad).all()
 
 
 def test_macer_refuses_non_gaussian_noise():
     x, y = _problem(n=4)
     with pytest.raises(ValueError, match="Gaussian"):
         get_method("macer", m=2).loss(_linear(), x, y, noise=get_noise("laplace", sigma=0.25), generator=None)
+
+
+def test_methods_return_the_log_mean_softmax_of_their_copies_in_float64_for_a_float64_model():
+    x, y = _problem(n=6)
+    model = _linear().double()
+    for name in list_methods():
+        loss, logits = _method(name).loss(model, x.double(), y, noise=GAUSS, generator=torch.Generator().manual_seed(0))
+        assert loss.dtype == torch.float64 and logits.dtype == torch.float64, name
+        if name != "gaussian":  # the others return log-probabilities of the smoothed soft classifier
+            torch.testing.assert_close(logits.exp().sum(1), torch.ones(6, dtype=torch.float64))
 
 
 def test_macer_deferred_switches_the_radius_term_on():
@@ -305,8 +355,10 @@ def test_macer_deferred_switches_the_radius_term_on():
 
 
 def test_smoothadv_warmup_schedule():
-    assert [warmup_eps(1.0, e, 4) for e in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    assert warmup_eps(0.5, 0, 1) == warmup_eps(0.5, 0, 0) == 0.5
+    assert [warmup_eps(1.0, epoch=e, warmup=4) for e in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_eps(0.5, epoch=0, warmup=1) == warmup_eps(0.5, epoch=0, warmup=0) == 0.5
+    with pytest.raises(TypeError):
+        warmup_eps(1.0, 0, 4)  # keyword-only: epoch and warmup are easily swapped
     method = get_method("smoothadv", eps=0.5, warmup=10)
     assert method.eps_t == 0.5  # full budget until a training loop sets the epoch
     method.begin_epoch(0, 90)
@@ -399,7 +451,7 @@ def test_cli_hparam_sets_and_records_method_hyperparameters(tmp_path):
                  "--hparam", "lbd=2", "--hparam", "clean=false", "--out", str(out)]) == 0
     training = read_checkpoint(out)["meta"]["training"]
     assert training["method"] == "stability"
-    assert training["hparams"] == {"m": 3, "lbd": 2.0, "eta": 0.5, "clean": False}
+    assert training["hparams"] == {"m": 3, "lbd": 2.0, "eta": 0.5, "clean": False, "xent": False}
 
 
 @pytest.mark.parametrize(

@@ -13,20 +13,36 @@ adversarially trained smoothed classifiers", Sec. 3): the loss −log((1/m) Σ_i
 Two attacks: :func:`pgd_l2` (fixed budget eps: the strongest point it finds inside the ball) and
 :func:`ddn` (Rony et al. 2019: the smallest adversarial perturbation it finds, optionally inside a
 ball); :func:`minimal_l2` turns DDN into per-example distances (inf where nothing was found).
+:func:`log_mean_softmax` is the one place the plug-in estimate log((1/m) Σ_i softmax z_i) is computed;
+the training methods (:mod:`smoothcert.train`) use it too.
+
+Randomness: every ``generator`` argument takes a ``torch.Generator`` or an int seed (a generator is
+then made on the inputs' device, as :func:`smoothcert.smooth.make_generator` does); a generator
+passed in must live on the inputs' device (a CPU generator with CUDA inputs raises a RuntimeError).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .noise import Noise
+from .smooth import make_generator
 
-__all__ = ["SmoothedSoft", "adversarial_l2", "ddn", "l2_norms", "minimal_l2", "pgd_l2", "smoothed_log_probs"]
+__all__ = [
+    "SmoothedSoft",
+    "adversarial_l2",
+    "ddn",
+    "l2_norms",
+    "log_mean_softmax",
+    "minimal_l2",
+    "pgd_l2",
+    "smoothed_log_probs",
+    "upcast_logits",
+]
 
 
 def l2_norms(v: Tensor) -> Tensor:
@@ -52,6 +68,17 @@ def _unit(g: Tensor) -> Tensor:
     return g / norms.clamp_min(1e-12)
 
 
+def _random_where_zero(grad: Tensor, generator: torch.Generator | None) -> Tensor:
+    """``grad`` with every all-zero row (a saturated loss, or a model flat around the point)
+    replaced by a standard normal direction from ``generator``; nothing is drawn when no row is zero."""
+    zero = l2_norms(grad) == 0
+    if not bool(zero.any()):
+        return grad
+    grad = grad.clone()
+    grad[zero] = torch.randn(grad[zero].shape, generator=generator, device=grad.device, dtype=grad.dtype)
+    return grad
+
+
 def _per_example_norm(v: Tensor) -> Tensor:
     return l2_norms(v).view(-1, *([1] * (v.dim() - 1)))
 
@@ -71,13 +98,16 @@ def pgd_l2(
     step_size: float | Tensor | None = None,
     random_start: bool = False,
     targeted: bool = False,
-    generator: torch.Generator | None = None,
+    generator: int | torch.Generator | None = None,
 ) -> Tensor:
     """Projected gradient ascent on the cross-entropy in an l2 ball (Madry et al. 2018).
 
     Each step moves ``delta`` by ``step_size`` along the l2-normalised gradient, projects it onto
     ``{‖delta‖₂ <= eps}`` and clips ``x + delta`` to [0, 1]. Clipping moves every coordinate towards
-    ``x`` (which is in [0, 1]), so it never increases ‖delta‖: the budget holds exactly.
+    ``x`` (which is in [0, 1]), so it never increases ‖delta‖: the budget holds exactly. Where the
+    gradient of an example is exactly zero (a saturated loss, common for the fp32 soft smoothed
+    classifier far from its boundary) the step takes a random direction instead of stalling, as
+    :func:`ddn` and Salman et al.'s PGD do.
 
     Args:
         model: ``x`` [B, ...] → scores [B, K] (logits or log-probabilities).
@@ -87,13 +117,15 @@ def pgd_l2(
         step_size: l2 length of each step; default 2·eps/steps (Salman et al. 2019's choice).
         random_start: start from a uniformly random point of the ball instead of ``x``.
         targeted: minimise the loss of ``y`` instead of maximising it.
-        generator: randomness of the random start.
+        generator: randomness of the random start and of the directions that replace zero
+            gradients (a generator on ``x``'s device, or an int seed); None: torch's global RNG.
     Returns:
         adversarial inputs [B, ...] with ‖x_adv − x‖₂ <= eps per example, in [0, 1], detached.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     x = x.detach()
+    generator = make_generator(generator, x.device)
     eps_t = _per_example(eps, x, "eps")
     alpha = 2 * eps_t / steps if step_size is None else _per_example(step_size, x, "step_size")
     delta = torch.zeros_like(x)
@@ -109,9 +141,26 @@ def pgd_l2(
         loss = F.cross_entropy(model(x + delta), y, reduction="sum")
         (grad,) = torch.autograd.grad(sign * loss, delta)
         with torch.no_grad():
-            delta = _project(delta + alpha * _unit(grad), eps_t)
+            delta = _project(delta + alpha * _unit(_random_where_zero(grad, generator)), eps_t)
             delta = (x + delta).clamp(0, 1) - x
     return (x + delta).detach()
+
+
+def upcast_logits(t: Tensor) -> Tensor:
+    """``t`` in float32 if it is a narrower float (fp16, bf16); float32 and float64 are kept, so a
+    float64 model's probabilities stay float64."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def log_mean_softmax(logits: Tensor) -> Tensor:
+    """log((1/m) Σ_i softmax(logits_i)) [B, K] from ``logits`` [m, B, K] (or log-probabilities, on
+    which log_softmax is the identity): the plug-in estimate of the smoothed soft classifier's
+    log-probabilities over m noise draws (Salman et al. 2019, Sec. 3), computed stably in log space
+    in float32 or wider (:func:`upcast_logits`). Rows exp-sum to 1; differentiable."""
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be [m, B, K], got shape {list(logits.shape)}")
+    log_p = F.log_softmax(upcast_logits(logits), dim=-1)
+    return torch.logsumexp(log_p, dim=0) - math.log(logits.shape[0])
 
 
 def smoothed_log_probs(model: nn.Module, x: Tensor, deltas: Tensor) -> Tensor:
@@ -122,15 +171,14 @@ def smoothed_log_probs(model: nn.Module, x: Tensor, deltas: Tensor) -> Tensor:
         x: inputs [B, ...]; deltas: noise draws [m, B, ...] (the same draws for every call if the
             caller keeps them, as SmoothAdv does across the steps of one attack).
     Returns:
-        log-probabilities [B, K] (rows sum to 1 after exp); differentiable in ``x`` and the model.
+        log-probabilities [B, K] (rows sum to 1 after exp; float32, or float64 for a float64
+        model), differentiable in ``x`` and the model: :func:`log_mean_softmax` of the m copies.
     """
     if deltas.dim() != x.dim() + 1 or deltas.shape[1:] != x.shape:
         raise ValueError(f"deltas must have shape [m, {', '.join(map(str, x.shape))}], got {list(deltas.shape)}")
     m, b = deltas.shape[0], x.shape[0]
     logits = model((x.unsqueeze(0) + deltas).flatten(0, 1))
-    log_p = F.log_softmax(logits.float(), dim=1).view(m, b, -1)
-    # log of the mean of probabilities, computed stably in log space
-    return torch.logsumexp(log_p, dim=0) - math.log(m)
+    return log_mean_softmax(logits.view(m, b, -1))
 
 
 class SmoothedSoft(nn.Module):
@@ -138,9 +186,15 @@ class SmoothedSoft(nn.Module):
 
     ``forward(x)`` [B, ...] → log G(x) estimated with ``m`` new noise draws each call, so an attack
     that calls it once per step takes the expectation over fresh noise every step.
+
+    ``generator``: the noise stream — a ``torch.Generator`` on the inputs' device, or an int seed
+    (a generator is then made on the device of the first input it sees and kept); None: torch's
+    global RNG.
     """
 
-    def __init__(self, base: nn.Module, noise: Noise, *, m: int, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, base: nn.Module, noise: Noise, *, m: int, generator: int | torch.Generator | None = None
+    ) -> None:
         super().__init__()
         if m < 1:
             raise ValueError(f"m (noise draws per estimate) must be >= 1, got {m}")
@@ -150,6 +204,8 @@ class SmoothedSoft(nn.Module):
         self.generator = generator
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.generator is not None and not isinstance(self.generator, torch.Generator):
+            self.generator = make_generator(self.generator, x.device)
         deltas = self.noise.sample((self.m, *x.shape), generator=self.generator, device=x.device, dtype=x.dtype)
         return smoothed_log_probs(self.base, x, deltas)
 
@@ -174,7 +230,7 @@ def ddn(
     step_size: float = 1.0,
     eps: float | Tensor | None = None,
     targeted: bool = False,
-    generator: torch.Generator | None = None,
+    generator: int | torch.Generator | None = None,
 ) -> Tensor:
     """Decoupled Direction and Norm (Rony et al. 2019, "Decoupling Direction and Norm for Efficient
     Gradient-Based L2 Adversarial Attacks and Defenses", Algorithm 1): the smallest l2 perturbation
@@ -201,7 +257,8 @@ def ddn(
         gamma: norm adaptation factor, in (0, 1); step_size: initial step length alpha_0 (> 0).
         eps: optional hard l2 budget (a number or [B]).
         targeted: reach class ``y`` instead of leaving it.
-        generator: randomness of the directions that replace zero gradients (nothing else is random).
+        generator: randomness of the directions that replace zero gradients (nothing else is
+            random): a generator on ``x``'s device or an int seed; None: torch's global RNG.
     Returns:
         adversarial inputs [B, ...] in [0, 1], detached: per example, the smallest-norm iterate that
         was adversarial (``x`` itself when ``x`` is already misclassified — or already classified as
@@ -219,6 +276,7 @@ def ddn(
     if not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size}")
     x = x.detach()
+    generator = make_generator(generator, x.device)
     b = x.shape[0]
     # No point of the box is farther from x than max(x, 1 − x) coordinate-wise.
     cap = l2_norms(torch.maximum(x, 1 - x))
@@ -252,12 +310,8 @@ def ddn(
             delta = delta.detach()
             is_adv = _is_adversarial(scores.detach(), y, targeted)
             keep_best(scores, delta)
-            zero = l2_norms(grad) == 0
-            if bool(zero.any()):
-                grad = grad.clone()
-                grad[zero] = torch.randn(grad[zero].shape, generator=generator, device=x.device, dtype=x.dtype)
             norm = torch.minimum(torch.where(is_adv, (1.0 - gamma) * norm, (1.0 + gamma) * norm), cap)
-            delta = delta + alpha * _unit(grad)
+            delta = delta + alpha * _unit(_random_where_zero(grad, generator))
             delta = delta * (norm.view(view) / _per_example_norm(delta).clamp_min(1e-12))
             delta = (x + delta).clamp(0, 1) - x
     with torch.no_grad():
@@ -274,13 +328,26 @@ def adversarial_l2(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, *, tar
     return torch.where(hit, l2, torch.full_like(l2, math.inf))
 
 
-def minimal_l2(model: nn.Module, x: Tensor, y: Tensor, *, steps: int, targeted: bool = False, **ddn_kwargs: Any) -> Tensor:
-    """An upper bound on each example's minimal adversarial l2 distance: :func:`ddn` with
-    ``ddn_kwargs`` (init_eps, gamma, step_size, eps, generator), checked by :func:`adversarial_l2`.
+def minimal_l2(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    steps: int,
+    init_eps: float | Tensor = 1.0,
+    gamma: float = 0.05,
+    step_size: float = 1.0,
+    eps: float | Tensor | None = None,
+    targeted: bool = False,
+    generator: int | torch.Generator | None = None,
+) -> Tensor:
+    """An upper bound on each example's minimal adversarial l2 distance: :func:`ddn` with these
+    settings (see there), its result checked by :func:`adversarial_l2`.
 
     Returns:
         float [B]: the distance of the smallest adversarial example found, ``inf`` where none was
         (0 for inputs the model already gets wrong).
     """
-    x_adv = ddn(model, x, y, steps=steps, targeted=targeted, **ddn_kwargs)
+    x_adv = ddn(model, x, y, steps=steps, init_eps=init_eps, gamma=gamma, step_size=step_size, eps=eps,
+                targeted=targeted, generator=generator)
     return adversarial_l2(model, x, y, x_adv, targeted=targeted)

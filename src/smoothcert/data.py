@@ -39,7 +39,7 @@ import tarfile
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -64,6 +64,7 @@ __all__ = [
     "dataset_info",
     "list_datasets",
     "make_loader",
+    "iter_batches",
     "read_idx",
     "default_data_root",
     "embedded_metadata",
@@ -605,6 +606,47 @@ def make_loader(
         num_workers=num_workers,
         drop_last=drop_last,
     )
+
+
+def iter_batches(
+    dataset: torch.utils.data.Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Mini-batches ``(x [b, C, H, W] float32 in [0, 1], y [b] int64)`` of ``dataset``, on the CPU.
+
+    :class:`ArrayDataset` is batched by indexing its stored tensors (no Python call per image; uint8
+    images are converted one batch at a time); any other map-style dataset goes through a
+    DataLoader (:func:`make_loader`), whose uint8 images are divided by 255 as well, so a dataset
+    yielding raw 0..255 bytes trains on [0, 1] like the built-in ones.
+
+    Args:
+        batch_size: the last batch may be smaller.
+        shuffle: a random order (a new one each call), drawn from ``generator`` (a CPU generator;
+            None: torch's global RNG); else the dataset's order.
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(dataset, ArrayDataset):
+        images = dataset.images_uint8
+        if images is None:
+            images = dataset.tensors()[0]
+        labels = dataset.labels
+        n = len(labels)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for s in range(0, n, batch_size):
+            idx = order[s : s + batch_size]
+            yield _float_images(images[idx]), labels[idx]
+        return
+    for x, y in make_loader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator):
+        yield _float_images(torch.as_tensor(x)), torch.as_tensor(y).long()
+
+
+def _float_images(x: Tensor) -> Tensor:
+    """uint8 images scaled to [0, 1]; float images as float32."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
 
 
 def default_data_root() -> Path:

@@ -5,13 +5,35 @@ of a grid and/or :func:`~smoothcert.attacks.ddn`, and scores f at the attacked p
 
 For a :class:`~smoothcert.smooth.SmoothedClassifier` g it first CERTIFIES the clean input (the same
 certificate as ``certify_dataset`` with the same seed and batch size), attacks the soft smoothed
-classifier with m fresh noise draws per step (:class:`~smoothcert.attacks.SmoothedSoft`), and scores
-each attacked point with PREDICT (abstain counts as wrong). Randomized smoothing guarantees that
-no attack can change g inside the certified radius, so a point where PREDICT returns a class other
-than the certified one at distance < radius is a **violation** — a bug, or one of the alpha-probable
-failures of CERTIFY/PREDICT. Empirical robust accuracy at eps should not fall below certified
-accuracy at eps; where it does, the rows show why (a violation, or PREDICT abstaining at an attacked
-point near the edge of its certified ball, which counts as wrong).
+classifier with m fresh noise draws per step (:class:`~smoothcert.attacks.SmoothedSoft`) away from
+the certified class (away from the label where CERTIFY abstained), and scores each attacked point
+with PREDICT (abstain counts as wrong).
+
+Randomized smoothing guarantees that no attack can change g inside the certified radius, so a point
+where PREDICT returns a class other than the certified one at distance < radius is a **violation**.
+A violation is not by itself proof of a bug: per input it needs only one wrong answer among one
+CERTIFY and up to ``len(eps) + DDN_CONFIRM_STEPS + 1`` PREDICTs, each wrong with probability <= alpha,
+so the expected number of spurious violations over N certified inputs is at most
+N·(1 + len(eps) + DDN_CONFIRM_STEPS + 1)·alpha (≈ 5 for 500 inputs, 3 eps, alpha = 0.001).
+Every violation is therefore **re-checked** with fresh draws: CERTIFY again (its own stream,
+``recheck_n`` draws, level alpha/:data:`RECHECK_ALPHA_DIVISOR`) and PREDICT again at the point (same
+``recheck_n`` and level). A violation that survives (the re-certified class is the same, its radius
+still exceeds the distance, and the re-PREDICT gives another class) is **confirmed**. The re-check's
+streams are independent of how the point was found, so the expected number of inputs with a spurious
+confirmed violation is at most Σ (1 + violations of the input)·alpha/100 over the re-checked inputs.
+A confirmed violation is the bug signal.
+
+What the numbers bound: empirical robust accuracy is an upper bound on the robust accuracy of the
+smoothed classifier *as answered by PREDICT* (abstain = wrong, each answer wrong with probability
+<= alpha) — not of g itself, which it can undercut where PREDICT abstains near g's boundary;
+certified accuracy is a lower bound on g's robust accuracy with probability >= 1 − alpha per input.
+Where empirical accuracy falls below certified accuracy the rows show why (a violation, or PREDICT
+abstaining at an attacked point near the edge of its certified ball, which counts as wrong).
+
+Radii are l2. For noises that certify another norm (Laplace: l1; uniform: l1 and linf) the ``radius``
+column is the largest l2 ball inside the certified ball (:func:`l2_radius`: r_l1/√d, r_linf), far
+smaller than the l1 radius of ``certify_dataset``; ``radius_native`` / ``native_norm`` keep the
+certificate in its own norm.
 
 Rows are written as they are produced (:class:`~smoothcert.results.ResultWriter`: resumable, guarded by
 a configuration sidecar); the first six columns are the ``idx label predict radius correct time``
@@ -26,6 +48,7 @@ import os
 import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,19 +59,33 @@ from tqdm.auto import tqdm
 
 from .attacks import SmoothedSoft, ddn, l2_norms, pgd_l2, smoothed_log_probs
 from .evaluate import input_seed
-from .noise import Noise
+from .noise import Noise, get_noise
 from .results import ResultWriter, format_time
 from .smooth import ABSTAIN, SmoothedClassifier
 from .stats import check_alpha
 from .validation import as_batch, check_sample_sizes, ensure_eval, model_device
 
-__all__ = ["ATTACKS", "DDN_CONFIRM_STEPS", "attack_columns", "attack_dataset", "l2_radius", "summarize_attack", "summary_table"]
+__all__ = [
+    "ATTACKS",
+    "DDN_CONFIRM_STEPS",
+    "RECHECK_ALPHA_DIVISOR",
+    "attack_columns",
+    "attack_dataset",
+    "l2_radius",
+    "summarize_attack",
+    "summary_table",
+]
 
 #: Values of ``attack``: PGD at each eps, DDN (minimal distances), or both.
 ATTACKS = ("pgd", "ddn", "both")
 
-#: Settings that may change when a run is resumed: they only group work (rows of a resumed run may
-#: differ from an uninterrupted run's in the last digits, or where DDN met a zero gradient).
+#: A violation is re-checked at level alpha / this (CERTIFY and PREDICT both).
+RECHECK_ALPHA_DIVISOR = 100
+
+#: Settings recorded with a run that may change when it is resumed. Batch size and device type change
+#: how each random stream is cut into noise draws, and the inputs attacked together share the stream
+#: of the directions that replace zero gradients: a resumed row may differ from an uninterrupted run's
+#: (counts, certificate, attacked points, PREDICT answers) but not in what is certified or attacked.
 _MAY_CHANGE = ("attack_batch", "batch_size", "device", "channels_last", "max_batch_bytes")
 
 
@@ -57,30 +94,46 @@ def _eps_key(eps: float) -> str:
 
 
 def attack_columns(eps: Sequence[float], attack: str) -> tuple[str, ...]:
-    """The header of an attack result file: ``idx label predict radius correct time``, then per eps
-    ``pgd@EPS`` (prediction at the PGD point; -1 = abstain) and ``pgd_l2@EPS`` (its distance),
-    ``ddn`` / ``ddn_l2`` (the same for DDN's point — for a smoothed model, the point PREDICT
-    confirmed, see :data:`DDN_CONFIRM_STEPS`) and ``min_l2`` (``ddn_l2`` where that prediction is
-    wrong, else inf), then ``m n n0 alpha noise sigma steps seconds``."""
+    """The header of an attack result file: ``idx label predict radius correct time`` (``radius``:
+    the certified l2 radius, see :func:`l2_radius`), then per eps ``pgd@EPS`` (prediction at the PGD
+    point; -1 = abstain) and ``pgd_l2@EPS`` (its distance); for DDN ``ddn`` / ``ddn_l2`` (the same
+    for DDN's point — for a smoothed model, the point PREDICT confirmed, see :data:`DDN_CONFIRM_STEPS`),
+    ``min_l2`` (``ddn_l2`` where that answer is a class other than the label, 0 where the clean
+    answer already is, else inf; abstentions never) and ``ddn_abstain_l2`` (the shortest point of
+    DDN's confirmation path where PREDICT abstained, else inf); then ``recheck_radius`` (the l2
+    radius of the re-check's CERTIFY, 0 if it certified another class or abstained, nan where no
+    violation needed a re-check) and ``confirmed`` (the violations that survived it, as
+    ``pgd@EPS`` / ``ddn`` joined by ``;``, or ``-``); then ``m n n0 n_predict recheck_n alpha noise
+    sigma norm native_norm radius_native steps seconds`` (``norm`` is always l2, the norm of
+    ``radius``; ``radius_native`` is the certificate in the noise's own norm ``native_norm``)."""
     cols = ["idx", "label", "predict", "radius", "correct", "time"]
     if attack in ("pgd", "both"):
         for e in eps:
             cols += [f"pgd@{_eps_key(e)}", f"pgd_l2@{_eps_key(e)}"]
     if attack in ("ddn", "both"):
-        cols += ["ddn", "ddn_l2", "min_l2"]
-    return (*cols, "m", "n", "n0", "alpha", "noise", "sigma", "steps", "seconds")
+        cols += ["ddn", "ddn_l2", "min_l2", "ddn_abstain_l2"]
+    return (*cols, "recheck_radius", "confirmed", "m", "n", "n0", "n_predict", "recheck_n", "alpha", "noise",
+            "sigma", "norm", "native_norm", "radius_native", "steps", "seconds")
 
 
 def l2_radius(noise: Noise, p_lower: Tensor, *, dim: int) -> Tensor:
-    """A certified l2 radius from a lower bound on pA: the noise's own l2 radius, or the largest l2
-    ball inside its certified ball of another norm — ‖δ‖∞ <= ‖δ‖₂ puts the l2 ball of radius r
-    inside the linf ball of radius r, ‖δ‖₁ <= √d‖δ‖₂ puts the l2 ball of radius r/√d inside the
-    l1 ball of radius r. 0 where nothing is certified."""
+    """A certified l2 radius [B] (float64) from lower bounds ``p_lower`` [B] on pA: the noise's own
+    l2 radius, or the largest l2 ball inside its certified ball of another norm — ‖δ‖∞ <= ‖δ‖₂ puts
+    the l2 ball of radius r inside the linf ball of radius r, ‖δ‖₁ <= √d‖δ‖₂ puts the l2 ball of
+    radius r/√d inside the l1 ball of radius r; the largest over the noise's norms. 0 where nothing
+    is certified (pA <= 1/2)."""
     radii = []
     for norm in noise.norms:
         r = noise.radius(p_lower, norm=norm, dim=dim).double()
         radii.append(r / math.sqrt(dim) if norm == "l1" else r)
     return torch.stack(radii).max(dim=0).values
+
+
+def _l2_conversion(noise_name: str) -> str:
+    """How :func:`l2_radius` turns ``noise_name``'s certificate into an l2 radius, for the summary."""
+    terms = {"l1": "r_l1/√d", "linf": "r_linf", "l2": "r_l2"}
+    norms = [terms[n] for n in get_noise(noise_name, sigma=1.0).norms]
+    return norms[0] if len(norms) == 1 else f"max({', '.join(norms)})"
 
 
 class _PerInputSoft(SmoothedSoft):
@@ -102,8 +155,11 @@ class _PerInputSoft(SmoothedSoft):
 
 
 def _sub_seed(seed: int, idx: int, *keys: int) -> int:
-    """An independent 63-bit stream for one purpose (keys) of input ``idx``; :func:`input_seed`
-    (the certificate's stream) hashes ``[seed, idx]`` alone, so these never coincide with it."""
+    """A 63-bit stream for one purpose (keys) of input ``idx``: SeedSequence hashes of distinct
+    entropy ``[seed, idx, *keys]``, independent of each other and of :func:`input_seed` (the
+    certificate's stream, which hashes ``[seed, idx]`` alone). Keys: 1 attack noise, 2 PREDICT at
+    a PGD point, 3 DDN's zero-gradient directions, 4 PREDICT along DDN's path, 5 re-check PREDICT,
+    6 re-check CERTIFY, 7 PGD's zero-gradient directions."""
     return int(np.random.SeedSequence([int(seed), int(idx), *keys]).generate_state(1, np.uint64)[0] >> 1)
 
 
@@ -129,6 +185,8 @@ def attack_dataset(
     indices: Iterable[int] | None = None,
     config: Mapping[str, Any] | None = None,
     progress: bool = True,
+    n_predict: int | None = None,
+    recheck_n: int | None = None,
 ) -> dict[str, Any]:
     """Attack every selected input of ``dataset``, append one row each to ``out`` (see
     :func:`attack_columns`) and summarise the selected rows (:func:`summarize_attack`).
@@ -137,25 +195,37 @@ def attack_dataset(
         model: a plain classifier ([B, ...] in [0, 1] → logits; put in eval mode, with a warning,
             if it is training) or a :class:`SmoothedClassifier`, attacked through its soft version
             with ``m`` fresh draws per step (in fp32, whatever its ``precision``; CERTIFY and
-            PREDICT use its precision).
+            PREDICT use its precision). A smoothed model is attacked away from the certified class
+            (from the label where CERTIFY abstained), so every certificate is probed; for inputs
+            certified with the label — the only ones that can count as robust — that is the label.
         attack: "pgd" (:func:`~smoothcert.attacks.pgd_l2` at each of ``eps``, ``steps`` steps of
             length 2·eps/steps from x), "ddn" (:func:`~smoothcert.attacks.ddn`, ``steps`` steps,
             unbounded: minimal distances; on a smoothed model its perturbation is then lengthened
-            by up to 1.05^:data:`DDN_CONFIRM_STEPS` until PREDICT confirms it) or "both".
+            by up to 1.05^:data:`DDN_CONFIRM_STEPS` until PREDICT gives a class other than the
+            attacked one, abstentions passed over) or "both".
         eps: l2 budgets of PGD, and the radii at which the summary reports accuracies.
         n0, n, alpha, batch_size: smoothed models only: CERTIFY's selection and estimation draws
-            and failure probability, PREDICT's draws (n) and level (alpha) at each attacked point,
-            and noisy rows per forward pass (or "auto").
+            and failure probability (also PREDICT's level at each attacked point), and noisy rows
+            per forward pass (or "auto").
+        n_predict: PREDICT's draws at each attacked point (default ``n``). Cost per input: one
+            CERTIFY (n0 + n draws), then ``n_predict`` draws at each of up to
+            ``len(eps) + DDN_CONFIRM_STEPS + 1`` attacked points — with n_predict = n and the CLI
+            defaults (3 eps) up to 9·n, about 9 certifications; plus the attacks' own
+            ``steps``·m forward and backward passes per eps (and for DDN).
+        recheck_n: draws of the re-check of a violation (default 4·n): CERTIFY again (n0 +
+            recheck_n) and PREDICT again at each violating point (recheck_n each), both at level
+            alpha/:data:`RECHECK_ALPHA_DIVISOR` with fresh streams. Only inputs with a violation pay it.
         attack_batch: inputs attacked together (a smoothed model's forward passes then have
             m·attack_batch rows); their rows are written when the batch is done.
         seed: per-input streams: the certificate uses ``input_seed(seed, idx)`` (as
-            :func:`~smoothcert.evaluate.certify_dataset` does), the attack's noise and each
-            PREDICT their own independent streams of ``(seed, idx)``.
+            :func:`~smoothcert.evaluate.certify_dataset` does), the attack's noise, each PREDICT
+            and each re-check their own independent streams of ``(seed, idx)``.
         indices: inputs to attack (default: all), e.g. from :func:`~smoothcert.evaluate.select_indices`.
         config: run facts (dataset, checkpoint hash, ...) added to the guarded configuration.
     Returns:
         :func:`summarize_attack` of the rows of ``indices`` (including rows kept from an earlier
-        run of the same configuration).
+        run of the same configuration): ``violations`` (each may be a false alarm, see the module
+        docstring for the bound) and ``confirmed_violations`` (the bug signal).
     Raises:
         smoothcert.results.ConfigMismatchError: ``out`` holds rows of another configuration.
     """
@@ -172,16 +242,23 @@ def attack_dataset(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if attack_batch < 1:
         raise ValueError(f"attack_batch must be >= 1, got {attack_batch}")
+    n_predict = n if n_predict is None else n_predict
+    recheck_n = 4 * n if recheck_n is None else recheck_n
     smoothed = model if isinstance(model, SmoothedClassifier) else None
     if smoothed is not None:
         check_alpha(alpha)
         check_sample_sizes(n=n, n0=n0, batch_size=batch_size)
+        check_sample_sizes(n=recheck_n, n0=n0, batch_size=batch_size)
+        if n_predict < 1:
+            raise ValueError(f"n_predict must be >= 1, got {n_predict}")
         if m < 1:
             raise ValueError(f"m (noise draws per attack step) must be >= 1, got {m}")
         base = smoothed.base
         run: dict[str, Any] = {"smoothed": True, "noise": smoothed.noise.name, "sigma": smoothed.noise.sigma,
                                "num_classes": smoothed.num_classes, "m": m, "n0": n0, "n": n, "alpha": alpha,
-                               "batch_size": batch_size, **smoothed.settings()}
+                               "n_predict": n_predict, "recheck_n": recheck_n,
+                               "recheck_alpha": alpha / RECHECK_ALPHA_DIVISOR, "batch_size": batch_size,
+                               **smoothed.settings()}
     else:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module or a SmoothedClassifier, got {type(model).__name__}")
@@ -192,17 +269,33 @@ def attack_dataset(
                 "device": device.type, **(config or {})})
     columns = attack_columns(eps, attack)
     selected = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
+    settings = _Settings(attack=attack, eps=eps, steps=steps, m=m, n0=n0, n=n, n_predict=n_predict,
+                         recheck_n=recheck_n, alpha=alpha, batch_size=batch_size, seed=seed)
     with ResultWriter(out, config=run, columns=columns, ignore=_MAY_CHANGE) as writer:
         todo = [i for i in selected if i not in writer.done]
         bar = tqdm(total=len(todo), desc="attack", unit="input", disable=not progress)
         for start in range(0, len(todo), attack_batch):
             chunk = todo[start:start + attack_batch]
-            for row in _attack_chunk(base, smoothed, dataset, chunk, device, attack=attack, eps=eps, steps=steps,
-                                     m=m, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed):
+            for row in _attack_chunk(base, smoothed, dataset, chunk, device, settings):
                 writer.write(row)
             bar.update(len(chunk))
         bar.close()
     return summarize_attack(out, indices=selected, eps=eps)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    attack: str
+    eps: list[float]
+    steps: int
+    m: int
+    n0: int
+    n: int
+    n_predict: int
+    recheck_n: int
+    alpha: float
+    batch_size: int | str
+    seed: int
 
 
 def _attack_chunk(
@@ -211,16 +304,7 @@ def _attack_chunk(
     dataset: Dataset,
     chunk: list[int],
     device: torch.device,
-    *,
-    attack: str,
-    eps: list[float],
-    steps: int,
-    m: int,
-    n0: int,
-    n: int,
-    alpha: float,
-    batch_size: int | str,
-    seed: int,
+    s: _Settings,
 ) -> list[dict[str, Any]]:
     items = [dataset[i] for i in chunk]
     x = as_batch(torch.stack([torch.as_tensor(it[0]) for it in items])).to(device)
@@ -228,6 +312,7 @@ def _attack_chunk(
     labels = y.tolist()
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = [{"idx": i, "label": labels[j]} for j, i in enumerate(chunk)]
+    dim = math.prod(x.shape[1:])
 
     if smoothed is None:
         def score(x_adv: Tensor, key: int) -> list[int]:
@@ -236,48 +321,105 @@ def _attack_chunk(
 
         target: nn.Module = base
         clean = score(x, 0)
-        radius = [math.nan] * len(chunk)
+        radius = native = [math.nan] * len(chunk)
+        native_norm = "l2"
+        y_attack = y
     else:
-        dim = math.prod(x.shape[1:])
-
         def score(x_adv: Tensor, key: int) -> list[int]:
-            return [int(smoothed.predict(x_adv[j], n=n, alpha=alpha, batch_size=batch_size,
-                                         generator=_sub_seed(seed, i, 2, key))[0]) for j, i in enumerate(chunk)]
+            return [int(smoothed.predict(x_adv[j], n=s.n_predict, alpha=s.alpha, batch_size=s.batch_size,
+                                         generator=_sub_seed(s.seed, i, 2, key))[0]) for j, i in enumerate(chunk)]
 
-        target = _PerInputSoft(base, smoothed.noise, m=m,
-                               generators=[_generator(_sub_seed(seed, i, 1), device) for i in chunk])
-        clean, radius = [], []
+        target = _PerInputSoft(base, smoothed.noise, m=s.m,
+                               generators=[_generator(_sub_seed(s.seed, i, 1), device) for i in chunk])
+        clean, radius, native = [], [], []
+        native_norm = smoothed.noise.default_norm
         for j, i in enumerate(chunk):
-            cert = smoothed.certify(x[j], n0=n0, n=n, alpha=alpha, batch_size=batch_size,
-                                    generator=input_seed(seed, i))
+            cert = smoothed.certify(x[j], n0=s.n0, n=s.n, alpha=s.alpha, batch_size=s.batch_size,
+                                    generator=input_seed(s.seed, i))
             clean.append(int(cert.prediction[0]))
-            radius.append(float(l2_radius(smoothed.noise, cert.p_lower, dim=dim)[0])
-                          if clean[-1] != ABSTAIN else 0.0)
+            certified = clean[-1] != ABSTAIN
+            radius.append(float(l2_radius(smoothed.noise, cert.p_lower, dim=dim)[0]) if certified else 0.0)
+            native.append(float(cert.radius[0]))
+            native_norm = cert.norm
+        # Probe the certificate: attack away from the certified class (the label where CERTIFY abstained).
+        c_a = torch.tensor(clean, device=device)
+        y_attack = torch.where(c_a != ABSTAIN, c_a, y)
     for j, row in enumerate(rows):
         row.update(predict=clean[j], radius=radius[j], correct=int(clean[j] == labels[j]))
 
-    if attack in ("pgd", "both"):
-        for k, e in enumerate(eps):
-            x_adv = pgd_l2(target, x, y, eps=e, steps=steps)
+    points: dict[str, Tensor] = {}  # attacked points by column key, for the re-check
+    if s.attack in ("pgd", "both"):
+        for k, e in enumerate(s.eps):
+            x_adv = pgd_l2(target, x, y_attack, eps=e, steps=s.steps,
+                           generator=_generator(_sub_seed(s.seed, chunk[0], 7, k), device))
             pred, l2 = score(x_adv, 1 + k), l2_norms(x_adv - x).tolist()
+            key = f"pgd@{_eps_key(e)}"
+            points[key] = x_adv
             for j, row in enumerate(rows):
-                row[f"pgd@{_eps_key(e)}"], row[f"pgd_l2@{_eps_key(e)}"] = pred[j], l2[j]
-    if attack in ("ddn", "both"):
-        x_adv = ddn(target, x, y, steps=steps, generator=_generator(_sub_seed(seed, chunk[0], 3), device))
+                row[key], row[f"pgd_l2@{_eps_key(e)}"] = pred[j], l2[j]
+    if s.attack in ("ddn", "both"):
+        x_adv = ddn(target, x, y_attack, steps=s.steps, generator=_generator(_sub_seed(s.seed, chunk[0], 3), device))
         if smoothed is None:
-            pred, l2 = score(x_adv, 0), l2_norms(x_adv - x).tolist()
+            pred, l2, abstain_l2 = score(x_adv, 0), l2_norms(x_adv - x).tolist(), [math.inf] * len(chunk)
         else:
-            pred, l2 = _confirm(smoothed, x, x_adv, labels, chunk, n=n, alpha=alpha, batch_size=batch_size, seed=seed)
+            x_adv, pred, l2, abstain_l2 = _confirm(smoothed, x, x_adv, y_attack.tolist(), chunk, n=s.n_predict,
+                                                   alpha=s.alpha, batch_size=s.batch_size, seed=s.seed)
+        points["ddn"] = x_adv
         for j, row in enumerate(rows):
-            row.update(ddn=pred[j], ddn_l2=l2[j], min_l2=l2[j] if pred[j] != labels[j] else math.inf)
+            if clean[j] not in (labels[j], ABSTAIN):
+                min_l2 = 0.0  # the clean input already gets another class
+            else:
+                min_l2 = l2[j] if pred[j] not in (labels[j], ABSTAIN) else math.inf
+            row.update(ddn=pred[j], ddn_l2=l2[j], min_l2=min_l2, ddn_abstain_l2=abstain_l2[j])
+
+    for j, row in enumerate(rows):
+        row.update(recheck_radius=math.nan, confirmed="-")
+        if smoothed is not None:
+            _recheck(smoothed, x[j], row, points, j, s, dim=dim)
 
     seconds = (time.perf_counter() - t0) / len(chunk)
     noise = smoothed.noise if smoothed is not None else None
-    for row in rows:
-        row.update(time=format_time(seconds), seconds=seconds, steps=steps,
-                   m=m if noise else 0, n=n if noise else 0, n0=n0 if noise else 0, alpha=alpha if noise else 0.0,
-                   noise=noise.name if noise else "none", sigma=noise.sigma if noise else 0.0)
+    for j, row in enumerate(rows):
+        row.update(time=format_time(seconds), seconds=seconds, steps=s.steps,
+                   m=s.m if noise else 0, n=s.n if noise else 0, n0=s.n0 if noise else 0,
+                   n_predict=s.n_predict if noise else 0, recheck_n=s.recheck_n if noise else 0,
+                   alpha=s.alpha if noise else 0.0, noise=noise.name if noise else "none",
+                   sigma=noise.sigma if noise else 0.0, norm="l2", native_norm=native_norm,
+                   radius_native=native[j])
     return rows
+
+
+def _point_key(attack: str, eps: float | None) -> str:
+    """The column key of an attacked point: ``pgd@EPS`` or ``ddn``."""
+    return "ddn" if attack == "ddn" else f"pgd@{_eps_key(eps)}"  # type: ignore[arg-type]
+
+
+def _recheck(
+    smoothed: SmoothedClassifier, x: Tensor, row: dict[str, Any], points: Mapping[str, Tensor], j: int,
+    s: _Settings, *, dim: int,
+) -> None:
+    """Re-check the violations of one row with fresh streams at level alpha/RECHECK_ALPHA_DIVISOR:
+    CERTIFY x again and PREDICT again at each violating point; fill ``recheck_radius`` and
+    ``confirmed``. Rows without a violation draw nothing."""
+    found = _violations([row], [e for e in s.eps if f"pgd@{_eps_key(e)}" in row], "ddn" in row)
+    if not found:
+        return
+    idx, alpha = int(row["idx"]), s.alpha / RECHECK_ALPHA_DIVISOR
+    cert = smoothed.certify(x, n0=s.n0, n=s.recheck_n, alpha=alpha, batch_size=s.batch_size,
+                            generator=_sub_seed(s.seed, idx, 6))
+    same = int(cert.prediction[0]) == int(row["predict"])
+    radius = float(l2_radius(smoothed.noise, cert.p_lower, dim=dim)[0]) if same else 0.0
+    keys = list(points)
+    confirmed = []
+    for v in found:
+        key = _point_key(v["attack"], v["eps"])
+        if not v["l2"] < radius:  # the fresh certificate does not reach the point: nothing to re-test
+            continue
+        answer = int(smoothed.predict(points[key][j], n=s.recheck_n, alpha=alpha, batch_size=s.batch_size,
+                                      generator=_sub_seed(s.seed, idx, 5, keys.index(key)))[0])
+        if answer not in (ABSTAIN, int(row["predict"])):
+            confirmed.append(key)
+    row.update(recheck_radius=radius, confirmed=";".join(confirmed) or "-")
 
 
 #: DDN on a smoothed model keeps the smallest iterate its noisy soft estimate called adversarial,
@@ -292,29 +434,38 @@ def _confirm(
     smoothed: SmoothedClassifier,
     x: Tensor,
     x_adv: Tensor,
-    labels: list[int],
+    attacked: list[int],
     chunk: list[int],
     *,
     n: int,
     alpha: float,
     batch_size: int | str,
     seed: int,
-) -> tuple[list[int], list[float]]:
-    """Per input: PREDICT along DDN's perturbation, scaled by 1.05^k (clipped to [0, 1]), at the
-    first k whose answer is not the label (abstain included), or at the last k; (answers, distances)."""
-    preds, dists = [], []
+) -> tuple[Tensor, list[int], list[float], list[float]]:
+    """Per input: PREDICT along DDN's perturbation, scaled by 1.05^k (clipped to [0, 1]), k = 0 ..
+    DDN_CONFIRM_STEPS, stopping at the first answer that is a class other than the attacked one;
+    abstentions do not stop it (an abstention near the boundary is no adversarial example of g).
+    Returns (points [B, ...]: the stopping point, or the last; their answers; their distances; the
+    distance of the first point where PREDICT abstained, inf if none)."""
+    finals, preds, dists, abstains = [], [], [], []
     for j, i in enumerate(chunk):
         delta = x_adv[j] - x[j]
         tries = DDN_CONFIRM_STEPS + 1 if bool(delta.any()) else 1
+        abstain_l2 = math.inf
         for k in range(tries):
             point = (x[j] + (1 + _DDN_GAMMA) ** k * delta).clamp(0, 1)
             pred = int(smoothed.predict(point, n=n, alpha=alpha, batch_size=batch_size,
                                         generator=_sub_seed(seed, i, 4, k))[0])
-            if pred != labels[j]:
+            dist = float(l2_norms((point - x[j]).unsqueeze(0))[0])
+            if pred == ABSTAIN:
+                abstain_l2 = min(abstain_l2, dist)
+            elif pred != attacked[j]:
                 break
+        finals.append(point)
         preds.append(pred)
-        dists.append(float(l2_norms((point - x[j]).unsqueeze(0))[0]))
-    return preds, dists
+        dists.append(dist)
+        abstains.append(abstain_l2)
+    return torch.stack(finals), preds, dists, abstains
 
 
 def _read_rows(path: str | os.PathLike[str]) -> tuple[list[str], list[dict[str, str]]]:
@@ -336,20 +487,31 @@ def summarize_attack(
     abstain is wrong). At each radius eps (default: the PGD grid of the rows):
 
     - ``adversarial_accuracy``: clean correct, the PGD point at eps (if run) still classified
-      ``label`` (PREDICT abstaining counts as wrong), and no DDN adversarial within eps
-      (``min_l2 > eps``, if run) — robust against every attack run;
-    - ``certified_accuracy`` (smoothed rows): correct and certified radius >= eps;
+      ``label`` (PREDICT abstaining counts as wrong), and neither a DDN adversarial nor a DDN point
+      where PREDICT abstained within eps (``min(min_l2, ddn_abstain_l2) > eps``, if run) — robust
+      against every attack run. For a smoothed model: an upper bound on the robust accuracy of g as
+      answered by PREDICT (abstain = wrong), not of g itself;
+    - ``certified_accuracy`` (smoothed rows): correct and certified l2 radius >= eps (a lower bound
+      on g's robust accuracy, with probability >= 1 − alpha per input);
     - ``certified_abstained`` (smoothed): inputs certified at eps where PREDICT abstained at an
       attacked point within eps — the only way, besides a violation, for empirical accuracy to fall
       below certified accuracy (the point sits near the edge of g's region, where pA ≈ 1/2).
 
     ``violations``: for smoothed rows, every attacked point (PGD or DDN) where PREDICT returned a
     class (not abstain) other than the certified class at distance < certified radius. Each is a
-    dict ``idx, attack, eps (None for DDN), l2, radius, certified, predicted``. There must be none.
+    dict ``idx, attack, eps (None for DDN), l2, radius, certified, predicted, confirmed``. Each may
+    be a false alarm: ``false_alarm_bound`` = N·(1 + k)·alpha bounds their expected number, N the
+    certified inputs and k the PREDICTs per input (len(grid), plus DDN_CONFIRM_STEPS + 1 with DDN).
+    ``confirmed_violations``: those the re-check confirmed (see :func:`attack_dataset`);
+    ``confirmed_false_alarm_bound`` = Σ (1 + violations of the input)·alpha/RECHECK_ALPHA_DIVISOR
+    over the re-checked inputs bounds the expected number of inputs with a spurious one. A
+    confirmed violation is the bug signal. (Bounds are nan for rows without an ``alpha`` column.)
 
-    ``median_l2`` / ``mean_l2``: of ``min_l2`` over all inputs (inf where DDN found nothing, so the
-    median may be inf) / over inputs where DDN found an adversarial (nan if none); ``ddn_found``:
-    the fraction of those inputs. Accuracies are nan for zero rows.
+    ``median_l2`` / ``mean_l2``: of ``min_l2`` over all inputs (inf where DDN found no point with
+    another class, so the median may be inf; abstentions never count) / over inputs where it found
+    one (nan if none); ``ddn_found``: the fraction of those inputs. ``radius_conversion``: how the
+    l2 radii were obtained from a certificate in another norm (None for l2 certificates). Accuracies
+    are nan for zero rows.
     """
     if isinstance(rows, (str, os.PathLike)):
         header, raw = _read_rows(rows)
@@ -368,8 +530,8 @@ def summarize_attack(
         raise ValueError(f"no attack was run at eps {sorted(set(radii) - set(grid))}: PGD ran at {grid}, DDN not at all")
     smoothed = any(float(r["radius"]) == float(r["radius"]) for r in data)  # radius is nan for plain models
 
-    def f(r: Mapping[str, Any], key: str) -> float:
-        return float(r[key])
+    def f(r: Mapping[str, Any], key: str, default: float = math.inf) -> float:
+        return float(r[key]) if key in r else default
 
     count = len(data)
     mean = (lambda xs: sum(xs) / count) if count else (lambda xs: math.nan)
@@ -386,9 +548,11 @@ def summarize_attack(
                 robust = robust and p == int(r["label"])
                 points.append((p, f(r, f"pgd_l2@{_eps_key(e)}")))
             if has_ddn:
-                robust = robust and f(r, "min_l2") > e
+                robust = robust and min(f(r, "min_l2"), f(r, "ddn_abstain_l2")) > e
                 if f(r, "ddn_l2") <= e:
                     points.append((int(r["ddn"]), f(r, "ddn_l2")))
+                if f(r, "ddn_abstain_l2") <= e:
+                    points.append((ABSTAIN, f(r, "ddn_abstain_l2")))
             ok.append(robust)
             is_cert = c and smoothed and f(r, "radius") >= e
             certified.append(is_cert)
@@ -405,7 +569,26 @@ def summarize_attack(
         summary["ddn_found"] = len(found) / count if count else math.nan
         summary["median_l2"] = statistics.median(dist) if dist else math.nan
         summary["mean_l2"] = sum(found) / len(found) if found else math.nan
-    summary["violations"] = _violations(data, grid, has_ddn) if smoothed else []
+    violations = _violations(data, grid, has_ddn) if smoothed else []
+    summary["violations"] = violations
+    summary["confirmed_violations"] = [v for v in violations if v["confirmed"]]
+    alphas = {float(r["alpha"]) for r in data if "alpha" in r}
+    alpha = max(alphas) if alphas else math.nan
+    tests = 1 + len(grid) + (DDN_CONFIRM_STEPS + 1 if has_ddn else 0)
+    certified_inputs = sum(int(r["predict"]) != ABSTAIN for r in data) if smoothed else 0
+    summary["false_alarm_bound"] = certified_inputs * tests * alpha if smoothed else 0.0
+    per_input: dict[int, int] = {}
+    for v in violations:
+        per_input[v["idx"]] = per_input.get(v["idx"], 0) + 1
+    rechecked = all("recheck_radius" in r for r in data)
+    summary["confirmed_false_alarm_bound"] = (
+        sum(1 + k for k in per_input.values()) * alpha / RECHECK_ALPHA_DIVISOR if rechecked else math.nan
+    )
+    natives = {str(r["native_norm"]) for r in data if "native_norm" in r}
+    noises = {str(r["noise"]) for r in data if "noise" in r}
+    summary["radius_conversion"] = None
+    if smoothed and natives - {"l2"} and len(noises) == 1:
+        summary["radius_conversion"] = f"{_l2_conversion(noises.pop())} (radii from the {'/'.join(sorted(natives))} certificate)"
     return summary
 
 
@@ -415,19 +598,22 @@ def _violations(data: Sequence[Mapping[str, Any]], grid: list[float], has_ddn: b
         certified, radius = int(r["predict"]), float(r["radius"])
         if certified == ABSTAIN:
             continue
+        confirmed = set(str(r.get("confirmed", "-")).split(";")) - {"-", ""}
         points = [("pgd", e, int(r[f"pgd@{_eps_key(e)}"]), float(r[f"pgd_l2@{_eps_key(e)}"])) for e in grid]
         if has_ddn:
             points.append(("ddn", None, int(r["ddn"]), float(r["ddn_l2"])))
         for name, e, pred, l2 in points:
             if pred != ABSTAIN and pred != certified and l2 < radius:
                 found.append({"idx": int(r["idx"]), "attack": name, "eps": e, "l2": l2, "radius": radius,
-                              "certified": certified, "predicted": pred})
+                              "certified": certified, "predicted": pred,
+                              "confirmed": _point_key(name, e) in confirmed})
     return found
 
 
 def summary_table(summary: Mapping[str, Any]) -> str:
     """A markdown table of :func:`summarize_attack`'s accuracies per eps, then one line each for
-    clean accuracy, DDN distances and violations."""
+    clean accuracy, the radius conversion (if any), DDN distances, violations with the bound on
+    their expected number of false alarms, and confirmed violations."""
     smoothed = summary["smoothed"]
     head = ["eps", "adversarial acc."] + (["certified acc.", "certified, abstained"] if smoothed else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -439,14 +625,24 @@ def summary_table(summary: Mapping[str, Any]) -> str:
     lines.append("")
     lines.append(f"inputs: {summary['inputs']}, clean accuracy: {summary['clean_accuracy']:.3f}"
                  + (" (certified class; abstain counts as wrong)" if smoothed else ""))
+    if summary.get("radius_conversion"):
+        lines.append(f"certified radii are l2: {summary['radius_conversion']}")
     if "median_l2" in summary:
         lines.append(f"minimal adversarial l2 (DDN): median {summary['median_l2']:.4g}, "
-                     f"mean {summary['mean_l2']:.4g} over the {summary['ddn_found']:.1%} of inputs where one was found")
+                     f"mean {summary['mean_l2']:.4g} over the {summary['ddn_found']:.1%} of inputs where one was found"
+                     + (" (a point where PREDICT abstains is not one)" if smoothed else ""))
     if smoothed:
         v = summary["violations"]
-        lines.append(f"violations (another class inside the certified radius): {len(v)}"
+        confirmed = summary.get("confirmed_violations", [])
+        lines.append(f"violations (another class inside the certified radius): {len(v)}; expected spurious "
+                     f"<= {summary.get('false_alarm_bound', math.nan):.3g} (N·(1+k)·alpha: each CERTIFY and PREDICT "
+                     "may err with probability alpha)"
                      + ("".join(f"\n  idx {d['idx']} {d['attack']}"
                                 + (f" eps={d['eps']:g}" if d["eps"] is not None else "")
                                 + f": l2 {d['l2']:.4g} < radius {d['radius']:.4g}, "
-                                f"class {d['predicted']} != certified {d['certified']}" for d in v)))
+                                f"class {d['predicted']} != certified {d['certified']}"
+                                + (" [confirmed]" if d.get("confirmed") else " [not confirmed]") for d in v)))
+        lines.append(f"confirmed violations (re-checked with fresh draws at alpha/{RECHECK_ALPHA_DIVISOR}): "
+                     f"{len(confirmed)}; expected spurious <= {summary.get('confirmed_false_alarm_bound', math.nan):.3g}"
+                     + (" — a bug: please report it" if confirmed else ""))
     return "\n".join(lines)

@@ -18,11 +18,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..smooth import make_generator
+from .methods import check_bool
+
 __all__ = ["RandomCropFlip", "augment_record", "random_crop_flip"]
 
 
+def _check_padding(padding: Any) -> int:
+    if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
+        raise ValueError(f"padding must be a non-negative integer, got {padding!r}")
+    return padding
+
+
 def random_crop_flip(
-    x: Tensor, *, padding: int = 4, flip: bool = True, generator: torch.Generator | None = None
+    x: Tensor, *, padding: int = 4, flip: bool = True, generator: int | torch.Generator | None = None
 ) -> Tensor:
     """Per image: pad with ``padding`` zero pixels on every side, take a random ``H x W`` crop,
     and mirror it left-right with probability 1/2 (if ``flip``).
@@ -33,17 +42,19 @@ def random_crop_flip(
             ``{0, ..., 2 * padding}`` in each direction, independently per image.
         flip: mirror each image independently with probability 1/2.
         generator: source of the offsets and flips (drawn on the generator's device, then moved
-            to ``x``'s); ``None`` uses torch's global generator.
+            to ``x``'s); an int seed makes a generator on ``x``'s device; ``None`` uses torch's
+            global generator.
     Returns:
         ``[B, C, H, W]``, same dtype and device as ``x``; every pixel is a pixel of the same
         image and channel of ``x`` or a padding zero. ``padding=0, flip=False`` returns ``x``.
     """
     if x.dim() != 4:
         raise ValueError(f"random_crop_flip expects images [B, C, H, W], got shape {list(x.shape)}")
-    if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
-        raise ValueError(f"padding must be a non-negative integer, got {padding!r}")
+    _check_padding(padding)
+    check_bool("flip", flip)
     if padding == 0 and not flip:
         return x
+    generator = make_generator(generator, x.device)
     b, c, h, w = x.shape
     gen_device = generator.device if generator is not None else torch.device("cpu")
     # Three draws per image: row offset, column offset, flip bit.
@@ -74,12 +85,10 @@ class RandomCropFlip:
     name = "crop-flip"
 
     def __init__(self, *, padding: int = 4, flip: bool = True) -> None:
-        if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
-            raise ValueError(f"padding must be a non-negative integer, got {padding!r}")
-        self.padding = padding
-        self.flip = bool(flip)
+        self.padding = _check_padding(padding)
+        self.flip = check_bool("flip", flip)
 
-    def __call__(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, x: Tensor, *, generator: int | torch.Generator | None = None) -> Tensor:
         return random_crop_flip(x, padding=self.padding, flip=self.flip, generator=generator)
 
     def hparams(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +23,12 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..data import ArrayDataset
+from ..data import iter_batches
 from ..models import CheckpointMeta, read_checkpoint, save_checkpoint
 from ..noise import Noise
 from ..validation import model_device
 from .augment import augment_record
-from .methods import TrainingMethod
+from .methods import TrainingMethod, get_method
 
 __all__ = ["TrainConfig", "learning_rate", "noisy_accuracy", "train"]
 
@@ -71,26 +71,14 @@ def start_epoch_of(meta: dict[str, Any]) -> int:
     return int(meta["epoch"])
 
 
-def _batches(
-    dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Mini-batches of (x [b, C, H, W] float in [0,1], y [b] int64).
-
-    In-memory datasets (:class:`smoothcert.data.ArrayDataset`) are batched by indexing their
-    tensors, which avoids a Python call per image; others go through a DataLoader.
-    """
-    if isinstance(dataset, ArrayDataset):
-        images, labels = dataset.tensors()
-        n = len(labels)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for s in range(0, n, batch_size):
-            idx = order[s : s + batch_size]
-            x = images[idx]
-            yield (x.float().div_(255) if x.dtype == torch.uint8 else x.float()), labels[idx].long()
-        return
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
-    for x, y in loader:
-        yield x.float(), y.long()
+def _recorded_hparams(name: str, hparams: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's method hyperparameters as the current code records them: hyperparameters
+    added since (with their defaults) are filled in by rebuilding the method, so a run saved
+    before a new option existed still resumes. Unknown methods or invalid values are kept as stored."""
+    try:
+        return get_method(name, **hparams).hparams()
+    except (TypeError, ValueError):
+        return hparams
 
 
 def noisy_accuracy(
@@ -104,7 +92,7 @@ def noisy_accuracy(
     gen = torch.Generator(device=device).manual_seed(seed)
     correct = total = 0
     with torch.inference_mode():
-        for x, y in _batches(dataset, batch_size, shuffle=False, generator=None):
+        for x, y in iter_batches(dataset, batch_size, shuffle=False):
             x, y = x.to(device), y.to(device)
             if noise is not None:
                 x = x + noise.sample(x.shape, generator=gen, device=device)
@@ -169,6 +157,8 @@ def train(
         # More epochs may be asked for on resume; every other setting must match.
         same = {k: v for k, v in training.items() if k != "epochs"}
         was = {"hparams": {}} | {k: v for k, v in old.get("training", {}).items() if k != "epochs"}
+        if was.get("method") == method.name:
+            was["hparams"] = _recorded_hparams(method.name, was["hparams"])
         if was != same or old.get("arch") != meta.arch or old.get("dataset") != meta.dataset or old.get("noise") != noise.name \
                 or old.get("sigma") != noise.sigma:
             raise ValueError(
@@ -202,7 +192,7 @@ def train(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-        for x, y in _batches(train_set, config.batch_size, shuffle=True, generator=order_gen):
+        for x, y in iter_batches(train_set, config.batch_size, shuffle=True, generator=order_gen):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if augment is not None:  # draws from the data-order stream, saved per epoch: resume stays exact
                 x = augment(x, generator=order_gen)

@@ -14,21 +14,25 @@ delta_i ~ N(0, sigma² I) per example, z_i = f(x + delta_i) the logits:
 
 The radius is that of Gaussian smoothing in l2 (Cohen et al. 2019), so MACER accepts only Gaussian
 noise; sigma is the noise's. Φ⁻¹ of the top probability is computed as −Φ⁻¹(sum of the other classes'),
-and probabilities are clamped to >= 1e-30 before Φ⁻¹, so ξ and its gradient stay finite where a
-softmax saturates (the official code drops the resulting inf/NaN instead; both leave such examples
-outside the hinge, since ξ > gamma there).
+accurate where the top probability rounds to 1. Saturated examples — the other classes' sum or the
+runner-up probability below 1e-30, where Φ⁻¹ would be ±inf — are left out of the hinge (the
+probabilities are clamped to 1e-30 before Φ⁻¹ only so that ξ and its gradient stay finite), as the
+official code (RuntianZ/macer ``macer.py``) drops the examples whose ξ is inf or NaN. The two sets
+coincide for gamma below about 10.8: in float32 the official code also drops examples whose top
+probability rounds to 1 (the others' sum < 2⁻²⁵), and those have ξ > 2·Φ⁻¹(1 − 2⁻²⁵) ≈ 10.8; for a
+larger gamma this version keeps such examples in the hinge with their accurate ξ.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..noise import Noise
+from ..attacks import log_mean_softmax, upcast_logits
+from ..noise import Gaussian, Noise
 from .methods import TrainingMethod, check_float, check_int, register_method
 
 __all__ = ["Macer", "MacerTerms", "macer_terms"]
@@ -48,16 +52,16 @@ def macer_terms(logits: Tensor, y: Tensor, *, sigma: float, beta: float, gamma: 
     """MACER's classification and robustness terms for ``logits`` [m, B, K] = f(x + delta_i), labels ``y`` [B].
 
     ``robustness`` is (1/B) Σ_b (sigma/2) · (gamma − ξ_b) over the examples b whose beta-soft smoothed
-    top class is ``y_b`` and whose ξ_b ∈ [0, gamma] (see the module docstring); it is 0 when there is none.
+    top class is ``y_b``, whose ξ_b ∈ [0, gamma] and that are not saturated (see the module
+    docstring); it is 0 when there is none. Both terms are computed in float32 or wider.
     """
     if logits.dim() != 3 or y.shape != logits.shape[1:2]:
         raise ValueError(f"logits must be [m, B, K] with y [B], got {list(logits.shape)} and {list(y.shape)}")
     if logits.shape[-1] < 2:
         raise ValueError("MACER needs at least 2 classes")
-    m, b = logits.shape[:2]
-    z = logits.float()
-    log_g = torch.logsumexp(F.log_softmax(z, dim=-1), dim=0) - math.log(m)  # [B, K]
-    classification = F.nll_loss(log_g, y)
+    b = logits.shape[1]
+    z = upcast_logits(logits)
+    classification = F.nll_loss(log_mean_softmax(z), y)
 
     g_beta = F.softmax(beta * z, dim=-1).mean(0)  # [B, K]
     top2, idx = g_beta.topk(2, dim=-1)
@@ -66,7 +70,9 @@ def macer_terms(logits: Tensor, y: Tensor, *, sigma: float, beta: float, gamma: 
     # float32 even where p_top rounds to 1 (where Φ⁻¹ would return inf).
     tail = g_beta.masked_fill(F.one_hot(idx[:, 0], g_beta.shape[-1]).bool(), 0.0).sum(-1)
     xi = -torch.special.ndtri(tail.clamp_min(_CLAMP)) - torch.special.ndtri(top2[:, 1].clamp_min(_CLAMP))
-    active = correct & torch.isfinite(xi) & (xi >= 0) & (xi <= gamma)
+    # Clamped (saturated) examples would enter with an artificial finite ξ: leave them out.
+    unsaturated = (tail > _CLAMP) & (top2[:, 1] > _CLAMP)
+    active = correct & unsaturated & torch.isfinite(xi) & (xi >= 0) & (xi <= gamma)
     hinge = torch.where(active, gamma - xi, torch.zeros_like(xi))
     robustness = (sigma / 2) * hinge.sum() / b
     return MacerTerms(classification, robustness)
@@ -114,8 +120,8 @@ class Macer(TrainingMethod):
     def loss(
         self, model: nn.Module, x: Tensor, y: Tensor, *, noise: Noise, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor]:
-        if noise.name != "gaussian":
-            raise ValueError(
+        if not isinstance(noise, Gaussian):
+            raise ValueError(  # noqa: TRY004 (a wrong setting of the run, reported like bad hparams)
                 f"macer maximises the Gaussian l2 radius (sigma/2)(Φ⁻¹(pA) − Φ⁻¹(pB)); noise {noise.name!r} "
                 "has another certificate. Train with Gaussian noise, or use the gaussian or stability method."
             )
@@ -123,5 +129,4 @@ class Macer(TrainingMethod):
         logits = model((x.unsqueeze(0) + deltas).flatten(0, 1)).view(self.m, x.shape[0], -1)
         terms = macer_terms(logits, y, sigma=noise.sigma, beta=self.beta, gamma=self.gamma)
         loss = terms.classification + self.lbd_t * terms.robustness
-        log_g = torch.logsumexp(F.log_softmax(logits.detach().float(), dim=-1), dim=0) - math.log(self.m)
-        return loss, log_g
+        return loss, log_mean_softmax(logits.detach())

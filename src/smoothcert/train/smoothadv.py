@@ -14,7 +14,6 @@ adversarially trained smoothed classifiers", NeurIPS 2019 (arXiv 1906.04584), Se
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 
 from .. import attacks
 from ..noise import Noise
+from ..smooth import make_generator
 from .methods import TrainingMethod, check_float, check_int, register_method
 
 __all__ = ["ATTACKS", "SmoothAdv", "smoothadv_examples", "warmup_eps"]
@@ -31,7 +31,7 @@ __all__ = ["ATTACKS", "SmoothAdv", "smoothadv_examples", "warmup_eps"]
 ATTACKS = ("pgd", "ddn")
 
 
-def warmup_eps(eps: float, epoch: int, warmup: int) -> float:
+def warmup_eps(eps: float, *, epoch: int, warmup: int) -> float:
     """The l2 budget of (0-based) ``epoch``: eps · min(1, (epoch + 1)/warmup); ``warmup`` <= 1 means none."""
     if warmup <= 1:
         return eps
@@ -48,7 +48,7 @@ def smoothadv_examples(
     steps: int,
     attack: str = "pgd",
     step_size: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: int | torch.Generator | None = None,
 ) -> Tensor:
     """Adversarial inputs x' for the smoothed soft classifier estimated with the fixed draws ``deltas``.
 
@@ -64,7 +64,8 @@ def smoothadv_examples(
         attack: "pgd" (:func:`smoothcert.attacks.pgd_l2`, default step 2·eps/steps) or "ddn"
             (:func:`smoothcert.attacks.ddn` with its defaults, projected onto the eps ball).
         step_size: the attack's step (an absolute l2 length); None keeps the attack's default.
-        generator: DDN's random direction where a gradient vanishes (PGD draws nothing).
+        generator: the random directions that replace vanishing gradients (PGD and DDN draw only
+            then): a generator on ``x``'s device, or an int seed; None: torch's global RNG.
     Returns:
         x' [B, ...], detached, with ‖x' − x‖₂ <= eps per example.
     """
@@ -74,11 +75,12 @@ def smoothadv_examples(
     def smoothed(z: Tensor) -> Tensor:
         return attacks.smoothed_log_probs(model, z, deltas)
 
+    generator = make_generator(generator, x.device)
     was_training = model.training
     model.eval()
     try:
         if attack == "pgd":
-            return attacks.pgd_l2(smoothed, x, y, eps=eps, steps=steps, step_size=step_size)
+            return attacks.pgd_l2(smoothed, x, y, eps=eps, steps=steps, step_size=step_size, generator=generator)
         options: dict[str, Any] = {} if step_size is None else {"step_size": step_size}
         return attacks.ddn(smoothed, x, y, steps=steps, eps=eps, generator=generator, **options)
     finally:
@@ -134,7 +136,7 @@ class SmoothAdv(TrainingMethod):
                 "attack": self.attack, "step_size": self.step_size}
 
     def begin_epoch(self, epoch: int, epochs: int) -> None:
-        self.eps_t = warmup_eps(self.eps, epoch, self.warmup)
+        self.eps_t = warmup_eps(self.eps, epoch=epoch, warmup=self.warmup)
 
     def loss(
         self, model: nn.Module, x: Tensor, y: Tensor, *, noise: Noise, generator: torch.Generator | None
@@ -144,5 +146,4 @@ class SmoothAdv(TrainingMethod):
                                    step_size=self.step_size, generator=generator)
         logits = model((x_adv.unsqueeze(0) + deltas).flatten(0, 1))  # [m·B, K], copy-major
         loss = F.cross_entropy(logits, y.repeat(self.m))
-        log_p = F.log_softmax(logits.detach().float(), dim=-1).view(self.m, x.shape[0], -1)
-        return loss, torch.logsumexp(log_p, dim=0) - math.log(self.m)
+        return loss, attacks.log_mean_softmax(logits.detach().view(self.m, x.shape[0], -1))

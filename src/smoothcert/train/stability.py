@@ -9,25 +9,27 @@
 * Stability training (Li et al. 2019, "Certified adversarial robustness with additive noise",
   NeurIPS, after Zheng et al. 2016): the clean prediction p = softmax f(x) is the reference,
 
-      L = CE(f(x), y) + lbd · (1/m) Σ_i KL(p ‖ p_i)        (m = 1 in the paper).
+      L = CE(f(x), y) + lbd · (1/m) Σ_i D(p, p_i)        (m = 1 in the paper),
 
-  The task loss is on the clean input, as in Li et al. and in Jeong & Shin's re-implementation of this
-  baseline (their ``code/train_stab.py``, which uses the cross-entropy H(p, p_i) = KL(p ‖ p_i) + H(p)
-  in place of the KL).
+  with D the cross-entropy H(p, p_i) = KL(p ‖ p_i) + H(p) (``xent=True``, the default) — the form of
+  Jeong & Shin's re-implementation of this baseline (their ``code/train_stab.py``), for which their
+  lbd = 2 was chosen; the gradient through H(p) acts as an extra confidence term on the clean
+  prediction — or the KL alone (``xent=False``, Zheng et al.'s and Li et al.'s form; lbd = 2 is not
+  validated for it).
 
 Gradients flow through both arguments of every KL (p̂ and p are not detached, as in Jeong & Shin's
-code). All terms are averaged over the batch.
+code). All terms are averaged over the batch and computed in float32 or wider.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..attacks import log_mean_softmax, upcast_logits
 from ..noise import Noise
 from .methods import TrainingMethod, check_bool, check_float, check_int, register_method
 
@@ -57,23 +59,31 @@ def consistency_loss(noisy_logits: Tensor, y: Tensor, *, lbd: float, eta: float)
     a batch) with labels ``y`` [B]: mean CE over copies + lbd · mean KL(p̂ ‖ p_i) + eta · H(p̂),
     averaged over the batch. Returns a scalar (computed in float32 or wider)."""
     _check_logits(noisy_logits, y)
-    log_p = F.log_softmax(noisy_logits.float(), dim=-1)  # [m, B, K]
+    log_p = F.log_softmax(upcast_logits(noisy_logits), dim=-1)  # [m, B, K]
     ce = F.nll_loss(log_p.flatten(0, 1), y.repeat(log_p.shape[0]))
-    p_hat = log_p.exp().mean(0)  # [B, K]
+    p_hat = log_mean_softmax(log_p).exp()  # [B, K]
     return ce + lbd * _kl_to_each(p_hat, log_p).mean() + eta * _entropy(p_hat).mean()
 
 
-def stability_loss(clean_logits: Tensor, noisy_logits: Tensor, y: Tensor, *, lbd: float, eta: float = 0.0) -> Tensor:
-    """Li et al.'s stability-training loss: CE(f(x), y) + lbd · (1/m) Σ_i KL(p(x) ‖ p(x + delta_i)),
-    with ``clean_logits`` [B, K], ``noisy_logits`` [m, B, K], ``y`` [B]; averaged over the batch.
-    ``eta`` > 0 adds eta · H(p̂) of the noisy copies' mean (not in Li et al.; 0 by default)."""
+def stability_loss(
+    clean_logits: Tensor, noisy_logits: Tensor, y: Tensor, *, lbd: float, eta: float = 0.0, xent: bool = False
+) -> Tensor:
+    """Stability training: CE(f(x), y) + lbd · (1/m) Σ_i D(p(x), p(x + delta_i)), with ``clean_logits``
+    [B, K], ``noisy_logits`` [m, B, K], ``y`` [B]; averaged over the batch, in float32 or wider.
+
+    D is KL(p ‖ p_i) (Li et al. 2019; ``xent=False``, this function's default) or the cross-entropy
+    H(p, p_i) = KL(p ‖ p_i) + H(p) (``xent=True``: Jeong & Shin 2020's ``train_stab.py``, gradient
+    through both arguments). ``eta`` > 0 adds eta · H(p̂) of the noisy copies' mean (in neither; 0
+    by default)."""
     _check_logits(noisy_logits, y)
     if clean_logits.shape != noisy_logits.shape[1:]:
         raise ValueError(f"clean_logits must be [B, K] = {list(noisy_logits.shape[1:])}, got {list(clean_logits.shape)}")
-    log_clean = F.log_softmax(clean_logits.float(), dim=-1)
-    log_p = F.log_softmax(noisy_logits.float(), dim=-1)
-    loss = F.nll_loss(log_clean, y) + lbd * _kl_to_each(log_clean.exp(), log_p).mean()
-    return loss + eta * _entropy(log_p.exp().mean(0)).mean() if eta else loss
+    log_clean = F.log_softmax(upcast_logits(clean_logits), dim=-1)
+    log_p = F.log_softmax(upcast_logits(noisy_logits), dim=-1)
+    p_clean = log_clean.exp()
+    gap = _kl_to_each(p_clean, log_p) + (_entropy(p_clean) if xent else 0.0)
+    loss = F.nll_loss(log_clean, y) + lbd * gap.mean()
+    return loss + eta * _entropy(log_mean_softmax(log_p).exp()).mean() if eta else loss
 
 
 @register_method("stability")
@@ -89,9 +99,13 @@ class StabilityTraining(TrainingMethod):
     * ``lbd``: weight of the KL term. Consistency: 10 (Jeong & Shin's published CIFAR-10 certification logs
       are for lbd 10 and 20; their MNIST recipe, ``EXPERIMENTS.MD`` in jh-jeong/smoothing-consistency,
       uses 20 — pass ``lbd=20`` there).
-      Stability: 2 (the value Jeong & Shin use for the Li et al. baseline on MNIST and CIFAR-10).
+      Stability: 2 (the value Jeong & Shin use for the Li et al. baseline on MNIST and CIFAR-10, with
+      their cross-entropy form, ``xent=True``).
     * ``eta``: weight of the entropy H(p̂). Consistency: 0.5 (Jeong & Shin, all settings). Stability: 0.
     * ``clean``: stability training (clean reference prediction) instead of consistency regularization.
+    * ``xent``: stability training only: the cross-entropy H(p, p_i) = KL(p ‖ p_i) + H(p) in place of
+      the KL (see the module docstring). Default True, so the stability defaults reproduce Jeong &
+      Shin's baseline exactly; ``xent=False`` is Li et al.'s KL form.
 
     The returned logits (for the training accuracy) are log p̂ [B, K], the log mean softmax of the
     noisy copies.
@@ -100,15 +114,24 @@ class StabilityTraining(TrainingMethod):
     name = "stability"
 
     def __init__(
-        self, *, m: int | None = None, lbd: float | None = None, eta: float | None = None, clean: bool = False
+        self,
+        *,
+        m: int | None = None,
+        lbd: float | None = None,
+        eta: float | None = None,
+        clean: bool = False,
+        xent: bool | None = None,
     ) -> None:
         self.clean = check_bool("clean", clean)
         self.m = check_int("m", (1 if clean else 2) if m is None else m, minimum=1 if clean else 2)
         self.lbd = check_float("lbd", (2.0 if clean else 10.0) if lbd is None else lbd)
         self.eta = check_float("eta", (0.0 if clean else 0.5) if eta is None else eta)
+        self.xent = check_bool("xent", clean if xent is None else xent)
+        if self.xent and not clean:
+            raise ValueError("xent (the cross-entropy form of the KL) applies to stability training: pass clean=True")
 
     def hparams(self) -> dict[str, Any]:
-        return {"m": self.m, "lbd": self.lbd, "eta": self.eta, "clean": self.clean}
+        return {"m": self.m, "lbd": self.lbd, "eta": self.eta, "clean": self.clean, "xent": self.xent}
 
     def loss(
         self, model: nn.Module, x: Tensor, y: Tensor, *, noise: Noise, generator: torch.Generator | None
@@ -116,8 +139,7 @@ class StabilityTraining(TrainingMethod):
         deltas = noise.sample((self.m, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
         noisy_logits = model((x.unsqueeze(0) + deltas).flatten(0, 1)).view(self.m, x.shape[0], -1)
         if self.clean:
-            loss = stability_loss(model(x), noisy_logits, y, lbd=self.lbd, eta=self.eta)
+            loss = stability_loss(model(x), noisy_logits, y, lbd=self.lbd, eta=self.eta, xent=self.xent)
         else:
             loss = consistency_loss(noisy_logits, y, lbd=self.lbd, eta=self.eta)
-        log_p_hat = torch.logsumexp(F.log_softmax(noisy_logits.detach().float(), dim=-1), dim=0) - math.log(self.m)
-        return loss, log_p_hat
+        return loss, log_mean_softmax(noisy_logits.detach())
