@@ -190,7 +190,7 @@ def _train_score(train_set, name: str, args, device, path: Path) -> tuple[nn.Mod
     net = build_denoiser("scorenet", in_channels=train_set.info.input_shape[0], **arch_kwargs).to(device)
     meta = DenoiserMeta(arch="scorenet", arch_kwargs=arch_kwargs, dataset=name,
                         in_channels=train_set.info.input_shape[0], input_size=list(train_set.info.input_shape[1:]))
-    ladder = sigma_ladder(args.ladder[0], args.ladder[1], int(args.ladder[2]))
+    ladder = sigma_ladder(args.ladder[0], args.ladder[1], num_levels=int(args.ladder[2]))
     history = train_denoiser(net, train_set, loss="dsm", ladder=ladder, epochs=args.score_epochs or args.epochs,
                              lr=DENOISER_LR, batch_size=DENOISER_BATCH, seed=args.seed, checkpoint=path, meta=meta,
                              resume=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
@@ -42,6 +43,7 @@ from smoothcert.denoise import (
     tweedie_denoise,
     zeroth_order_cross_entropy,
 )
+from smoothcert.denoise.nets import record_training
 from smoothcert.models import (
     CheckpointError,
     CheckpointMeta,
@@ -82,18 +84,18 @@ def neg_log_p(x: torch.Tensor, mu: torch.Tensor, sigma_level: float) -> torch.Te
 
 
 def test_sigma_ladder_is_geometric_and_validated() -> None:
-    ladder = sigma_ladder(1.0, 0.01, 10)
+    ladder = sigma_ladder(1.0, 0.01, num_levels=10)
     assert ladder[0] == 1.0 and ladder[-1] == 0.01 and len(ladder) == 10
     ratios = [b / a for a, b in itertools.pairwise(ladder)]
     assert max(ratios) - min(ratios) < 1e-12 and all(r < 1 for r in ratios)
-    assert sigma_ladder(0.3, 0.3, 1) == [0.3]
+    assert sigma_ladder(0.3, 0.3, num_levels=1) == [0.3]
     assert check_ladder(torch.tensor([0.5, 0.25])) == (0.5, 0.25)
     for bad in ([], [0.1, 0.2], [0.5, 0.5], [0.5, -0.1], [math.nan]):
         with pytest.raises(ValueError):
             check_ladder(bad)
     with pytest.raises(ValueError):
-        sigma_ladder(0.01, 1.0, 5)
-    assert level_step_sizes([1.0, 0.5, 0.1], 0.01) == pytest.approx([1.0, 0.25, 0.01])
+        sigma_ladder(0.01, 1.0, num_levels=5)
+    assert level_step_sizes([1.0, 0.5, 0.1], step_size=0.01) == pytest.approx([1.0, 0.25, 0.01])
 
 
 def test_tweedie_with_the_exact_score_is_the_posterior_mean() -> None:
@@ -103,7 +105,7 @@ def test_tweedie_with_the_exact_score_is_the_posterior_mean() -> None:
     y = x + sigma * torch.randn(x.shape, generator=g, dtype=x.dtype)
     shrink = S**2 / (S**2 + sigma**2)
     posterior_mean = mu + shrink * (y - mu)
-    torch.testing.assert_close(tweedie_denoise(exact_score(mu), y, sigma), posterior_mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(tweedie_denoise(exact_score(mu), y, sigma=sigma), posterior_mean, rtol=0, atol=1e-12)
     torch.testing.assert_close(OneStepDenoiser(exact_score(mu), get_noise("gaussian", sigma=sigma))(y),
                                posterior_mean, rtol=0, atol=1e-12)
     # It denoises: its per-coordinate MSE is the posterior variance S^2 sigma^2/(S^2 + sigma^2).
@@ -111,7 +113,7 @@ def test_tweedie_with_the_exact_score_is_the_posterior_mean() -> None:
     assert mse == pytest.approx(S**2 * sigma**2 / (S**2 + sigma**2), rel=0.03)
     # Per-row levels: row b uses sigma_b.
     sig = torch.tensor([0.25, 1.0], dtype=x.dtype)
-    out = tweedie_denoise(exact_score(mu), y[:2], sig)
+    out = tweedie_denoise(exact_score(mu), y[:2], sigma=sig)
     for b in range(2):
         expected = mu + S**2 / (S**2 + sig[b] ** 2) * (y[b] - mu)
         torch.testing.assert_close(out[b], expected, rtol=0, atol=1e-12)
@@ -134,7 +136,7 @@ def test_dsm_loss_is_minimised_by_the_exact_score() -> None:
 
     def loss_of(fn, level: int | None) -> float:
         levels = None if level is None else torch.full((x.shape[0],), level, dtype=torch.long)
-        return dsm_loss(fn, x, ladder, generator=torch.Generator().manual_seed(7), levels=levels).item()
+        return dsm_loss(fn, x, ladder=ladder, generator=torch.Generator().manual_seed(7), levels=levels).item()
 
     for i, sigma in enumerate(ladder):
         exact = loss_of(score, i)
@@ -147,7 +149,7 @@ def test_dsm_loss_is_minimised_by_the_exact_score() -> None:
     expected = sum(0.5 * d * S**2 / (S**2 + s**2) for s in ladder) / len(ladder)
     assert loss_of(score, None) == pytest.approx(expected, rel=0.05)
     with pytest.raises(ValueError, match="levels"):
-        dsm_loss(score, x, ladder, levels=torch.zeros(3, dtype=torch.long))
+        dsm_loss(score, x, ladder=ladder, levels=torch.zeros(3, dtype=torch.long))
 
 
 # ---------------------------------------------------------------- multi-step denoiser
@@ -225,7 +227,7 @@ def test_multistep_uniform_stays_in_the_box_and_reaches_the_projected_map() -> N
 def test_multistep_over_a_ladder_lowers_the_last_level_objective() -> None:
     sigma = 0.5
     mu, x_clean, noise, y = _noisy("gaussian", sigma)
-    ladder = sigma_ladder(0.5, 0.05, 4)
+    ladder = sigma_ladder(0.5, 0.05, num_levels=4)
     den = MultiStepDenoiser(exact_score(mu), noise, ladder=ladder, steps_per_level=300, step_size=0.002)
     settings = den.settings()
     assert settings["level_step_sizes"] == pytest.approx([0.002 * (s / 0.05) ** 2 for s in ladder])
@@ -315,7 +317,7 @@ def test_denoised_freezes_the_classifier_and_keeps_it_in_eval_mode() -> None:
     assert repr(model) == "Denoised(classifier=TinyClassifier, denoiser=DnCNN, clamp=True)"
     mu, _ = gaussian_data(1)
     one = Denoised(clf, OneStepDenoiser(exact_score(mu), 0.5))
-    assert "OneStepDenoiser(score=score, sigma=0.5)" in repr(one)
+    assert "OneStepDenoiser(score=score, noise=Gaussian(sigma=0.5))" in repr(one)
     assert one.settings()["sigma"] == 0.5 and one.settings()["classifier"] == "TinyClassifier"
 
 
@@ -428,30 +430,35 @@ def test_dncnn_trained_briefly_with_mse_denoises() -> None:
 
 def test_score_network_trained_briefly_lowers_the_dsm_loss() -> None:
     torch.manual_seed(0)
-    x = _mnist(256, pool=2)
-    ladder = sigma_ladder(1.0, 0.1, 4)
+    images = _mnist(320, pool=2)
+    x, held = images[:256], images[256:]  # trained on the first 256, evaluated on 64 others
+    ladder = sigma_ladder(1.0, 0.1, num_levels=4)
     score = build_denoiser("scorenet", in_channels=1, width=8, emb_dim=16)
-    levels = torch.arange(64) % len(ladder)
+    levels = torch.arange(held.shape[0]) % len(ladder)
 
-    def held_out() -> float:
+    def held_out_loss() -> float:
         with torch.no_grad():
-            return dsm_loss(score, x[:64], ladder, generator=torch.Generator().manual_seed(9), levels=levels).item()
+            return dsm_loss(score, held, ladder=ladder, generator=9, levels=levels).item()
 
-    before = held_out()
+    before = held_out_loss()
     assert before == pytest.approx(0.5 * x[0].numel(), rel=0.1)  # score 0 at init: 1/2 E||z||^2
-    train_denoiser(score, x, loss="dsm", ladder=ladder, epochs=1, batch_size=32, lr=1e-2)
-    assert held_out() < 0.6 * before  # measured 0.37
-    # The trained score denoises through Tweedie at a level of its ladder (measured +5.4 dB).
+    history = train_denoiser(score, x, loss="dsm", ladder=ladder, epochs=1, batch_size=32, lr=1e-2, test_set=held)
+    assert held_out_loss() < 0.6 * before  # measured 0.37
+    assert not score.training and score.training_ladder == tuple(ladder)
+    assert history[0]["test_dsm"] < 0.6 * before
+    # The trained score denoises held-out images through Tweedie at a level of its ladder (measured +5.4 dB).
     noise = get_noise("gaussian", sigma=ladder[1])
-    assert denoising_psnr(OneStepDenoiser(score, noise), x[:64], noise=noise) > denoising_psnr(
-        nn.Identity(), x[:64], noise=noise) + 2.0
+    assert denoising_psnr(OneStepDenoiser(score, noise), held, noise=noise) > denoising_psnr(
+        nn.Identity(), held, noise=noise) + 2.0
 
 
 def test_psnr_exact_values() -> None:
     x = torch.rand(3, 1, 4, 4)
     assert psnr(x + 0.1, x).tolist() == pytest.approx([20.0] * 3)
     assert psnr(x, x).isinf().all()
-    assert psnr(2 * x, x * 1.0 + 2, data_range=2.0).shape == (3,)
+    xd = x.double()  # float64 so that 2x and x + 2 carry no float32 rounding
+    expected = 10 * torch.log10(4.0 / (xd - 2).flatten(1).pow(2).mean(1))  # MSE of 2x - (x + 2) = x - 2
+    torch.testing.assert_close(psnr(2 * xd, xd + 2, data_range=2.0), expected, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="same shape"):
         psnr(x[:2], x)
 
@@ -504,6 +511,10 @@ def test_denoiser_checkpoints_round_trip(name: str, tmp_path) -> None:
     save_denoiser(tmp_path / "d.pt", net, meta=meta)
     loaded, got = load_denoiser(tmp_path / "d.pt")
     assert got == meta and got.kind == denoiser_kind(name) and not loaded.training
+    if score:  # what it was trained for is noted on the network, for the mismatch warnings
+        assert loaded.training_ladder == (1.0, 0.1)
+    else:
+        assert loaded.noise == get_noise("gaussian", sigma=0.5)
     y = torch.rand(2, 1, 28, 28)
     net.eval()
     with torch.no_grad():
@@ -559,26 +570,148 @@ def test_resumed_training_equals_an_uninterrupted_run(tmp_path) -> None:
 # ---------------------------------------------------------------- inside SmoothedClassifier
 
 
-def test_denoised_works_inside_smoothed_classifier_certify() -> None:
+def test_denoised_inside_smoothed_classifier_is_deterministic_and_concentrates() -> None:
     torch.manual_seed(0)
+    sigma = 0.25
     w = torch.randn(16)
-    clf = LinearBinary(w, b=-float(w.sum()) * 0.5)
-    x = torch.rand(3, 1, 4, 4)
-    noise = get_noise("gaussian", sigma=0.25)
+    mu = torch.full((1, 4, 4), 0.5)
+    # Margin w.mu + b = sigma ||w|| / 2: f(mu + delta) is right with probability Phi(1/2) = 0.69 only.
+    clf = LinearBinary(w, b=-float(w.sum()) * 0.5 + 0.5 * sigma * float(w.norm()))
+    x = mu.expand(3, *SHAPE).clone()  # inputs at the data mean
+    noise = get_noise("gaussian", sigma=sigma)
+    laplace = get_noise("laplace", sigma=sigma)
+
+    def certify(model: nn.Module, smoothing: Noise):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no train-mode or noise-mismatch warning: all are matched and in eval
+            smoothed = SmoothedClassifier(model, noise=smoothing, num_classes=2)
+        return smoothed.certify(x, n0=10, n=100, alpha=0.01, batch_size=50, generator=1)
 
     # An identity denoiser without clipping is the classifier itself: identical counts, same seed.
-    plain = SmoothedClassifier(clf, noise=noise, num_classes=2).certify(x, n0=20, n=200, alpha=0.01,
-                                                                       batch_size=64, generator=5)
-    ident = SmoothedClassifier(Denoised(clf, nn.Identity(), clamp=False).eval(), noise=noise, num_classes=2)
-    cert = ident.certify(x, n0=20, n=200, alpha=0.01, batch_size=64, generator=5)
-    assert torch.equal(cert.counts, plain.counts) and torch.equal(cert.radius, plain.radius)
+    plain = SmoothedClassifier(clf, noise=noise, num_classes=2).certify(x, n0=10, n=100, alpha=0.01,
+                                                                       batch_size=50, generator=1)
+    ident = certify(Denoised(clf, nn.Identity(), clamp=False).eval(), noise)
+    assert torch.equal(ident.counts, plain.counts) and torch.equal(ident.radius, plain.radius)
+    assert (ident.counts[:, 0] > 0).all(), "the identity must err sometimes for the comparison to mean something"
 
+    gaussian_denoisers = [
+        OneStepDenoiser(exact_score(mu), noise),
+        MultiStepDenoiser(exact_score(mu), noise, ladder=[0.25, 0.1], steps_per_level=2, step_size=5e-3),
+    ]
+    for den in gaussian_denoisers:
+        assert not den.training  # starts in eval mode: SmoothedClassifier has nothing to switch
+        cert = certify(Denoised(clf, den, clamp=False), noise)
+        again = certify(Denoised(clf, den, clamp=False), noise)
+        assert torch.equal(cert.counts, again.counts) and torch.equal(cert.radius, again.radius)
+        assert cert.counts.sum(1).tolist() == [100] * 3
+        # With the exact score both denoisers map mu + delta to mu + c delta with 0 < c <= 1 (posterior
+        # mean; linear MAP iterates), so on the same draws every draw the identity classifies right the
+        # denoised model classifies right too: at least as many votes for the true class, here more.
+        assert (cert.counts[:, 1] >= ident.counts[:, 1]).all()
+        assert cert.counts[:, 1].sum() > ident.counts[:, 1].sum()
+
+    # Smoke: a DnCNN and a Laplace multi-step denoiser under Laplace smoothing are deterministic too.
+    for den, smoothing in ((build_denoiser("dncnn", in_channels=1, depth=3, width=8).eval(), noise),
+                           (MultiStepDenoiser(exact_score(mu), laplace, ladder=[0.25, 0.1], steps_per_level=2,
+                                              step_size=1e-3), laplace)):
+        cert = certify(Denoised(clf, den), smoothing)
+        again = certify(Denoised(clf, den), smoothing)
+        assert torch.equal(cert.counts, again.counts) and torch.equal(cert.prediction, again.prediction)
+        assert cert.counts.sum(1).tolist() == [100] * 3
+        smoothed = SmoothedClassifier(Denoised(clf, den), noise=smoothing, num_classes=2)
+        assert torch.equal(smoothed.predict(x, n=50, alpha=0.01, batch_size=50, generator=2),
+                           smoothed.predict(x, n=50, alpha=0.01, batch_size=50, generator=2))
+
+
+def test_smoothing_with_another_noise_than_the_denoiser_warns() -> None:
+    clf = LinearBinary(torch.ones(16), b=-8.0)
     mu = torch.full((1, 4, 4), 0.5)
-    for den in (build_denoiser("dncnn", in_channels=1, depth=3, width=8),
-                OneStepDenoiser(exact_score(mu), noise),
-                MultiStepDenoiser(exact_score(mu), get_noise("laplace", sigma=0.25), ladder=[0.25, 0.1],
-                                  steps_per_level=2, step_size=1e-3)):
-        smoothed = SmoothedClassifier(Denoised(clf, den).eval(), noise=noise, num_classes=2)
-        cert = smoothed.certify(x, n0=10, n=100, alpha=0.01, batch_size=50, generator=1)
-        assert cert.prediction.shape == (3,) and cert.counts.sum(1).tolist() == [100] * 3
-        assert smoothed.predict(x, n=50, alpha=0.01, batch_size=50, generator=2).shape == (3,)
+    gauss, laplace = get_noise("gaussian", sigma=0.25), get_noise("laplace", sigma=0.25)
+    multi = MultiStepDenoiser(exact_score(mu), laplace, ladder=[0.25, 0.1], steps_per_level=2, step_size=1e-3)
+    with pytest.warns(UserWarning, match="made for laplace noise sigma 0.25, but smoothing uses gaussian noise"):
+        SmoothedClassifier(Denoised(clf, multi), noise=gauss, num_classes=2)
+    with pytest.warns(UserWarning, match="made for gaussian noise sigma 0.5, but smoothing uses gaussian noise sigma"):
+        SmoothedClassifier(Denoised(clf, OneStepDenoiser(exact_score(mu), 0.5)), noise=gauss, num_classes=2)
+    dncnn = build_denoiser("dncnn", in_channels=1, depth=3, width=8).eval()
+    assert dncnn.noise is None
+    record_training(dncnn, noise=get_noise("uniform", sigma=0.25))  # what train_denoiser/load_denoiser note
+    with pytest.warns(UserWarning, match="DnCNN.*made for uniform noise sigma 0.25"):
+        SmoothedClassifier(Denoised(clf, dncnn), noise=gauss, num_classes=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matched noises, or a denoiser that records none: silent
+        SmoothedClassifier(Denoised(clf, multi), noise=laplace, num_classes=2)
+        SmoothedClassifier(Denoised(clf, OneStepDenoiser(exact_score(mu), gauss)), noise=gauss, num_classes=2)
+        SmoothedClassifier(Denoised(clf, nn.Identity()).eval(), noise=gauss, num_classes=2)
+
+
+def test_score_denoisers_warn_outside_the_training_ladder() -> None:
+    mu = torch.full((1, 4, 4), 0.5)
+    gauss = get_noise("gaussian", sigma=0.25)
+    with pytest.warns(UserWarning, match="1 above the score network's largest trained level 0.5"):
+        OneStepDenoiser(exact_score(mu), 1.0, training_ladder=[0.5, 0.1])
+    with pytest.warns(UserWarning, match="0.05 below its smallest trained level 0.1"):
+        MultiStepDenoiser(exact_score(mu), gauss, ladder=[0.25, 0.05], steps_per_level=1, step_size=1e-3,
+                          training_ladder=[0.5, 0.1])
+    score = build_denoiser("scorenet", in_channels=1, width=8, emb_dim=16)
+    record_training(score, ladder=[0.5, 0.1])  # read by default, as after train_denoiser or load_denoiser
+    with pytest.warns(UserWarning, match="above the score network's largest trained level"):
+        OneStepDenoiser(score, 0.75)
+    score.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        den = OneStepDenoiser(score, gauss)  # inside the ladder; an unknown ladder is never a warning
+        OneStepDenoiser(exact_score(mu), 5.0)
+        MultiStepDenoiser(score, gauss, ladder=[0.25, 0.1], steps_per_level=1, step_size=1e-3)
+    assert not den.training and not score.training  # starts in eval mode, the score network too
+
+
+def test_hyperparameters_are_keyword_only_and_seeds_may_be_ints() -> None:
+    mu, x = gaussian_data(8)
+    score = exact_score(mu)
+    with pytest.raises(TypeError):
+        sigma_ladder(1.0, 0.1, 3)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        tweedie_denoise(score, x, 0.5)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        level_step_sizes([1.0, 0.1], 0.01)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        dsm_loss(score, x, [1.0, 0.1])  # type: ignore[misc]
+    with pytest.raises(TypeError, match="Gaussian noise or its sigma"):
+        OneStepDenoiser(score, "0.5")  # type: ignore[arg-type]
+    # An int seed is a generator on the input's device seeded with it.
+    assert dsm_loss(score, x, ladder=[1.0, 0.1], generator=5).item() == dsm_loss(
+        score, x, ladder=[1.0, 0.1], generator=torch.Generator().manual_seed(5)).item()
+    den = build_denoiser("dncnn", in_channels=1, depth=3, width=8)
+    noise = get_noise("gaussian", sigma=0.25)
+    mse = get_denoiser_loss("mse")
+    xf = x.float()
+    assert mse.loss(den, xf, None, noise=noise, generator=3).item() == mse.loss(
+        den, xf, None, noise=noise, generator=torch.Generator().manual_seed(3)).item()
+    clf = nn.Linear(16, 3)
+    z = torch.rand(4, 16)
+    target = torch.tensor([0, 1, 2, 0])
+    grads = []
+    for gen in (7, torch.Generator().manual_seed(7)):
+        zq = z.clone().requires_grad_(True)
+        zeroth_order_cross_entropy(clf, zq, target, queries=4, mu=1e-3, generator=gen).sum().backward()
+        grads.append(zq.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
+def test_test_dsm_restores_the_mode_and_uint8_datasets_are_scaled() -> None:
+    from smoothcert.denoise.train import _test_dsm
+
+    score = build_denoiser("scorenet", in_channels=1, width=8, emb_dim=16)
+    images = torch.rand(8, 1, 8, 8)
+    for mode in (True, False):
+        score.train(mode)
+        _test_dsm(score, images, [0.5, 0.1], seed=0)
+        assert score.training is mode
+    # A dataset of uint8 images is divided by 255 on the DataLoader path, as iter_batches does.
+    raw = torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8)
+    clamp = nn.Hardtanh(0.0, 1.0)  # a denoiser that only clips: on 0..255 images its PSNR would collapse
+    noise = get_noise("gaussian", sigma=0.25)
+    as_bytes = denoising_psnr(clamp, torch.utils.data.TensorDataset(raw, torch.zeros(8, dtype=torch.long)),
+                              noise=noise)
+    assert as_bytes == pytest.approx(denoising_psnr(clamp, raw.float().div_(255), noise=noise), rel=1e-12)
+    assert as_bytes > 12.0  # noisy PSNR at sigma 0.25 is 12 dB; clipping only helps

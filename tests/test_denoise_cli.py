@@ -128,7 +128,8 @@ def test_denoiser_option_errors(files, tmp_path, capsys) -> None:
     assert "settings of score networks" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="colour"):
         _certify(files, out, "--denoiser", "ffdnet")
-    with pytest.warns(UserWarning, match="trained for gaussian noise sigma 0.25"):
+    with pytest.warns(UserWarning, match="trained for gaussian noise sigma 0.25"), \
+            pytest.warns(UserWarning, match="made for gaussian noise sigma 0.25, but smoothing uses gaussian noise sigma 0.5"):
         assert _certify(files, tmp_path / "w.tsv", "--denoiser", str(files["dncnn"]), "--sigma", "0.5") == 0
 
 
@@ -149,11 +150,11 @@ def test_predict_and_attack_take_a_denoiser(files, tmp_path) -> None:
 def test_multistep_ladder_and_denoiser_for_noise(files) -> None:
     from smoothcert.denoise import OneStepDenoiser, denoiser_for_noise, multistep_ladder
 
-    assert multistep_ladder([1.0, 0.1, 0.01], 0.5) == [0.5, 0.1, 0.01]
-    assert multistep_ladder([1.0, 0.1, 0.01], 0.1) == [0.1, 0.01]  # a trained level is not repeated
-    assert multistep_ladder([1.0, 0.1, 0.01], 0.005) == [0.005]
+    assert multistep_ladder([1.0, 0.1, 0.01], sigma=0.5) == [0.5, 0.1, 0.01]
+    assert multistep_ladder([1.0, 0.1, 0.01], sigma=0.1) == [0.1, 0.01]  # a trained level is not repeated
+    assert multistep_ladder([1.0, 0.1, 0.01], sigma=0.005) == [0.005]
     with pytest.raises(ValueError, match="positive"):
-        multistep_ladder([1.0, 0.1], 0.0)
+        multistep_ladder([1.0, 0.1], sigma=0.0)
     net, meta = load_denoiser(files["score"])
     one = denoiser_for_noise(net, meta, get_noise("gaussian", sigma=0.5))
     assert isinstance(one, OneStepDenoiser) and one.sigma == 0.5 and not one.training
@@ -167,3 +168,8 @@ def test_multistep_ladder_and_denoiser_for_noise(files) -> None:
         denoiser_for_noise(net, meta, get_noise("gaussian", sigma=0.5), mode="one-step", steps_per_level=2)
     dncnn, dmeta = load_denoiser(files["dncnn"])
     assert denoiser_for_noise(dncnn, dmeta, get_noise("gaussian", sigma=0.25)) is dncnn
+    # The loaded DnCNN knows its training noise: smoothing it at another sigma warns.
+    assert dncnn.noise == get_noise("gaussian", sigma=0.25)
+    model, _ = load_checkpoint(files["clf"])
+    with pytest.warns(UserWarning, match="made for gaussian noise sigma 0.25, but smoothing uses gaussian noise sigma 0.5"):
+        SmoothedClassifier(Denoised(model, dncnn), noise=get_noise("gaussian", sigma=0.5), num_classes=10)

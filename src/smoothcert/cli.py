@@ -310,8 +310,8 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
             raise ValueError("pass --sigmas or --ladder, not both")
         if args.ladder and not float(args.ladder[2]).is_integer():
             raise ValueError(f"--ladder MAX MIN L: L must be a whole number of levels, got {args.ladder[2]:g}")
-        ladder = args.sigmas or (sigma_ladder(args.ladder[0], args.ladder[1], int(args.ladder[2])) if args.ladder
-                                 else sigma_ladder(1.0, 0.01, 10))
+        ladder = args.sigmas or (sigma_ladder(args.ladder[0], args.ladder[1], num_levels=int(args.ladder[2]))
+                                 if args.ladder else sigma_ladder(1.0, 0.01, num_levels=10))
         noise, loss = None, get_denoiser_loss("dsm", ladder=ladder)
     else:
         if args.sigma is None:

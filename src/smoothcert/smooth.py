@@ -132,7 +132,9 @@ class SmoothedClassifier:
 
     Args:
         base: f, a module mapping inputs in [0, 1] (normalization inside) to logits
-            ``[B, num_classes]``; it is put in eval mode and never modified otherwise.
+            ``[B, num_classes]``; it is put in eval mode and never modified otherwise. A base with a
+            ``noise_mismatch(noise) -> str`` method (``smoothcert.denoise.Denoised``) gives a
+            UserWarning with that message when it is not empty (a denoiser made for another noise).
         noise: the smoothing distribution (see :func:`smoothcert.noise.get_noise`).
         num_classes: number of classes K.
         precision: arithmetic of f (fp32, tf32, bf16, fp16); part of the certified classifier.
@@ -185,6 +187,11 @@ class SmoothedClassifier:
             raise ValueError(f"max_batch_bytes must be a positive integer (bytes), got {max_batch_bytes}")
         self.base = ensure_eval(base)
         self.noise = noise
+        # A Denoised base (smoothcert.denoise) says when its denoiser is made for another noise or sigma.
+        mismatch = getattr(base, "noise_mismatch", None)
+        problem = mismatch(noise) if callable(mismatch) else ""
+        if problem:
+            warnings.warn(problem, UserWarning, stacklevel=2)
         self.num_classes = int(num_classes)
         self.precision = check_precision(precision)
         self.channels_last = bool(channels_last)

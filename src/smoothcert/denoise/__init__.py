@@ -14,9 +14,9 @@ Example (a classifier ``f`` for MNIST, one score network for every noise)::
 
     score = build_denoiser("scorenet", in_channels=1, width=32)
     train_denoiser(score, get_dataset("mnist", split="train"), loss="dsm",
-                   ladder=sigma_ladder(1.0, 0.01, 10), epochs=20)
-    den = MultiStepDenoiser(score, get_noise("laplace", sigma=0.5), ladder=sigma_ladder(0.5, 0.01, 10),
-                            steps_per_level=3, step_size=2e-5)
+                   ladder=sigma_ladder(1.0, 0.01, num_levels=10), epochs=20)
+    den = MultiStepDenoiser(score, get_noise("laplace", sigma=0.5),
+                            ladder=sigma_ladder(0.5, 0.01, num_levels=10), steps_per_level=3, step_size=2e-5)
     smoothed = SmoothedClassifier(Denoised(f, den), noise=get_noise("laplace", sigma=0.5), num_classes=10)
 """
 
@@ -45,6 +45,7 @@ from .nets import (
     build_denoiser,
     denoiser_kind,
     list_denoisers,
+    record_training,
     register_denoiser,
 )
 from .score import (
@@ -93,6 +94,7 @@ __all__ = [
     "noise_potential",
     "psnr",
     "read_denoiser_checkpoint",
+    "record_training",
     "register_denoiser",
     "register_denoiser_loss",
     "save_denoiser",

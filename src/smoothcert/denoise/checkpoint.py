@@ -29,14 +29,9 @@ import torch
 from torch import nn
 
 from ..files import atomic_write
-from ..models.checkpoint import (
-    CheckpointError,
-    _is_int,
-    _not_plain,
-    _state_mismatch,
-    _unwrap,
-)
-from .nets import DENOISERS, build_denoiser, denoiser_kind
+from ..models.checkpoint import CheckpointError, is_int, not_plain, state_mismatch, unwrap
+from ..noise import Noise, get_noise
+from .nets import DENOISERS, build_denoiser, denoiser_kind, record_training
 from .score import check_ladder
 
 __all__ = [
@@ -81,9 +76,9 @@ class DenoiserMeta:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ValueError(f"DenoiserMeta.{name} must be a non-empty string, got {value!r}")
-        if not _is_int(self.in_channels) or self.in_channels < 1:
+        if not is_int(self.in_channels) or self.in_channels < 1:
             raise ValueError(f"DenoiserMeta.in_channels must be a positive integer, got {self.in_channels!r}")
-        if not _is_int(self.epoch) or self.epoch < 0:
+        if not is_int(self.epoch) or self.epoch < 0:
             raise ValueError(f"DenoiserMeta.epoch must be a non-negative integer, got {self.epoch!r}")
         for name in ("arch_kwargs", "training"):
             value = getattr(self, name)
@@ -91,9 +86,9 @@ class DenoiserMeta:
                 raise ValueError(f"DenoiserMeta.{name} must be a dict with string keys, got {value!r}")
             setattr(self, name, dict(value))
         size = self.input_size
-        if _is_int(size) and size >= 1:
+        if is_int(size) and size >= 1:
             pass
-        elif isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) and v >= 1 for v in size):
+        elif isinstance(size, (list, tuple)) and len(size) == 2 and all(is_int(v) and v >= 1 for v in size):
             self.input_size = list(size)
         else:
             raise ValueError(f"DenoiserMeta.input_size must be a positive int or [H, W], got {size!r}")
@@ -177,11 +172,11 @@ def save_denoiser(
     reference = _build(meta, where).state_dict()
     if meta.kind == "score" and not meta.ladder:
         raise CheckpointError(f"{where}: a score network's metadata needs the ladder it was trained on")
-    net = _unwrap(net)
+    net = unwrap(net)
     state = OrderedDict(
         (k, v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in net.state_dict().items()
     )
-    problem = _state_mismatch(reference, state)
+    problem = state_mismatch(reference, state)
     if problem:
         raise CheckpointError(
             f"{where}: the network does not match its metadata (arch={meta.arch!r}, "
@@ -200,7 +195,7 @@ def save_denoiser(
         payload["optimizer_state"] = optimizer_state
     if extra is not None:
         payload["extra"] = extra
-    problem = _not_plain(payload, "checkpoint")
+    problem = not_plain(payload, "checkpoint")
     if problem:
         raise CheckpointError(f"{where}: {problem}; only tensors and plain Python values are stored")
     atomic_write(path, lambda f: torch.save(payload, f))
@@ -228,7 +223,7 @@ def read_denoiser_checkpoint(
         )
         raise CheckpointError(f"{path} is not a smoothcert denoiser checkpoint.{hint}")
     version = payload.get("version")
-    if not _is_int(version) or not 1 <= version <= DENOISER_VERSION:
+    if not is_int(version) or not 1 <= version <= DENOISER_VERSION:
         raise CheckpointError(f"{path}: unsupported denoiser checkpoint version {version!r}; upgrade smoothcert")
     for key in ("meta", "state_dict"):
         if not isinstance(payload.get(key), dict):
@@ -240,7 +235,9 @@ def load_denoiser(
     path: str | os.PathLike[str], *, map_location: str | torch.device | None = "cpu"
 ) -> tuple[nn.Module, DenoiserMeta]:
     """Rebuild the network saved at ``path`` and load its weights: ``(net, meta)``, ``net`` in eval
-    mode, on ``map_location``, in the floating dtype it was saved in. Raises ``CheckpointError``."""
+    mode, on ``map_location``, in the floating dtype it was saved in. What it was trained for is
+    noted on ``net`` (:func:`~smoothcert.denoise.nets.record_training`: ``net.noise`` of a denoiser,
+    ``net.training_ladder`` of a score network) for the mismatch warnings. Raises ``CheckpointError``."""
     path = Path(path)
     payload = read_denoiser_checkpoint(path, map_location=map_location)
     try:
@@ -249,7 +246,7 @@ def load_denoiser(
         raise CheckpointError(f"{path}: invalid denoiser metadata: {err}") from None
     net = _build(meta, str(path))
     state = payload["state_dict"]
-    problem = _state_mismatch(net.state_dict(), state)
+    problem = state_mismatch(net.state_dict(), state)
     if problem:
         raise CheckpointError(f"{path}: the weights do not fit {meta.arch!r} (arch_kwargs={meta.arch_kwargs}): {problem}")
     dtypes = {v.dtype for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()}
@@ -258,4 +255,16 @@ def load_denoiser(
     net.load_state_dict(state, strict=True)
     if map_location is not None:
         net.to(map_location)
+    record_training(net, noise=_trained_noise(meta), ladder=meta.ladder or None)
     return net.eval(), meta
+
+
+def _trained_noise(meta: DenoiserMeta) -> Noise | None:
+    """The noise a denoiser checkpoint was trained for, or None (score network, or a noise this
+    installation does not know)."""
+    if meta.kind != "denoiser" or meta.noise == "none" or meta.sigma <= 0:
+        return None
+    try:
+        return get_noise(meta.noise, sigma=meta.sigma)
+    except (KeyError, TypeError, ValueError):
+        return None

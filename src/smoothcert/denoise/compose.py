@@ -30,13 +30,13 @@ DENOISE_MODES = ("one-step", "multi-step")
 MULTISTEP_DEFAULTS = {"steps_per_level": 3, "step_size": 2e-5}
 
 
-def multistep_ladder(training_ladder: Sequence[float] | Tensor, sigma: float) -> list[float]:
+def multistep_ladder(training_ladder: Sequence[float] | Tensor, *, sigma: float) -> list[float]:
     """The annealing ladder for smoothing noise of standard deviation ``sigma``: ``sigma`` itself,
     then every level of the score network's ``training_ladder`` below it.
 
     The first level matches the noise in ``y`` (per-coordinate std ``sigma`` for every noise of
-    :mod:`smoothcert.noise`), later levels are ones the network was trained at. A ``sigma`` above the
-    largest trained level is extrapolation; :func:`denoiser_for_noise` warns about it.
+    :mod:`smoothcert.noise`), later levels are ones the network was trained at. A ``sigma`` outside
+    the trained levels is extrapolation; :class:`MultiStepDenoiser` warns about it.
     """
     levels = check_ladder(training_ladder)
     sigma = float(sigma)
@@ -66,7 +66,8 @@ def denoiser_for_noise(
         steps_per_level, step_size, ladder: multi-step only; defaults :data:`MULTISTEP_DEFAULTS`
             and :func:`multistep_ladder` of the training ladder.
     The result is in eval mode. A denoiser trained for another noise or sigma is returned with a
-    warning (the certificate stays valid for the composition; only its accuracy may suffer).
+    warning (the certificate stays valid for the composition; only its accuracy may suffer), and so
+    is a score-network denoiser with a sigma outside ``meta.ladder``.
     """
     multi = {"steps_per_level": steps_per_level, "step_size": step_size, "ladder": ladder}
     if meta.kind == "denoiser":
@@ -80,18 +81,16 @@ def denoiser_for_noise(
         mode = "one-step" if isinstance(noise, Gaussian) else "multi-step"
     if mode not in DENOISE_MODES:
         raise ValueError(f"mode must be one of {DENOISE_MODES}, got {mode!r}")
-    if meta.ladder and noise.sigma > max(meta.ladder) * (1 + 1e-9):
-        warnings.warn(f"noise sigma {noise.sigma:g} is above the score network's largest trained level "
-                      f"{max(meta.ladder):g}", stacklevel=2)
     if mode == "one-step":
         if any(v is not None for v in multi.values()):
             raise ValueError("steps/step size/ladder are settings of the multi-step denoiser (mode='multi-step')")
         if not isinstance(noise, Gaussian):
             raise ValueError(f"the one-step (Tweedie) denoiser holds for Gaussian noise only, not {noise.name}; "
                              "use mode='multi-step'")
-        return OneStepDenoiser(net, noise).eval()
+        return OneStepDenoiser(net, noise, training_ladder=meta.ladder or None)
     return MultiStepDenoiser(
-        net, noise, ladder=ladder if ladder is not None else multistep_ladder(meta.ladder, noise.sigma),
+        net, noise, ladder=ladder if ladder is not None else multistep_ladder(meta.ladder, sigma=noise.sigma),
         steps_per_level=steps_per_level if steps_per_level is not None else MULTISTEP_DEFAULTS["steps_per_level"],
         step_size=step_size if step_size is not None else MULTISTEP_DEFAULTS["step_size"],
-    ).eval()
+        training_ladder=meta.ladder or None,
+    )

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from ..noise import Noise
 from ..registry import Registry
+from ..smooth import make_generator
 from .score import check_ladder, dsm_loss
 
 __all__ = [
@@ -97,11 +98,12 @@ class DenoiserLoss(ABC):
         y: Tensor | None,
         *,
         noise: Noise | None,
-        generator: torch.Generator | None,
+        generator: int | torch.Generator | None,
         classifier: nn.Module | None = None,
     ) -> Tensor:
         """Scalar loss for clean inputs ``x`` [B, C, H, W] in [0, 1], labels ``y`` [B] (or None),
-        the training ``noise`` (None for ``dsm``), random draws from ``generator``."""
+        the training ``noise`` (None for ``dsm``), random draws from ``generator`` (an int seed, a
+        ``torch.Generator`` on ``x``'s device, or None for torch's global RNG)."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hparams().items())
@@ -121,7 +123,7 @@ class MSELoss(DenoiserLoss):
     name = "mse"
 
     def loss(self, net, x, y, *, noise, generator, classifier=None):
-        return F.mse_loss(net(_noisy(x, noise, generator)), x)
+        return F.mse_loss(net(_noisy(x, noise, make_generator(generator, x.device))), x)
 
 
 class _Guided(DenoiserLoss):
@@ -154,6 +156,7 @@ class _Guided(DenoiserLoss):
             raise ValueError(f"the {self.name!r} loss needs the classifier (classifier=...)")
         if classifier.training:
             raise ValueError("the classifier must be in eval mode (it is frozen; wrap it with Denoised or call .eval())")
+        generator = make_generator(generator, x.device)  # one stream for the noise and the queries
         target = self.targets(classifier, x, y)
         z = net(_noisy(x, noise, generator))
         if self.access == "full":
@@ -203,7 +206,7 @@ class DSMLoss(DenoiserLoss):
     def loss(self, net, x, y, *, noise, generator, classifier=None):
         if noise is not None:
             raise ValueError("the 'dsm' loss trains over its sigma ladder; pass noise=None")
-        return dsm_loss(net, x, self.ladder, generator=generator)
+        return dsm_loss(net, x, ladder=self.ladder, generator=generator)
 
 
 class _ZerothOrderCE(torch.autograd.Function):
@@ -238,7 +241,7 @@ def zeroth_order_cross_entropy(
     *,
     queries: int,
     mu: float,
-    generator: torch.Generator | None = None,
+    generator: int | torch.Generator | None = None,
 ) -> Tensor:
     """Per-row ``CE(classifier(z), target)`` [B] that backpropagates to ``z`` by queries only.
 
@@ -246,5 +249,8 @@ def zeroth_order_cross_entropy(
     ``(1/q) sum_j (l(z + mu u_j) - l(z)) / mu * u_j`` with ``q = queries`` standard normal
     directions ``u_j`` drawn from ``generator`` (an unbiased estimate of the gradient of the
     Gaussian-smoothed loss ``E l(z + mu u)``). The classifier is never differentiated.
+    ``generator``: an int seed, a ``torch.Generator`` on ``z``'s device, or None (global RNG); the
+    directions are drawn when the gradient is computed (backward).
     """
+    generator = make_generator(generator, z.device)
     return _ZerothOrderCE.apply(z, classifier, target, queries, float(mu), generator)

@@ -21,13 +21,14 @@ network.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..noise import Noise
 from ..registry import Registry
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "build_denoiser",
     "denoiser_kind",
     "list_denoisers",
+    "record_training",
     "register_denoiser",
 ]
 
@@ -79,6 +81,24 @@ def denoiser_kind(name: str) -> str:
     """``"denoiser"`` or ``"score"`` for the registered network ``name``."""
     DENOISERS.factory(name)  # the registry's "unknown denoiser ...; known: ..." error
     return _KINDS[name.lower()]
+
+
+def record_training(
+    net: nn.Module, *, noise: Noise | None = None, ladder: Sequence[float] | None = None
+) -> None:
+    """Note on ``net`` what it was trained for: ``net.noise`` (a denoiser's training noise) and
+    ``net.training_ladder`` (a score network's sigma levels, a tuple).
+
+    :func:`~smoothcert.denoise.train_denoiser` and :func:`~smoothcert.denoise.load_denoiser` call
+    this; the checks of denoised smoothing read it (a :class:`~smoothcert.smooth.SmoothedClassifier`
+    whose noise differs from its denoiser's warns; so do :class:`OneStepDenoiser` and
+    :class:`MultiStepDenoiser` given levels outside the training ladder). An attribute of that name
+    that the network already uses for something else is left alone.
+    """
+    if noise is not None and isinstance(getattr(net, "noise", None), (Noise, type(None))):
+        net.noise = noise
+    if ladder is not None and isinstance(getattr(net, "training_ladder", None), (tuple, type(None))):
+        net.training_ladder = tuple(float(v) for v in ladder)
 
 
 def as_sigma(sigma: float | Tensor, like: Tensor) -> Tensor:
@@ -123,6 +143,8 @@ class DnCNN(nn.Module):
     """
 
     kind: ClassVar[str] = "denoiser"
+    #: The noise it was trained for (set by train_denoiser and load_denoiser); None: unknown.
+    noise: Noise | None = None
 
     def __init__(self, *, in_channels: int = 3, depth: int = 17, width: int = 64, batch_norm: bool = True) -> None:
         super().__init__()
@@ -198,6 +220,8 @@ class ScoreNet(nn.Module):
     """
 
     kind: ClassVar[str] = "score"
+    #: The sigma levels it was trained at (set by train_denoiser and load_denoiser); None: unknown.
+    training_ladder: tuple[float, ...] | None = None
 
     def __init__(self, *, in_channels: int = 3, width: int = 32, emb_dim: int = 64) -> None:
         super().__init__()

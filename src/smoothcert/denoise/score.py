@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from ..noise import Gaussian, Laplace, Noise, Uniform
+from ..smooth import make_generator
 from .nets import as_sigma
 
 __all__ = [
@@ -69,9 +70,10 @@ ScoreFn = Callable[[Tensor, Tensor], Tensor]
 StepCallback = Callable[[int, int, Tensor], None]
 
 
-def sigma_ladder(sigma_max: float, sigma_min: float, num_levels: int) -> list[float]:
+def sigma_ladder(sigma_max: float, sigma_min: float, *, num_levels: int) -> list[float]:
     """The geometric ladder ``sigma_1 = sigma_max > ... > sigma_L = sigma_min`` of ``L = num_levels``
-    levels (constant ratio ``(sigma_min / sigma_max)^(1/(L-1))``), as plain floats."""
+    levels (constant ratio ``(sigma_min / sigma_max)^(1/(L-1))``), as plain floats; e.g.
+    ``sigma_ladder(1.0, 0.01, num_levels=10)``, Song & Ermon's ladder."""
     if not isinstance(num_levels, int) or isinstance(num_levels, bool) or num_levels < 1:
         raise ValueError(f"num_levels must be a positive integer, got {num_levels!r}")
     hi, lo = float(sigma_max), float(sigma_min)
@@ -104,9 +106,9 @@ def check_ladder(ladder: Sequence[float] | Tensor) -> tuple[float, ...]:
 def dsm_loss(
     score: ScoreFn,
     x: Tensor,
-    ladder: Sequence[float] | Tensor,
     *,
-    generator: torch.Generator | None = None,
+    ladder: Sequence[float] | Tensor,
+    generator: int | torch.Generator | None = None,
     levels: Tensor | None = None,
 ) -> Tensor:
     """Multi-scale denoising score matching loss (paper Sec. 3.3; Song & Ermon 2019, Sec. 4.2).
@@ -119,8 +121,12 @@ def dsm_loss(
     the same scale: the loss of row b is ``1/2 ||sigma_i s(y; sigma_i) + z||^2``. Its minimum over
     all score functions is reached by the true score of ``p_sigma_i`` (Vincent 2011). Returns a
     scalar with gradients to ``score``'s parameters.
+
+    ``generator``: an int seed (a generator on ``x.device`` is made from it), a ``torch.Generator``
+    on ``x``'s device, or None (torch's global RNG).
     """
     sig = torch.tensor(check_ladder(ladder), dtype=x.dtype, device=x.device)
+    generator = make_generator(generator, x.device)
     b = x.shape[0]
     if levels is None:
         levels = torch.randint(len(sig), (b,), generator=generator, device=x.device)
@@ -133,7 +139,7 @@ def dsm_loss(
     return 0.5 * (s * out + z).flatten(1).pow(2).sum(1).mean()
 
 
-def tweedie_denoise(score: ScoreFn, y: Tensor, sigma: float | Tensor) -> Tensor:
+def tweedie_denoise(score: ScoreFn, y: Tensor, *, sigma: float | Tensor) -> Tensor:
     """One-step denoiser ``x_hat = y + sigma^2 s(y, sigma)`` (paper Prop. 3.1; Tweedie/Robbins).
 
     With the exact score of ``p_sigma`` this is the posterior mean E[x | y] for
@@ -166,7 +172,7 @@ def _unsupported(noise: object) -> TypeError:
     )
 
 
-def level_step_sizes(ladder: Sequence[float] | Tensor, step_size: float) -> list[float]:
+def level_step_sizes(ladder: Sequence[float] | Tensor, *, step_size: float) -> list[float]:
     """``alpha_i = alpha sigma_i^2 / sigma_L^2`` for each level of ``ladder`` (Algorithm 1, line 3)."""
     levels = check_ladder(ladder)
     return [float(step_size) * (s / levels[-1]) ** 2 for s in levels]
@@ -179,7 +185,7 @@ def _check_steps(noise: Noise, ladder: tuple[float, ...], steps_per_level: int, 
         raise ValueError(f"steps_per_level (T) must be a positive integer, got {steps_per_level!r}")
     if not (math.isfinite(float(step_size)) and float(step_size) > 0):
         raise ValueError(f"step_size (alpha) must be positive, got {step_size!r}")
-    alphas = level_step_sizes(ladder, step_size)
+    alphas = level_step_sizes(ladder, step_size=step_size)
     if isinstance(noise, Gaussian) and alphas[0] >= 2 * noise.sigma**2:
         # grad phi is (1/sigma^2)-Lipschitz: gradient descent on the data term alone diverges past 2 sigma^2.
         warnings.warn(
@@ -268,38 +274,93 @@ def _score_name(score: object) -> str:
     return type(score).__name__ if isinstance(score, nn.Module) else getattr(score, "__name__", type(score).__name__)
 
 
+def _check_trained_levels(
+    score: ScoreFn, levels: Sequence[float], training_ladder: Sequence[float] | Tensor | None, what: str
+) -> None:
+    """Warn when a level lies outside the score network's training ladder (``training_ladder``, else
+    the ``training_ladder`` attribute that training and loading note on a score network): the
+    network never saw such sigmas, and its score there is extrapolation."""
+    if training_ladder is None:
+        training_ladder = getattr(score, "training_ladder", None)
+    if training_ladder is None or (not isinstance(training_ladder, Tensor) and len(training_ladder) == 0):
+        return  # unknown: nothing to compare with
+    trained = check_ladder(training_ladder)
+    hi, lo = trained[0], trained[-1]
+    above = [v for v in levels if v > hi * (1 + 1e-9)]
+    below = [v for v in levels if v < lo * (1 - 1e-9)]
+    parts = []
+    if above:
+        parts.append(f"{', '.join(f'{v:g}' for v in above)} above the score network's largest trained level {hi:g}")
+    if below:
+        parts.append(f"{', '.join(f'{v:g}' for v in below)} below its smallest trained level {lo:g}")
+    if parts:
+        warnings.warn(
+            f"{what}: sigma {' and '.join(parts)} (training ladder {hi:g} ... {lo:g}, {len(trained)} levels); "
+            "the score there is extrapolated and denoising may be poor. Train the score network over a "
+            "ladder that covers the smoothing sigma",
+            stacklevel=3,
+        )
+
+
 class OneStepDenoiser(nn.Module):
     """``D(y) = y + sigma^2 s(y, sigma)`` (:func:`tweedie_denoise`) for Gaussian noise of std ``sigma``.
 
-    ``sigma`` is a number or a :class:`~smoothcert.noise.Gaussian` noise; other noises are refused
-    with a TypeError (Tweedie's formula is the posterior mean for Gaussian noise only: use
-    :class:`MultiStepDenoiser`). Plugs into :class:`~smoothcert.denoise.Denoised`.
+    Args:
+        score: the score network (or callable) ``s(y, sigma)``.
+        noise: the smoothing noise, a :class:`~smoothcert.noise.Gaussian` (as
+            :class:`MultiStepDenoiser` takes it), or its standard deviation ``sigma`` as a number.
+            Other noises are refused with a TypeError (Tweedie's formula is the posterior mean for
+            Gaussian noise only: use :class:`MultiStepDenoiser`).
+        training_ladder: the levels the score network was trained at (default: its
+            ``training_ladder`` attribute, noted by training and loading); a ``sigma`` outside them
+            gets a warning.
+    Starts in eval mode (the score network too). Plugs into :class:`~smoothcert.denoise.Denoised`;
+    ``noise`` and ``sigma`` are kept as attributes.
     """
 
-    def __init__(self, score: ScoreFn, sigma: float | Noise) -> None:
+    def __init__(
+        self,
+        score: ScoreFn,
+        noise: Noise | float,
+        *,
+        training_ladder: Sequence[float] | Tensor | None = None,
+    ) -> None:
         super().__init__()
-        if isinstance(sigma, Noise):
-            if not isinstance(sigma, Gaussian):
+        if isinstance(noise, Noise):
+            if not isinstance(noise, Gaussian):
                 raise TypeError(
-                    f"the one-step (Tweedie) denoiser holds for Gaussian noise only, got {sigma!r}; "
+                    f"the one-step (Tweedie) denoiser holds for Gaussian noise only, got {noise!r}; "
                     "use MultiStepDenoiser for Laplace or uniform noise"
                 )
-            sigma = sigma.sigma
-        sigma = float(sigma)
-        if not (math.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"sigma must be positive, got {sigma}")
+        else:
+            try:
+                if isinstance(noise, (str, bytes, bool)):
+                    raise TypeError
+                sigma = float(noise)
+            except (TypeError, ValueError):
+                raise TypeError(f"noise must be a Gaussian noise or its sigma (a number), got {noise!r}") from None
+            if not (math.isfinite(sigma) and sigma > 0):
+                raise ValueError(f"sigma must be positive, got {sigma}")
+            noise = Gaussian(sigma=sigma)
         self.score = score
-        self.sigma = sigma
+        self.noise = noise
+        _check_trained_levels(score, [noise.sigma], training_ladder, "one-step denoiser")
+        self.eval()
+
+    @property
+    def sigma(self) -> float:
+        """The standard deviation of the Gaussian noise it denoises."""
+        return float(self.noise.sigma)
 
     def settings(self) -> dict[str, Any]:
         """The denoiser's settings as a plain dict (for run records)."""
         return {"denoiser": "one-step", "score": _score_name(self.score), "noise": "gaussian", "sigma": self.sigma}
 
     def forward(self, y: Tensor) -> Tensor:
-        return tweedie_denoise(self.score, y, self.sigma)
+        return tweedie_denoise(self.score, y, sigma=self.sigma)
 
     def __repr__(self) -> str:
-        return f"OneStepDenoiser(score={_score_name(self.score)}, sigma={self.sigma:g})"
+        return f"OneStepDenoiser(score={_score_name(self.score)}, noise={self.noise!r})"
 
 
 class MultiStepDenoiser(nn.Module):
@@ -308,10 +369,14 @@ class MultiStepDenoiser(nn.Module):
     Args:
         score: the score network (or callable) ``s(x, sigma)``.
         noise: the smoothing noise (Gaussian, Laplace or Uniform, from :func:`smoothcert.noise.get_noise`).
-        ladder: ``sigma_1 > ... > sigma_L``; e.g. ``sigma_ladder(noise.sigma, 0.01, 10)``.
+        ladder: ``sigma_1 > ... > sigma_L``; e.g. ``sigma_ladder(noise.sigma, 0.01, num_levels=10)``.
         steps_per_level: T.
         step_size: alpha (the step of the last level; level i steps ``alpha sigma_i^2 / sigma_L^2``).
+        training_ladder: the levels the score network was trained at (default: its
+            ``training_ladder`` attribute, noted by training and loading); levels of ``ladder``
+            outside them get a warning.
     :meth:`settings` records all of them, the per-level steps included, for a run's record.
+    Starts in eval mode (the score network too).
     """
 
     def __init__(
@@ -322,6 +387,7 @@ class MultiStepDenoiser(nn.Module):
         ladder: Sequence[float] | Tensor,
         steps_per_level: int,
         step_size: float,
+        training_ladder: Sequence[float] | Tensor | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(noise, Noise):
@@ -332,6 +398,8 @@ class MultiStepDenoiser(nn.Module):
         self.noise = noise
         self.steps_per_level = steps_per_level
         self.step_size = float(step_size)
+        _check_trained_levels(score, self.ladder, training_ladder, "multi-step denoiser")
+        self.eval()
 
     def settings(self) -> dict[str, Any]:
         """The denoiser's settings as a plain dict (for run records)."""
@@ -343,7 +411,7 @@ class MultiStepDenoiser(nn.Module):
             "ladder": list(self.ladder),
             "steps_per_level": self.steps_per_level,
             "step_size": self.step_size,
-            "level_step_sizes": level_step_sizes(self.ladder, self.step_size),
+            "level_step_sizes": level_step_sizes(self.ladder, step_size=self.step_size),
         }
 
     def forward(self, y: Tensor) -> Tensor:

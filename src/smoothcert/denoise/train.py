@@ -18,14 +18,16 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-from ..data import ArrayDataset
+from ..data import iter_batches
 from ..noise import Noise
+from ..smooth import make_generator
 from ..validation import model_device
 from .checkpoint import DenoiserMeta, read_denoiser_checkpoint, save_denoiser
 from .losses import DenoiserLoss, DSMLoss, get_denoiser_loss
+from .nets import record_training
 from .score import dsm_loss
 
 __all__ = ["classifier_fingerprint", "denoising_psnr", "psnr", "train_denoiser"]
@@ -44,26 +46,17 @@ def psnr(x_hat: Tensor, x: Tensor, *, data_range: float = 1.0) -> Tensor:
 def _batches(
     data: Dataset | Tensor, batch_size: int, *, shuffle: bool, generator: torch.Generator | None
 ) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """``(x [b, C, H, W] float in [0, 1], labels [b] or None)`` mini-batches.
-
-    ``data``: an :class:`~smoothcert.data.ArrayDataset` (batched by indexing its tensors), an
-    image tensor ``[N, C, H, W]`` in [0, 1] (no labels), or any dataset yielding ``(x, y)``.
-    """
-    if isinstance(data, (ArrayDataset, Tensor)):
-        images, labels = data.tensors() if isinstance(data, ArrayDataset) else (data, None)
-        n = images.shape[0]
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for s in range(0, n, batch_size):
-            idx = order[s : s + batch_size]
-            x = images[idx]
-            x = x.float().div_(255) if x.dtype == torch.uint8 else x
-            yield x, (None if labels is None else labels[idx].long())
+    """:func:`smoothcert.data.iter_batches` of ``data`` (float32 images in [0, 1], uint8 scaled),
+    where ``data`` may also be an unlabelled image tensor ``[N, C, H, W]``: its labels are None, so
+    a loss that needs labels says so instead of training on made-up ones."""
+    if not isinstance(data, Tensor):
+        yield from iter_batches(data, batch_size, shuffle=shuffle, generator=generator)
         return
-    for item in DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator):
-        if isinstance(item, (list, tuple)):
-            yield item[0].float(), item[1].long() if len(item) > 1 else None
-        else:
-            yield item.float(), None
+    if data.ndim != 4:
+        raise ValueError(f"an image tensor must be [N, C, H, W], got shape {tuple(data.shape)}")
+    no_labels = torch.zeros(data.shape[0], dtype=torch.int64)  # placeholder, never returned
+    for x, _ in iter_batches(TensorDataset(data, no_labels), batch_size, shuffle=shuffle, generator=generator):
+        yield x, None
 
 
 def denoising_psnr(
@@ -74,7 +67,7 @@ def denoising_psnr(
     device = model_device(denoiser)
     was_training = denoiser.training
     denoiser.eval()
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = make_generator(seed, device)
     total, count = 0.0, 0
     with torch.no_grad():
         for x, _ in _batches(data, batch_size, shuffle=False, generator=None):
@@ -135,9 +128,11 @@ def train_denoiser(
     Args:
         net: a denoiser ``D(y)`` (e.g. ``build_denoiser("dncnn", ...)``) for the one-noise losses,
             or a score network ``s(y, sigma)`` (``build_denoiser("scorenet", ...)``) for ``dsm``;
-            already on the device to train on.
-        train_set: images in [0, 1]: an ``ArrayDataset``, a tensor ``[N, C, H, W]`` or a dataset of
-            ``(x, y)``; labels are used by ``loss="classification"`` only.
+            already on the device to train on. The training noise or ladder is noted on it
+            (:func:`~smoothcert.denoise.nets.record_training`).
+        train_set: images in [0, 1]: an ``ArrayDataset``, a tensor ``[N, C, H, W]`` (no labels) or
+            a dataset of ``(x, y)`` (batched by :func:`smoothcert.data.iter_batches`; uint8 images
+            are divided by 255); labels are used by ``loss="classification"`` only.
         loss: a name (``mse``, ``stability``, ``classification``, ``dsm``) or a loss object from
             :func:`~smoothcert.denoise.get_denoiser_loss` (for ``access="query"`` and its settings).
         noise: the training noise of a denoiser (``None`` for ``dsm``).
@@ -197,6 +192,7 @@ def train_denoiser(
     opt = torch.optim.Adam(params, lr=lr)
     order_gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    record_training(net, noise=noise, ladder=getattr(loss_fn, "ladder", None))
     if meta is not None:
         meta = DenoiserMeta.from_dict(
             meta.to_dict()
@@ -255,16 +251,19 @@ def train_denoiser(
 
 
 def _test_dsm(net: nn.Module, data: Dataset | Tensor, ladder: Sequence[float], *, seed: int) -> float:
+    """Mean DSM loss of the score network over ``data`` (seeded levels and draws), in eval mode;
+    the network's mode is restored afterwards."""
     device = model_device(net)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = make_generator(seed, device)
+    was_training = net.training
     net.eval()
     total, count = 0.0, 0
     with torch.no_grad():
         for x, _ in _batches(data, 256, shuffle=False, generator=None):
             x = x.to(device)
-            total += float(dsm_loss(net, x, ladder, generator=gen)) * x.shape[0]
+            total += float(dsm_loss(net, x, ladder=ladder, generator=gen)) * x.shape[0]
             count += x.shape[0]
-    net.train()
+    net.train(was_training)
     return total / max(count, 1)
 
 

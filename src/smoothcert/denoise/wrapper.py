@@ -8,9 +8,12 @@ holds for it unchanged; only the classifier's accuracy under noise improves.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import Tensor, nn
+
+from ..noise import Noise
 
 __all__ = ["Denoised"]
 
@@ -39,7 +42,9 @@ class Denoised(nn.Module):
             :mod:`smoothcert.denoise.losses` feed ``D(x)`` unclipped, as Salman et al. do.
 
     ``forward(x)``: ``x`` ``[B, C, H, W]`` -> logits ``[B, K]``; :meth:`denoise` gives the image
-    the classifier sees. :meth:`settings` records the denoiser's settings when it has them.
+    the classifier sees. :meth:`settings` records the denoiser's settings when it has them;
+    :meth:`noise_mismatch` compares the noise the denoiser is made for with a smoothing noise
+    (:class:`~smoothcert.smooth.SmoothedClassifier` warns on a mismatch).
     """
 
     def __init__(self, classifier: nn.Module, denoiser: nn.Module, *, clamp: bool = True) -> None:
@@ -76,6 +81,27 @@ class Denoised(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.denoise(x))
+
+    def noise_mismatch(self, noise: Noise) -> str:
+        """'' if the denoiser is made for ``noise`` or records nothing, else why not.
+
+        The record is the denoiser's ``noise`` attribute: the noise a :class:`OneStepDenoiser` or
+        :class:`MultiStepDenoiser` denoises, or the training noise noted on a DnCNN by
+        ``train_denoiser`` / ``load_denoiser``. A mismatch leaves every certificate valid (``f(D(.))``
+        is a fixed base classifier whatever ``D`` is), but ``D`` then removes noise of the wrong
+        family or size, which costs accuracy.
+        """
+        own = getattr(self.denoiser, "noise", None)
+        if not isinstance(own, Noise) or not isinstance(noise, Noise):
+            return ""
+        if own.name == noise.name and math.isclose(own.sigma, noise.sigma, rel_tol=1e-9, abs_tol=0.0):
+            return ""
+        return (
+            f"the denoiser ({type(self.denoiser).__name__}) is made for {own.name} noise sigma {own.sigma:g}, but "
+            f"smoothing uses {noise.name} noise sigma {noise.sigma:g}; the certificates stay valid, but the "
+            "denoiser removes the wrong noise and accuracy will likely suffer. Use a denoiser for the "
+            "smoothing noise"
+        )
 
     def settings(self) -> dict[str, Any]:
         """Plain-dict description for run records: the denoiser's own ``settings()`` if it has one."""

@@ -39,9 +39,13 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "CheckpointError",
     "CheckpointMeta",
+    "is_int",
     "load_checkpoint",
+    "not_plain",
     "read_checkpoint",
     "save_checkpoint",
+    "state_mismatch",
+    "unwrap",
 ]
 
 CHECKPOINT_FORMAT = "smoothcert-checkpoint"
@@ -93,22 +97,22 @@ class CheckpointMeta:
                 raise ValueError(f"CheckpointMeta.{name} must be a non-empty string, got {value!r}")
         for name in ("num_classes", "in_channels"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"CheckpointMeta.{name} must be a positive integer, got {value!r}")
-        if not _is_int(self.epoch) or self.epoch < 0:
+        if not is_int(self.epoch) or self.epoch < 0:
             raise ValueError(f"CheckpointMeta.epoch must be a non-negative integer, got {self.epoch!r}")
         for name in ("arch_kwargs", "training"):
             value = getattr(self, name)
             if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
                 raise ValueError(f"CheckpointMeta.{name} must be a dict with string keys, got {value!r}")
             setattr(self, name, dict(value))
-        if _is_int(self.input_size):
+        if is_int(self.input_size):
             if self.input_size < 1:
                 raise ValueError(f"CheckpointMeta.input_size must be positive, got {self.input_size!r}")
         elif (
             isinstance(self.input_size, (list, tuple))
             and len(self.input_size) == 2
-            and all(_is_int(v) and v >= 1 for v in self.input_size)
+            and all(is_int(v) and v >= 1 for v in self.input_size)
         ):
             self.input_size = list(self.input_size)
         else:
@@ -197,13 +201,13 @@ def save_checkpoint(
             meta = CheckpointMeta.from_dict(meta)
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"cannot save checkpoint {path}: {err}") from None
-    net = _unwrap(model)
+    net = unwrap(model)
     state = OrderedDict(
         (k, v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in net.state_dict().items()
     )
 
     reference = _reference_state(meta)
-    problem = _state_mismatch(reference, state)
+    problem = state_mismatch(reference, state)
     if problem:
         hint = ""
         if "0.mean" not in state:
@@ -232,7 +236,7 @@ def save_checkpoint(
         payload["optimizer_state"] = optimizer_state
     if extra is not None:
         payload["extra"] = extra
-    problem = _not_plain(payload, "checkpoint")
+    problem = not_plain(payload, "checkpoint")
     if problem:
         raise CheckpointError(
             f"cannot save checkpoint {path}: {problem}; only tensors and plain Python values "
@@ -282,7 +286,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
             "guessed from weights, and a wrong guess silently costs accuracy. " + _HOW_TO_IMPORT
         )
     version = payload.get("version")
-    if not _is_int(version) or version < 1:
+    if not is_int(version) or version < 1:
         raise CheckpointError(f"{path}: invalid checkpoint format version {version!r}")
     if version > CHECKPOINT_VERSION:
         raise CheckpointError(
@@ -334,7 +338,7 @@ def load_checkpoint(
         ) from None
 
     state = payload["state_dict"]
-    problem = _state_mismatch(model.state_dict(), state)
+    problem = state_mismatch(model.state_dict(), state)
     if problem:
         raise CheckpointError(
             f"{path}: the weights do not fit architecture {meta.arch!r} "
@@ -357,13 +361,18 @@ def load_checkpoint(
 
 
 # --------------------------------------------------------------------------- helpers
+# is_int, unwrap, state_mismatch and not_plain are shared with the denoiser checkpoints
+# (smoothcert.denoise.checkpoint), which follow the same format rules.
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an int and not a bool (metadata fields, format versions)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DataParallel / DistributedDataParallel / ``torch.compile`` wrappers, so that
+    saved state-dict keys carry no wrapper prefix."""
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
@@ -393,7 +402,7 @@ def _reference_state(meta: CheckpointMeta) -> Mapping[str, torch.Tensor]:
         raise CheckpointError(f"cannot build {meta.arch!r} with arch_kwargs={meta.arch_kwargs}: {err}") from None
 
 
-def _state_mismatch(reference: Mapping[str, Any], state: Mapping[str, Any], limit: int = 5) -> str:
+def state_mismatch(reference: Mapping[str, Any], state: Mapping[str, Any], limit: int = 5) -> str:
     """'' if ``state`` has exactly the keys and tensor shapes of ``reference``, else a description."""
     if not isinstance(state, Mapping):
         return f"state_dict is a {type(state).__name__}, not a dict"
@@ -439,7 +448,7 @@ def _normalization_mismatch(meta: CheckpointMeta, state: Mapping[str, Any]) -> s
 _PLAIN_SCALARS = (str, int, float, bool, type(None), torch.Size, torch.dtype, torch.device)
 
 
-def _not_plain(value: Any, where: str) -> str:
+def not_plain(value: Any, where: str) -> str:
     """'' if ``value`` holds only what ``torch.load(weights_only=True)`` accepts, else where it fails."""
     if type(value) in _PLAIN_SCALARS or isinstance(value, torch.Tensor):
         return ""
@@ -447,13 +456,13 @@ def _not_plain(value: Any, where: str) -> str:
         for k, v in value.items():
             if type(k) not in (str, int):
                 return f"{where} has a key of type {type(k).__name__} ({k!r})"
-            problem = _not_plain(v, f"{where}[{k!r}]")
+            problem = not_plain(v, f"{where}[{k!r}]")
             if problem:
                 return problem
         return ""
     if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
         for i, v in enumerate(value):
-            problem = _not_plain(v, f"{where}[{i}]")
+            problem = not_plain(v, f"{where}[{i}]")
             if problem:
                 return problem
         return ""
