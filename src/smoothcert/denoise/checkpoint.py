@@ -28,8 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..files import atomic_write
-from ..models.checkpoint import CheckpointError, is_int, not_plain, state_mismatch, unwrap
+from ..models.checkpoint import CheckpointError, is_int, state_mismatch, unwrap, write_payload
 from ..noise import Noise, get_noise
 from .nets import DENOISERS, build_denoiser, denoiser_kind, record_training
 from .score import check_ladder
@@ -160,8 +159,6 @@ def save_denoiser(
     :func:`load_denoiser`. Written to a temporary file and renamed over ``path``: an interrupted
     save leaves the previous file intact. Raises ``CheckpointError``.
     """
-    from smoothcert import __version__ as smoothcert_version
-
     path = Path(path)
     if not isinstance(meta, DenoiserMeta):
         try:
@@ -182,24 +179,8 @@ def save_denoiser(
             f"{where}: the network does not match its metadata (arch={meta.arch!r}, "
             f"arch_kwargs={meta.arch_kwargs}, in_channels={meta.in_channels}): {problem}"
         )
-    payload: dict[str, Any] = {
-        "format": DENOISER_FORMAT,
-        "version": DENOISER_VERSION,
-        "meta": meta.to_dict(),
-        "state_dict": state,
-        "versions": {"smoothcert": str(smoothcert_version), "torch": str(torch.__version__)},
-    }
-    if optimizer_state is not None:
-        if isinstance(optimizer_state, torch.optim.Optimizer):
-            optimizer_state = optimizer_state.state_dict()
-        payload["optimizer_state"] = optimizer_state
-    if extra is not None:
-        payload["extra"] = extra
-    problem = not_plain(payload, "checkpoint")
-    if problem:
-        raise CheckpointError(f"{where}: {problem}; only tensors and plain Python values are stored")
-    atomic_write(path, lambda f: torch.save(payload, f))
-    return path
+    return write_payload(path, fmt=DENOISER_FORMAT, version=DENOISER_VERSION, meta=meta.to_dict(), state=state,
+                         optimizer_state=optimizer_state, extra=extra, where=where)
 
 
 def read_denoiser_checkpoint(

@@ -46,6 +46,7 @@ __all__ = [
     "save_checkpoint",
     "state_mismatch",
     "unwrap",
+    "write_payload",
 ]
 
 CHECKPOINT_FORMAT = "smoothcert-checkpoint"
@@ -193,8 +194,6 @@ def save_checkpoint(
     renamed over ``path`` (``os.replace``), so an interrupted save leaves any previous file
     intact and never a partial one. Returns the path written. Raises ``CheckpointError``.
     """
-    from smoothcert import __version__ as smoothcert_version
-
     path = Path(path)
     if not isinstance(meta, CheckpointMeta):
         try:
@@ -223,28 +222,8 @@ def save_checkpoint(
     if problem:
         raise CheckpointError(f"cannot save checkpoint {path}: {problem}")
 
-    payload: dict[str, Any] = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "meta": meta.to_dict(),
-        "state_dict": state,
-        "versions": {"smoothcert": str(smoothcert_version), "torch": str(torch.__version__)},
-    }
-    if optimizer_state is not None:
-        if isinstance(optimizer_state, torch.optim.Optimizer):
-            optimizer_state = optimizer_state.state_dict()
-        payload["optimizer_state"] = optimizer_state
-    if extra is not None:
-        payload["extra"] = extra
-    problem = not_plain(payload, "checkpoint")
-    if problem:
-        raise CheckpointError(
-            f"cannot save checkpoint {path}: {problem}; only tensors and plain Python values "
-            "(dict, list, tuple, str, int, float, bool, None) are stored, so that the file "
-            "loads with torch.load(weights_only=True)"
-        )
-    _atomic_save(payload, path)
-    return path
+    return write_payload(path, fmt=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, meta=meta.to_dict(), state=state,
+                         optimizer_state=optimizer_state, extra=extra, where=f"cannot save checkpoint {path}")
 
 
 def read_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
@@ -481,5 +460,40 @@ def _describe_foreign(payload: dict[str, Any]) -> str:
     return f"a dict with keys {shown}"
 
 
-def _atomic_save(payload: dict[str, Any], path: Path) -> None:
+def write_payload(
+    path: Path,
+    *,
+    fmt: str,
+    version: int,
+    meta: dict[str, Any],
+    state: Mapping[str, Any],
+    optimizer_state: dict[str, Any] | torch.optim.Optimizer | None,
+    extra: dict[str, Any] | None,
+    where: str,
+) -> Path:
+    """Write a checkpoint payload (format marker, version, metadata, weights, library versions, optional
+    optimiser state and extras) atomically, after checking that it holds only tensors and plain values
+    so that it loads with ``torch.load(weights_only=True)``. Shared by classifier and denoiser checkpoints."""
+    from smoothcert import __version__ as smoothcert_version  # the package imports this module
+
+    payload: dict[str, Any] = {
+        "format": fmt,
+        "version": version,
+        "meta": meta,
+        "state_dict": state,
+        "versions": {"smoothcert": str(smoothcert_version), "torch": str(torch.__version__)},
+    }
+    if optimizer_state is not None:
+        if isinstance(optimizer_state, torch.optim.Optimizer):
+            optimizer_state = optimizer_state.state_dict()
+        payload["optimizer_state"] = optimizer_state
+    if extra is not None:
+        payload["extra"] = extra
+    problem = not_plain(payload, "checkpoint")
+    if problem:
+        raise CheckpointError(
+            f"{where}: {problem}; only tensors and plain Python values (dict, list, tuple, str, int, float, "
+            "bool, None) are stored, so that the file loads with torch.load(weights_only=True)"
+        )
     atomic_write(path, lambda f: torch.save(payload, f))
+    return path
