@@ -15,7 +15,6 @@ Only tensors and plain containers go in, so it loads with ``torch.load(weights_o
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import pickle
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models.checkpoint import CheckpointError, is_int, state_mismatch, unwrap, write_payload
+from ..models.checkpoint import CheckpointError, MetaRecord, is_int, state_mismatch, unwrap, write_payload
 from ..noise import Noise, get_noise
 from .nets import DENOISERS, build_denoiser, denoiser_kind, record_training
 from .score import check_ladder
@@ -47,7 +46,7 @@ DENOISER_VERSION = 1
 
 
 @dataclass(kw_only=True)
-class DenoiserMeta:
+class DenoiserMeta(MetaRecord):
     """Everything needed to rebuild a denoiser or score network and to use it as trained.
 
     ``arch``/``arch_kwargs``/``in_channels`` rebuild the network through
@@ -102,34 +101,6 @@ class DenoiserMeta:
     def kind(self) -> str:
         """``"denoiser"`` or ``"score"``, from the registered architecture."""
         return denoiser_kind(self.arch)
-
-    @classmethod
-    def required_keys(cls) -> list[str]:
-        """Metadata keys without a default."""
-        return [
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain dict suitable for ``torch.save`` and JSON."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DenoiserMeta:
-        """Inverse of :meth:`to_dict`; a ``ValueError`` names missing or unknown keys (``TypeError``:
-        not a dict)."""
-        if not isinstance(data, Mapping):
-            raise TypeError(f"denoiser metadata must be a dict, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(str(k) for k in data if k not in known)
-        if unknown:
-            raise ValueError(f"unknown metadata keys {unknown}; known keys: {sorted(known)}")
-        missing = [k for k in cls.required_keys() if k not in data]
-        if missing:
-            raise ValueError(f"metadata is missing required keys {missing}")
-        return cls(**data)
 
 
 def _build(meta: DenoiserMeta, where: str) -> nn.Module:

@@ -39,6 +39,7 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "CheckpointError",
     "CheckpointMeta",
+    "MetaRecord",
     "is_int",
     "load_checkpoint",
     "not_plain",
@@ -65,8 +66,41 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read, is not a smoothcert checkpoint, or does not fit its metadata."""
 
 
+class MetaRecord:
+    """Dict round trip shared by the checkpoint metadata dataclasses (:class:`CheckpointMeta`, the
+    denoisers' ``DenoiserMeta``): a file whose metadata lacks a required key, or has an unknown one,
+    is refused with the keys named."""
+
+    @classmethod
+    def required_keys(cls) -> list[str]:
+        """Metadata keys without a default: a checkpoint lacking any of them is refused."""
+        return [
+            f.name
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict suitable for ``torch.save`` and JSON."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        """Inverse of :meth:`to_dict`; a ``ValueError`` names missing or unknown keys, or a non-dict."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{cls.__name__} metadata must be a dict, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(str(k) for k in data if k not in known)
+        if unknown:
+            raise ValueError(f"unknown metadata keys {unknown}; known keys: {sorted(known)}")
+        missing = [k for k in cls.required_keys() if k not in data]
+        if missing:
+            raise ValueError(f"metadata is missing required keys {missing}")
+        return cls(**data)
+
+
 @dataclass(kw_only=True)
-class CheckpointMeta:
+class CheckpointMeta(MetaRecord):
     """Everything needed to rebuild a model and to smooth it as it was trained.
 
     ``arch``/``arch_kwargs``/``num_classes``/``in_channels`` rebuild the network through the
@@ -142,35 +176,12 @@ class CheckpointMeta:
         if not math.isfinite(self.sigma) or self.sigma < 0:
             raise ValueError(f"CheckpointMeta.sigma must be finite and >= 0, got {self.sigma!r}")
 
-    @classmethod
-    def required_keys(cls) -> list[str]:
-        """Metadata keys without a default: a checkpoint lacking any of them is refused."""
-        return [
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
-
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (lists, not tuples or tensors) suitable for ``torch.save`` and JSON."""
         out = dataclasses.asdict(self)
         out["mean"] = list(self.mean)
         out["std"] = list(self.std)
         return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CheckpointMeta:
-        """Inverse of :meth:`to_dict`; a ``ValueError`` names missing or unknown keys."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"checkpoint metadata must be a dict, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(str(k) for k in data if k not in known)
-        if unknown:
-            raise ValueError(f"unknown metadata keys {unknown}; known keys: {sorted(known)}")
-        missing = [k for k in cls.required_keys() if k not in data]
-        if missing:
-            raise ValueError(f"metadata is missing required keys {missing}")
-        return cls(**data)
 
 
 def save_checkpoint(
