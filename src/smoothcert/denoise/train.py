@@ -11,7 +11,6 @@ import hashlib
 import math
 import os
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 from ..data import iter_batches
 from ..noise import Noise
 from ..smooth import make_generator
+from ..train.loop import restore_training_state, training_state
 from ..validation import model_device
 from .checkpoint import DenoiserMeta, read_denoiser_checkpoint, save_denoiser
 from .losses import DenoiserLoss, DSMLoss, get_denoiser_loss
@@ -243,8 +243,7 @@ def train_denoiser(
             meta.epoch = epoch + 1
             save_denoiser(
                 path, net, meta=meta, optimizer_state=opt.state_dict(),
-                extra={"order_rng": order_gen.get_state(), "noise_rng": noise_gen.get_state().cpu(),
-                       "noise_rng_device": device.type, "history": history},
+                extra=training_state(order_gen, noise_gen, device, history),
             )
     net.eval()
     return history
@@ -287,14 +286,6 @@ def _resume(
             f"cannot resume from {path}: it was trained as {theirs} with {old.training}; "
             f"now {mine} with {meta.training}"
         )
-    net.load_state_dict(payload["state_dict"])
-    opt.load_state_dict(payload["optimizer_state"])
-    extra = payload.get("extra", {})
-    order_gen.set_state(extra["order_rng"])
-    if extra.get("noise_rng_device") == device.type:
-        noise_gen.set_state(extra["noise_rng"])
-    else:  # CPU and CUDA generator states differ: reseed, and say so
-        warnings.warn(f"resuming on {device.type} a run trained on {extra.get('noise_rng_device')}: "
-                      "the noise stream is reseeded", stacklevel=3)
-        noise_gen.manual_seed(int(meta.training["seed"]) + 1 + old.epoch)
-    return old.epoch, list(extra.get("history", []))
+    history = restore_training_state(payload, net, opt, order_gen, noise_gen, device=device,
+                                     reseed=int(meta.training["seed"]) + 1 + old.epoch)
+    return old.epoch, history

@@ -102,6 +102,42 @@ def noisy_accuracy(
     return correct / max(total, 1)
 
 
+
+def training_state(
+    order_gen: torch.Generator, noise_gen: torch.Generator, device: torch.device, history: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What a checkpoint's ``extra`` holds so a run resumes exactly: both random streams (the noise
+    stream's device type, since CPU and CUDA generator states differ) and the history so far."""
+    return {"order_rng": order_gen.get_state(), "noise_rng": noise_gen.get_state().cpu(),
+            "noise_rng_device": device.type, "history": history}
+
+
+def restore_training_state(
+    payload: dict[str, Any],
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    order_gen: torch.Generator,
+    noise_gen: torch.Generator,
+    *,
+    device: torch.device,
+    reseed: int,
+) -> list[dict[str, Any]]:
+    """Load weights, optimiser and random streams from a checkpoint ``payload`` written with
+    :func:`training_state`; returns its history. A noise stream saved on another device type cannot
+    be restored: it is reseeded with ``reseed``, with a warning."""
+    model.load_state_dict(payload["state_dict"])
+    opt.load_state_dict(payload["optimizer_state"])
+    extra = payload.get("extra", {})
+    order_gen.set_state(extra["order_rng"])
+    if extra.get("noise_rng_device") == device.type:
+        noise_gen.set_state(extra["noise_rng"])
+    else:
+        warnings.warn(f"resuming on {device.type} a run trained on {extra.get('noise_rng_device')}: "
+                      "the noise stream is reseeded", stacklevel=3)
+        noise_gen.manual_seed(reseed)
+    return list(extra.get("history", []))
+
+
 def train(
     model: nn.Module,
     train_set: Dataset,
@@ -166,17 +202,8 @@ def train(
                 f"{old.get('noise')} sigma {old.get('sigma')}, training {old.get('training')}; "
                 f"now {meta.arch} on {meta.dataset}, {noise.name} sigma {noise.sigma}, training {training}"
             )
-        model.load_state_dict(payload["state_dict"])
-        opt.load_state_dict(payload["optimizer_state"])
-        extra = payload.get("extra", {})
-        order_gen.set_state(extra["order_rng"])
-        if extra.get("noise_rng_device") == device.type:
-            noise_gen.set_state(extra["noise_rng"])
-        else:  # CPU and CUDA generators have different states: reseed, and say so
-            warnings.warn(f"resuming on {device.type} a run trained on {extra.get('noise_rng_device')}: "
-                          "the noise stream is reseeded", stacklevel=2)
-            noise_gen.manual_seed(config.seed + 1 + start_epoch_of(old))
-        history = list(extra.get("history", []))
+        history = restore_training_state(payload, model, opt, order_gen, noise_gen, device=device,
+                                         reseed=config.seed + 1 + start_epoch_of(old))
         start_epoch = start_epoch_of(old)
         if start_epoch >= config.epochs:
             return history
@@ -225,12 +252,7 @@ def train(
             model,
             meta=meta,
             optimizer_state=opt.state_dict(),
-            extra={
-                "order_rng": order_gen.get_state(),
-                "noise_rng": noise_gen.get_state().cpu(),
-                "noise_rng_device": device.type,
-                "history": history,
-            },
+            extra=training_state(order_gen, noise_gen, device, history),
         )
     model.eval()
     return history
