@@ -42,7 +42,6 @@ Smoke run (CPU, about a minute; tiny networks, a few inputs, meaningless numbers
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import platform
@@ -71,6 +70,7 @@ from smoothcert.denoise import (
     train_denoiser,
 )
 from smoothcert.evaluate import certify_dataset, select_indices
+from smoothcert.files import file_sha256
 from smoothcert.models import CheckpointMeta, build_model, load_checkpoint, read_checkpoint, save_checkpoint
 from smoothcert.noise import get_noise
 from smoothcert.smooth import SmoothedClassifier
@@ -83,14 +83,6 @@ RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 CLASSIFIER = {"batch_size": 128, "lr": 0.05, "schedule": "cosine"}
 #: Denoisers: Adam lr 1e-3 (Salman et al. 2020), batch 128.
 DENOISER_LR, DENOISER_BATCH = 1e-3, 128
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _default_root() -> str | None:
@@ -335,8 +327,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     settings = {**common, "dataset": name, "noise": noise_name, "sigma": sigma, "denoiser": den_name,
                                 "norm": noise.default_norm, "inputs_selected": len(indices), "skip": args.skip,
                                 "psnr_images": len(psnr_set),
-                                "checkpoint_sha256": _sha256(ckpt) if ckpt is not None else None,
-                                "classifier_sha256": _sha256(d / "clf_clean.pt"),
+                                "checkpoint_sha256": file_sha256(ckpt) if ckpt is not None else None,
+                                "classifier_sha256": file_sha256(d / "clf_clean.pt"),
                                 "denoiser_settings": base.settings() if isinstance(base, Denoised) else None}
                     if den_name in ("mse", "guided"):
                         settings["dncnn"] = {"depth": args.dncnn_depth, "width": args.dncnn_width,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import hashlib
 import inspect
 import sys
 import time
@@ -24,6 +23,7 @@ from . import analysis
 from .data import get_dataset, list_datasets
 from .distributed import DEFAULT_TIMEOUT, find_parts, merge_result_parts, process_group, rank_device
 from .evaluate import certify_dataset, predict_dataset, select_indices
+from .files import file_sha256
 from .models import MODELS, CheckpointMeta, build_model, list_models, load_checkpoint
 from .noise import get_noise, list_noises
 from .results import ConfigMismatchError
@@ -47,14 +47,6 @@ def _device(name: str | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"error: --device {name} asked for, but this torch build sees no CUDA device")
     return device
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _dataset(args: argparse.Namespace, split: str):
@@ -186,7 +178,7 @@ def _read_init(path_text: str) -> tuple[nn.Module, CheckpointMeta, dict[str, Any
     """``--init``: the checkpoint's model and metadata, and its provenance record (resolved path, sha256)."""
     path = Path(path_text).resolve()
     model, meta = load_checkpoint(path)
-    record = {"path": str(path), "sha256": _file_sha256(path), "dataset": meta.dataset, "noise": meta.noise,
+    record = {"path": str(path), "sha256": file_sha256(path), "dataset": meta.dataset, "noise": meta.noise,
               "sigma": meta.sigma, "method": meta.training.get("method"), "epoch": meta.epoch}
     return model, meta, record
 
@@ -231,9 +223,9 @@ def _load_classifier(spec: str, device: torch.device) -> tuple[nn.Module, Checkp
             model, meta, path = load_pretrained_classifier(spec)
         except ImportError as err:
             raise SystemExit(f"error: {err}") from None
-        return model.to(device), meta, _file_sha256(path)
+        return model.to(device), meta, file_sha256(path)
     model, meta = load_checkpoint(spec, map_location=device)
-    return model, meta, _file_sha256(Path(spec))
+    return model, meta, file_sha256(Path(spec))
 
 
 def _add_denoiser_args(p: argparse.ArgumentParser) -> None:
@@ -280,7 +272,7 @@ def _wrap_denoiser(args: argparse.Namespace, model: nn.Module, noise: Any, in_ch
                              f"the data has {in_channels}")
         den = denoiser_for_noise(net, dmeta, noise, mode=args.denoise, steps_per_level=args.denoise_steps,
                                  step_size=args.denoise_step_size, ladder=args.denoise_levels)
-        record = {"sha256": _file_sha256(Path(args.denoiser)), "arch": dmeta.arch, "kind": dmeta.kind,
+        record = {"sha256": file_sha256(Path(args.denoiser)), "arch": dmeta.arch, "kind": dmeta.kind,
                   "trained_noise": dmeta.noise, "trained_sigma": dmeta.sigma, "trained_ladder": dmeta.ladder,
                   "training": dmeta.training, "epoch": dmeta.epoch}
     wrapped = Denoised(model, den.eval())
@@ -395,7 +387,7 @@ def _smoothed_from_checkpoint(args: argparse.Namespace) -> tuple[SmoothedClassif
 
 
 def _run_facts(args: argparse.Namespace, meta: CheckpointMeta) -> dict[str, Any]:
-    sha = getattr(args, "checkpoint_sha256", None) or _file_sha256(Path(args.checkpoint))
+    sha = getattr(args, "checkpoint_sha256", None) or file_sha256(Path(args.checkpoint))
     facts = {"dataset": args.dataset, "subset": args.subset, "split": args.split, "checkpoint_sha256": sha,
              "arch": meta.arch}
     if getattr(args, "denoiser_record", None) is not None:

@@ -1,15 +1,16 @@
-"""Writing files so that an interrupted run never leaves half of one behind."""
+"""Writing files so that an interrupted run never leaves half of one behind; hashing them."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_text", "file_sha256"]
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
@@ -48,3 +49,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """:func:`atomic_write` of a UTF-8 text."""
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes, hex (read in 1 MiB blocks; checkpoints and weights are large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

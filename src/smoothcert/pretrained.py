@@ -23,7 +23,6 @@ classifier), so ``Denoised(efficientnet_lite0(), ffdnet_color(sigma))`` is a bas
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import os
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .files import file_sha256
 from .models import CheckpointMeta, Normalize
 
 __all__ = [
@@ -63,15 +63,6 @@ EFFICIENTNET_LITE0_STD = (128.0 / 255.0,) * 3
 #: Noise levels (standard deviation of images in [0, 1]) the published FFDNet was trained on:
 #: sigma in [0, 75] / 255 (Zhang et al. 2018, Sec. III-C).
 FFDNET_SIGMA_RANGE = (0.0, 75.0 / 255.0)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file's bytes, hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _package_dir(package: str, what: str) -> Path:
