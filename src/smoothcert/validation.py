@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["AUTO", "as_batch", "check_batch_size", "check_sample_sizes", "ensure_eval", "model_device"]
+__all__ = [
+    "AUTO", "as_batch", "check_batch_size", "check_bool", "check_float", "check_int", "check_sample_sizes",
+    "ensure_eval", "model_device",
+]
 
 
 def as_batch(x: Tensor, *, allow_unbounded: bool = False, name: str = "x") -> Tensor:
@@ -98,3 +104,27 @@ def check_sample_sizes(*, n: int, n0: int | None = None, batch_size: int | str) 
                 "n draws estimate its probability"
             )
     check_batch_size(batch_size)
+
+
+# ---- settings: keyword hyperparameters checked with a message naming them ----
+
+
+def check_int(name: str, value: Any, *, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``; a ValueError naming the hyperparameter otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_float(name: str, value: Any, *, minimum: float = 0.0, strict: bool = False) -> float:
+    """``value`` as a finite float >= ``minimum`` (> if ``strict``); a ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value < minimum or (strict and value == minimum):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")  # noqa: TRY004 (bad hparams: ValueError)
+    return value

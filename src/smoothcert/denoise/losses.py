@@ -33,7 +33,6 @@ The classifier-guided losses take ``access``:
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -45,6 +44,7 @@ from torch import Tensor, nn
 from ..noise import Noise
 from ..registry import Registry
 from ..smooth import make_generator
+from ..validation import check_float, check_int
 from .score import check_ladder, dsm_loss
 
 __all__ = [
@@ -134,10 +134,8 @@ class _Guided(DenoiserLoss):
     def __init__(self, *, access: str = "full", queries: int = 32, mu: float = 1e-3) -> None:
         if access not in ACCESS:
             raise ValueError(f"access must be one of {ACCESS}, got {access!r}")
-        if not isinstance(queries, int) or isinstance(queries, bool) or queries < 1:
-            raise ValueError(f"queries must be a positive integer, got {queries!r}")
-        if not (math.isfinite(float(mu)) and float(mu) > 0):
-            raise ValueError(f"mu must be positive, got {mu!r}")
+        check_int("queries", queries, minimum=1)
+        check_float("mu", mu, strict=True)
         self.access = access
         self.queries = queries
         self.mu = float(mu)

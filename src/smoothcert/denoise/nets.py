@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..noise import Noise
 from ..registry import Registry
+from ..validation import check_int
 
 __all__ = [
     "DENOISERS",
@@ -121,8 +122,7 @@ def as_sigma(sigma: float | Tensor, like: Tensor) -> Tensor:
 
 def _positive(**values: int) -> None:
     for name, v in values.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        check_int(name, v, minimum=1)
 
 
 def _groups(channels: int) -> int:

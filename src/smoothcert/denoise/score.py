@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from ..noise import Gaussian, Laplace, Noise, Uniform
 from ..smooth import make_generator
+from ..validation import check_float, check_int
 from .nets import as_sigma
 
 __all__ = [
@@ -74,8 +75,7 @@ def sigma_ladder(sigma_max: float, sigma_min: float, *, num_levels: int) -> list
     """The geometric ladder ``sigma_1 = sigma_max > ... > sigma_L = sigma_min`` of ``L = num_levels``
     levels (constant ratio ``(sigma_min / sigma_max)^(1/(L-1))``), as plain floats; e.g.
     ``sigma_ladder(1.0, 0.01, num_levels=10)``, Song & Ermon's ladder."""
-    if not isinstance(num_levels, int) or isinstance(num_levels, bool) or num_levels < 1:
-        raise ValueError(f"num_levels must be a positive integer, got {num_levels!r}")
+    check_int("num_levels", num_levels, minimum=1)
     hi, lo = float(sigma_max), float(sigma_min)
     if not (math.isfinite(hi) and math.isfinite(lo) and hi >= lo > 0):
         raise ValueError(f"need sigma_max >= sigma_min > 0, got sigma_max={sigma_max}, sigma_min={sigma_min}")
@@ -181,10 +181,8 @@ def level_step_sizes(ladder: Sequence[float] | Tensor, *, step_size: float) -> l
 def _check_steps(noise: Noise, ladder: tuple[float, ...], steps_per_level: int, step_size: float) -> list[float]:
     if not isinstance(noise, (Gaussian, Laplace, Uniform)):
         raise _unsupported(noise)
-    if not isinstance(steps_per_level, int) or isinstance(steps_per_level, bool) or steps_per_level < 1:
-        raise ValueError(f"steps_per_level (T) must be a positive integer, got {steps_per_level!r}")
-    if not (math.isfinite(float(step_size)) and float(step_size) > 0):
-        raise ValueError(f"step_size (alpha) must be positive, got {step_size!r}")
+    check_int("steps_per_level (T)", steps_per_level, minimum=1)
+    check_float("step_size (alpha)", step_size, strict=True)
     alphas = level_step_sizes(ladder, step_size=step_size)
     if isinstance(noise, Gaussian) and alphas[0] >= 2 * noise.sigma**2:
         # grad phi is (1/sigma^2)-Lipschitz: gradient descent on the data term alone diverges past 2 sigma^2.

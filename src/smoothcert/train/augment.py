@@ -19,15 +19,9 @@ import torch
 from torch import Tensor
 
 from ..smooth import make_generator
-from .methods import check_bool
+from ..validation import check_bool, check_int
 
 __all__ = ["RandomCropFlip", "augment_record", "random_crop_flip"]
-
-
-def _check_padding(padding: Any) -> int:
-    if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
-        raise ValueError(f"padding must be a non-negative integer, got {padding!r}")
-    return padding
 
 
 def random_crop_flip(
@@ -50,7 +44,7 @@ def random_crop_flip(
     """
     if x.dim() != 4:
         raise ValueError(f"random_crop_flip expects images [B, C, H, W], got shape {list(x.shape)}")
-    _check_padding(padding)
+    check_int("padding", padding, minimum=0)
     check_bool("flip", flip)
     if padding == 0 and not flip:
         return x
@@ -85,7 +79,7 @@ class RandomCropFlip:
     name = "crop-flip"
 
     def __init__(self, *, padding: int = 4, flip: bool = True) -> None:
-        self.padding = _check_padding(padding)
+        self.padding = check_int("padding", padding, minimum=0)
         self.flip = check_bool("flip", flip)
 
     def __call__(self, x: Tensor, *, generator: int | torch.Generator | None = None) -> Tensor:

@@ -12,8 +12,6 @@ Registered: ``gaussian`` (here), ``stability`` (:mod:`.stability`), ``smoothadv`
 
 from __future__ import annotations
 
-import math
-import numbers
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -23,6 +21,7 @@ from torch import Tensor, nn
 
 from ..noise import Noise
 from ..registry import Registry
+from ..validation import check_bool, check_float, check_int  # re-exported for the methods' modules
 
 __all__ = [
     "GaussianAugmentation",
@@ -91,26 +90,3 @@ class GaussianAugmentation(TrainingMethod):
         logits = model(x + delta)
         return F.cross_entropy(logits, y), logits
 
-
-# ------------------------------------------------------------------ hyperparameter checks
-
-
-def check_int(name: str, value: Any, *, minimum: int) -> int:
-    """``value`` as an int >= ``minimum``; a ValueError naming the hyperparameter otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_float(name: str, value: Any, *, minimum: float = 0.0, strict: bool = False) -> float:
-    """``value`` as a finite float >= ``minimum`` (> if ``strict``); a ValueError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or value < minimum or (strict and value == minimum):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}, got {value!r}")
-    return float(value)
-
-
-def check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")  # noqa: TRY004 (bad hparams: ValueError)
-    return value
