@@ -332,10 +332,9 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
         if args.classifier is None:
             raise ValueError(f"--loss {args.loss} is guided by a frozen classifier: pass --classifier CKPT")
         classifier, cmeta, _ = _load_classifier(args.classifier, device)
-        size = cmeta.input_size if isinstance(cmeta.input_size, list) else [cmeta.input_size] * 2
-        if tuple(info.input_shape) != (cmeta.in_channels, *size):
+        if tuple(info.input_shape) != cmeta.input_shape:
             raise ValueError(f"dataset {args.dataset} gives inputs {tuple(info.input_shape)} but the classifier "
-                             f"expects {(cmeta.in_channels, *size)}")
+                             f"expects {cmeta.input_shape}")
     elif args.classifier is not None:
         raise ValueError(f"--loss {args.loss} does not use a classifier; drop --classifier")
     torch.manual_seed(args.seed)  # weight initialisation
@@ -362,20 +361,31 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------- certify / predict
 
 
-def _smoothed_from_checkpoint(args: argparse.Namespace) -> tuple[SmoothedClassifier, CheckpointMeta, Any]:
+def _dataset_for(args: argparse.Namespace, meta: CheckpointMeta) -> Any:
+    """The ``--dataset`` (default: the checkpoint's) split, refused if its inputs do not fit the model."""
+    args.dataset = args.dataset or meta.dataset
+    dataset = _dataset(args, args.split)
+    shape = tuple(dataset.info.input_shape)
+    if shape != meta.input_shape:
+        raise SystemExit(f"error: dataset {args.dataset} gives inputs {shape} but the model expects {meta.input_shape}")
+    return dataset
+
+
+def _smoothed_from_checkpoint(
+    args: argparse.Namespace, loaded: tuple[nn.Module, CheckpointMeta] | None = None
+) -> tuple[SmoothedClassifier, CheckpointMeta, Any]:
+    """The smoothed classifier of ``--checkpoint`` (or of ``loaded``, the model and metadata already
+    read from it, so a command that looked at the metadata first does not load the file twice)."""
     device = _device(args.device)
-    model, meta, args.checkpoint_sha256 = _load_classifier(args.checkpoint, device)
+    if loaded is None:
+        model, meta, args.checkpoint_sha256 = _load_classifier(args.checkpoint, device)
+    else:
+        model, meta = loaded
     noise_name = args.noise or (meta.noise if meta.noise != "none" else None)
     sigma = args.sigma if args.sigma is not None else (meta.sigma or None)
     if noise_name is None or sigma is None:
         raise SystemExit("error: the checkpoint was trained without noise; pass --noise and --sigma")
-    args.dataset = args.dataset or meta.dataset
-    dataset = _dataset(args, args.split)
-    shape = tuple(dataset.info.input_shape)
-    size = meta.input_size if isinstance(meta.input_size, list) else [meta.input_size] * 2
-    if shape != (meta.in_channels, *size):
-        raise SystemExit(f"error: dataset {args.dataset} gives inputs {shape} but the model expects "
-                         f"{(meta.in_channels, *size)}")
+    dataset = _dataset_for(args, meta)
     noise = get_noise(noise_name, sigma=sigma)
     base, args.denoiser_record = _wrap_denoiser(args, model, noise, meta.in_channels, device)
     smoothed = SmoothedClassifier(base, noise=noise, num_classes=meta.num_classes,
@@ -475,15 +485,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
     model, meta, args.checkpoint_sha256 = _load_classifier(args.checkpoint, device)
     smoothed = args.smoothed if args.smoothed is not None else (args.noise is not None or meta.noise != "none")
     if smoothed:
-        target, meta, dataset = _smoothed_from_checkpoint(args)
+        target, meta, dataset = _smoothed_from_checkpoint(args, (model, meta))
         what = repr(target)
     else:
-        args.dataset = args.dataset or meta.dataset
-        dataset = _dataset(args, args.split)
-        size = meta.input_size if isinstance(meta.input_size, list) else [meta.input_size] * 2
-        if tuple(dataset.info.input_shape) != (meta.in_channels, *size):
-            raise SystemExit(f"error: dataset {args.dataset} gives inputs {tuple(dataset.info.input_shape)} but the "
-                             f"model expects {(meta.in_channels, *size)}")
+        dataset = _dataset_for(args, meta)
         target, what = model, f"the base {meta.arch}"
         if args.denoiser is not None:  # the denoiser is set for a noise level even when only f(D(x)) is attacked
             noise_name = args.noise or (meta.noise if meta.noise != "none" else "gaussian")

@@ -176,6 +176,12 @@ class CheckpointMeta(MetaRecord):
         if not math.isfinite(self.sigma) or self.sigma < 0:
             raise ValueError(f"CheckpointMeta.sigma must be finite and >= 0, got {self.sigma!r}")
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The input the model takes, ``(in_channels, H, W)`` (a square ``input_size`` expanded)."""
+        size = self.input_size if isinstance(self.input_size, list) else [self.input_size] * 2
+        return (self.in_channels, *size)
+
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (lists, not tuples or tensors) suitable for ``torch.save`` and JSON."""
         out = dataclasses.asdict(self)
