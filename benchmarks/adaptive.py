@@ -14,7 +14,8 @@ alpha = 0.001; fixed N = ``--max-n`` (100,000) as the baseline. For each input:
 Targets (issue #3): planned <= 1/5 of fixed-N samples with mean radius loss <= 0.02;
 certify_at >= 10x fewer samples with certified accuracy within 0.5 points at every grid radius.
 
-One JSON line per (sigma, mode). Example (GPU, all defaults, a few minutes on an H100):
+One JSON line per (sigma, mode) on stdout; per-input results are kept in ``--workdir``, so an
+interrupted run resumes where it stopped. Example (GPU, all defaults, a few minutes on an H100):
 
     PYTHONPATH=src python benchmarks/adaptive.py --data-root ../shared/data --device cuda
 
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from smoothcert import SmoothedClassifier, get_noise
 from smoothcert.adaptive import certify_at, certify_planned
@@ -62,6 +64,43 @@ def _model(train_set, name: str, sigma: float, args, device: torch.device, workd
     train(model, train_set, method=get_method("gaussian"), noise=get_noise("gaussian", sigma=sigma), config=config,
           meta=meta, checkpoint=workdir / f"lenet_{name}_sigma{sigma:g}.pt", resume=True, progress=False)
     return model.eval(), time.perf_counter() - t0
+
+
+def _read_cache(path: Path) -> dict[int, dict]:
+    """Per-input records already in ``path``; a torn last line (a kill mid-write) is dropped from the file."""
+    cache: dict[int, dict] = {}
+    if not path.exists():
+        return cache
+    lines = path.read_text().splitlines(keepends=True)
+    for line in lines:
+        if line.endswith("\n"):
+            rec = json.loads(line)
+            cache[int(rec.pop("idx"))] = rec
+    if lines and not lines[-1].endswith("\n"):
+        path.write_text("".join(lines[:-1]))
+    return cache
+
+
+def _one_input(smoothed: SmoothedClassifier, xi: torch.Tensor, i: int, args, batch: int, stages: list[int]) -> dict:
+    """Fixed-N CERTIFY, the planned mode and certify_at on one input ``[1, C, H, W]``, each with its own seed."""
+    seconds = {}
+    t0 = time.perf_counter()
+    c = smoothed.certify(xi, n0=args.n0, n=args.max_n, alpha=args.alpha, batch_size=batch,
+                         generator=input_seed(0, i))
+    seconds["fixed"] = time.perf_counter() - t0
+    rec = {"fixed_r": float(c.radius[0]), "fixed_pred": int(c.prediction[0])}
+    t0 = time.perf_counter()
+    c = certify_planned(smoothed, xi, n0=args.n0, max_n=args.max_n, alpha=args.alpha, batch_size=batch,
+                        radius_loss=args.radius_loss, generator=input_seed(1, i))
+    seconds["planned"] = time.perf_counter() - t0
+    rec |= {"planned_r": float(c.radius[0]), "planned_pred": int(c.prediction[0]),
+            "planned_n": int(c.n_used[0]) + args.n0}
+    t0 = time.perf_counter()
+    a = certify_at(smoothed, xi, RADII, n0=args.n0, alpha=args.alpha, batch_size=batch, stages=stages,
+                   generator=input_seed(2, i))
+    seconds["certify_at"] = time.perf_counter() - t0
+    return rec | {"at_n": int(a.n_used[0]) + args.n0, "at_cert": a.certified[0].tolist(),
+                  "at_pred": int(a.prediction[0]), "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -95,31 +134,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for sigma in args.sigmas:
         model, train_s = _model(train_set, name, sigma, args, device, workdir)
         smoothed = SmoothedClassifier(model, noise=get_noise("gaussian", sigma=sigma), num_classes=10)
-        fixed_r, fixed_pred, planned_r, planned_pred = [], [], [], []
-        planned_n, at_n, at_cert, at_pred = [], [], [], []
-        t = {"fixed": 0.0, "planned": 0.0, "certify_at": 0.0}
-        for j, i in enumerate(idx):
-            xi = x[j : j + 1]
-            t0 = time.perf_counter()
-            c = smoothed.certify(xi, n0=args.n0, n=args.max_n, alpha=args.alpha, batch_size=batch,
-                                 generator=input_seed(0, i))
-            t["fixed"] += time.perf_counter() - t0
-            fixed_r.append(float(c.radius[0]))
-            fixed_pred.append(int(c.prediction[0]))
-            t0 = time.perf_counter()
-            c = certify_planned(smoothed, xi, n0=args.n0, max_n=args.max_n, alpha=args.alpha, batch_size=batch,
-                                radius_loss=args.radius_loss, generator=input_seed(1, i))
-            t["planned"] += time.perf_counter() - t0
-            planned_r.append(float(c.radius[0]))
-            planned_pred.append(int(c.prediction[0]))
-            planned_n.append(int(c.n_used[0]) + args.n0)
-            t0 = time.perf_counter()
-            a = certify_at(smoothed, xi, RADII, n0=args.n0, alpha=args.alpha, batch_size=batch, stages=stages,
-                           generator=input_seed(2, i))
-            t["certify_at"] += time.perf_counter() - t0
-            at_n.append(int(a.n_used[0]) + args.n0)
-            at_cert.append(a.certified[0].numpy())
-            at_pred.append(int(a.prediction[0]))
+        # One JSON line per input in the work directory: an interrupted run keeps what it finished
+        # and a rerun with the same settings only does the rest.
+        cache_path = workdir / (f"inputs_{name}_{args.arch}_e{args.epochs}_sigma{sigma:g}_n{args.max_n}"
+                                f"_n0{args.n0}_a{args.alpha:g}_s{'-'.join(map(str, stages))}_b{batch}"
+                                f"_rl{args.radius_loss:g}.jsonl")
+        cache = _read_cache(cache_path)
+        with cache_path.open("a") as cache_file:
+            for j, i in enumerate(tqdm(idx, desc=f"adaptive sigma={sigma:g}", unit="input")):
+                if i not in cache:
+                    cache[i] = _one_input(smoothed, x[j : j + 1], i, args, batch, stages)
+                    cache_file.write(json.dumps({"idx": i} | cache[i]) + "\n")
+                    cache_file.flush()
+        rec = [cache[i] for i in idx]
+        t = {mode: sum(r["seconds"][mode] for r in rec) for mode in ("fixed", "planned", "certify_at")}
+        fixed_r, fixed_pred = [r["fixed_r"] for r in rec], [r["fixed_pred"] for r in rec]
+        planned_r, planned_pred = [r["planned_r"] for r in rec], [r["planned_pred"] for r in rec]
+        planned_n, at_n = [r["planned_n"] for r in rec], [r["at_n"] for r in rec]
+        at_cert, at_pred = [np.array(r["at_cert"], dtype=bool) for r in rec], [r["at_pred"] for r in rec]
         fixed_r, planned_r = np.array(fixed_r), np.array(planned_r)
         fixed_ok = np.array(fixed_pred) == y.numpy()
         planned_ok = np.array(planned_pred) == y.numpy()
