@@ -134,6 +134,19 @@ def test_shards_cover_the_inputs_once_and_come_from_the_launcher(monkeypatch):
         shard_from_env()
 
 
+def test_packs_are_dealt_out_whole_and_only_what_is_left():
+    indices = list(range(10, 24))  # packs of 4: [10..13] [14..17] [18..21] [22 23]
+    done = {10, 11, 12, 13, 15, 22}  # the first pack is finished, two others partly
+    shares = [Shard(rank=r, world_size=2).take_packs(indices, done, 4) for r in range(2)]
+    assert sorted(sum(shares, [])) == [i for i in indices if i not in done]
+    packs = [set(indices[k : k + 4]) for k in range(0, len(indices), 4)]
+    for p in packs:  # every pack's remaining inputs on exactly one rank
+        assert sum(bool(p & set(share)) for share in shares) <= 1
+    assert shares == [[14, 16, 17, 23], [18, 19, 20, 21]]  # open packs 0 and 2 to rank 0, pack 1 to rank 1
+    assert Shard(rank=1, world_size=3).take_packs(indices, done, 1) == Shard(rank=1, world_size=3).take(
+        [i for i in indices if i not in done])
+
+
 def test_a_single_process_run_resumes_from_part_files(tmp_path):
     torch.manual_seed(0)
     smoothed = SmoothedClassifier(LinearBinary(torch.randn(8), 0.1), noise=get_noise("gaussian", sigma=0.5),
@@ -231,6 +244,26 @@ def test_sharded_certify_equals_one_process_and_resumes(checkpoint, tmp_path):
     assert got[1] == ref[1] and got[3] == ref[3] and got[6] == ref[6]  # kept verbatim
     assert [_stable(g, header) for g in got] == [_stable(r, header) for r in ref]
     assert find_parts(resumed) == []
+
+
+def test_a_sharded_packed_run_gives_each_pack_to_one_rank_and_equals_one_process(checkpoint, tmp_path):
+    # 7 inputs in packs of 3: [0 1 2] [3 4 5] [6], each certified with the stream of its first input
+    # (how the packs are dealt out is checked above; this is the end-to-end row equality).
+    args = lambda out: [*_certify_args(checkpoint, out)[:-2], "--max", "7", "--pack", "3", "--out", str(out)]  # noqa: E731
+    single, sharded = tmp_path / "single.tsv", tmp_path / "sharded.tsv"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(args(single)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    ref = single.read_text().splitlines(keepends=True)
+    header = ref[0].rstrip("\n").split("\t")
+    assert len(ref) == 8
+    run = _launch(2, "-m", "--", "smoothcert", *args(sharded), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = sharded.read_text().splitlines(keepends=True)
+    assert [_stable(g, header) for g in got] == [_stable(r, header) for r in ref]
 
 
 FAILING = """

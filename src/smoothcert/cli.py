@@ -40,6 +40,13 @@ def _batch_arg(text: str) -> int | str:
     return "auto" if text == "auto" else int(text)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _device(name: str | None) -> torch.device:
     if not name:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -432,8 +439,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
         certify_dataset(smoothed, dataset, args.out, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch,
                         seed=args.seed, indices=indices, norm=args.norm, two_class=args.two_class,
                         target=args.target, radius_loss=args.radius_loss, radii=args.radii or (),
-                        stages=args.stages,
-                        config=_run_facts(args, meta), progress=not args.quiet, shard=args.shard)
+                        stages=args.stages, config=_run_facts(args, meta), progress=not args.quiet,
+                        shard=args.shard, pack=args.pack)
     except ConfigMismatchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -454,7 +461,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         predict_dataset(smoothed, dataset, args.out, n=args.n, alpha=args.alpha, batch_size=args.batch,
                         seed=args.seed, indices=indices, config=_run_facts(args, meta), progress=not args.quiet,
-                        shard=args.shard)
+                        shard=args.shard, pack=args.pack)
     except ConfigMismatchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -673,6 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--start", type=int, default=0, help="first index")
         p.add_argument("--batch", type=_batch_arg, default=1000,
                        help="noisy samples per forward pass, or 'auto' (from free memory / --max-batch-bytes)")
+        p.add_argument("--pack", type=_positive_int, default=1,
+                       help="inputs per engine call: their draws share forward passes (counts stay per input); "
+                            "raise it when n0 + n is small against --batch, e.g. PREDICT with n = 1000 on a GPU")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--precision", choices=PRECISIONS, default="fp32")
         p.add_argument("--no-channels-last", action="store_true", help="feed NCHW batches (for models that need it)")

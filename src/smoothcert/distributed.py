@@ -31,7 +31,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +87,14 @@ class Shard:
         """This rank's share of ``indices``: every ``world_size``-th one, starting at ``rank``
         (shares differ in size by at most one and cover ``indices`` exactly once)."""
         return list(indices[self.rank :: self.world_size])
+
+    def take_packs(self, indices: Sequence[int], done: Collection[int], pack: int) -> list[int]:
+        """This rank's inputs not in ``done`` when ``indices`` are cut into fixed packs of ``pack``
+        consecutive ones (certified together): packs with anything left are dealt out whole by
+        :meth:`take`, so no pack is computed on two ranks. ``pack = 1`` is ``take`` of what is left."""
+        packs = [list(indices[k : k + pack]) for k in range(0, len(indices), pack)]
+        open_packs = [p for p in packs if any(i not in done for i in p)]
+        return [i for p in self.take(open_packs) for i in p if i not in done]
 
 
 def _env_int(name: str) -> int | None:
@@ -334,6 +342,7 @@ def result_rows(
     columns: tuple[str, ...] = COLUMNS,
     ignore: tuple[str, ...] = (),
     shard: Shard | None = None,
+    pack: int = 1,
 ) -> Iterator[tuple[ResultWriter, list[int], int]]:
     """Open the rows of one run: yields ``(writer, todo, kept)`` — the writer to append rows to,
     the inputs of ``indices`` this process still has to do, in order, and how many of
@@ -345,7 +354,8 @@ def result_rows(
     Sharded (all ranks enter together; needs :func:`process_group`): rank 0 merges left-over
     parts, checks the configuration against ``out`` and tells the others which inputs are done
     (or why the run is refused); the rest is split by :meth:`Shard.take` and each rank writes
-    its own part file. On leaving, the ranks wait for each other; rank 0 merges the parts into
+    its own part file; with ``pack = K > 1`` the split is by whole packs of K consecutive
+    ``indices`` (inputs certified together), so each pack stays on one rank. On leaving, the ranks wait for each other; rank 0 merges the parts into
     ``out``. An error on one rank is reported at that point — the others' rows are merged and
     kept — and is raised on that rank; a KeyboardInterrupt leaves the part files for the next run.
     """
@@ -386,7 +396,7 @@ def result_rows(
         remaining = [i for i in todo_all if i not in done]
         with ResultWriter(part_path(out, shard.rank, shard.world_size), config=config, columns=columns,
                           ignore=ignore) as writer:
-            mine = [i for i in shard.take(remaining) if i not in writer.done]
+            mine = [i for i in shard.take_packs(todo_all, done, pack) if i not in writer.done]
             try:
                 yield writer, mine, len(todo_all) - len(remaining)
             except Exception as e:
