@@ -20,6 +20,8 @@ from torch import nn
 
 from smoothcert.data import get_dataset
 from smoothcert.denoise import (
+    MULTISTEP_DEFAULTS,
+    default_step_size,
     Denoised,
     DenoiserMeta,
     MultiStepDenoiser,
@@ -81,6 +83,24 @@ def neg_log_p(x: torch.Tensor, mu: torch.Tensor, sigma_level: float) -> torch.Te
 
 
 # ---------------------------------------------------------------- ladder, Tweedie, DSM
+
+
+def test_default_step_moves_a_fixed_fraction_to_the_tweedie_estimate() -> None:
+    # With uniform noise so wide that the box never binds, one multi-step iteration is the score
+    # step alone: x1 = y + alpha s(y, sigma_L) = y + c (tweedie(y) - y) with c = alpha / sigma_L^2,
+    # whatever the ladder's last level; default_step_size gives c = 0.2.
+    mu = torch.full((1, 8), 0.5)
+    y = mu + 0.3 * torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    wide = get_noise("uniform", sigma=100.0)
+    for level in (0.01, 0.05, 0.3):
+        alpha = default_step_size([level])
+        assert alpha == pytest.approx(MULTISTEP_DEFAULTS["step_ratio"] * level**2, rel=1e-12)
+        x1 = multistep_denoise(exact_score(mu), y, wide, ladder=[level], steps_per_level=1, step_size=alpha)
+        tweedie = tweedie_denoise(exact_score(mu), y, sigma=level)
+        torch.testing.assert_close(x1 - y, 0.2 * (tweedie - y), rtol=1e-5, atol=1e-7)
+    assert default_step_size([1.0, 0.1], step_ratio=0.5) == pytest.approx(0.5 * 0.1**2)
+    with pytest.raises(ValueError, match="step_ratio"):
+        default_step_size([0.1], step_ratio=0.0)
 
 
 def test_sigma_ladder_is_geometric_and_validated() -> None:

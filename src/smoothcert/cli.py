@@ -244,7 +244,8 @@ def _add_denoiser_args(p: argparse.ArgumentParser) -> None:
                    help="how a score network denoises (default: one-step for gaussian noise, else multi-step)")
     g.add_argument("--denoise-steps", type=int, default=None, help="multi-step: steps per level T (default 3)")
     g.add_argument("--denoise-step-size", type=float, default=None,
-                   help="multi-step: alpha, the step of the last level (default 2e-5)")
+                   help="multi-step: alpha, the step of the last level (default 0.2 * (last level)^2: each score "
+                        "step moves a fifth of the way to its level's Tweedie estimate)")
     g.add_argument("--denoise-levels", type=float, nargs="+", default=None,
                    help="multi-step: the ladder, decreasing (default: sigma, then the trained levels below it)")
 

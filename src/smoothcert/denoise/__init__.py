@@ -15,8 +15,9 @@ Example (a classifier ``f`` for MNIST, one score network for every noise)::
     score = build_denoiser("scorenet", in_channels=1, width=32)
     train_denoiser(score, get_dataset("mnist", split="train"), loss="dsm",
                    ladder=sigma_ladder(1.0, 0.01, num_levels=10), epochs=20)
-    den = MultiStepDenoiser(score, get_noise("laplace", sigma=0.5),
-                            ladder=sigma_ladder(0.5, 0.01, num_levels=10), steps_per_level=3, step_size=2e-5)
+    ladder = sigma_ladder(0.5, 0.01, num_levels=10)
+    den = MultiStepDenoiser(score, get_noise("laplace", sigma=0.5), ladder=ladder, steps_per_level=3,
+                            step_size=default_step_size(ladder))  # 0.2 * 0.01**2
     smoothed = SmoothedClassifier(Denoised(f, den), noise=get_noise("laplace", sigma=0.5), num_classes=10)
 """
 
@@ -26,7 +27,7 @@ from .checkpoint import (
     read_denoiser_checkpoint,
     save_denoiser,
 )
-from .compose import DENOISE_MODES, MULTISTEP_DEFAULTS, denoiser_for_noise, multistep_ladder
+from .compose import DENOISE_MODES, MULTISTEP_DEFAULTS, default_step_size, denoiser_for_noise, multistep_ladder
 from .losses import (
     ClassificationLoss,
     DenoiserLoss,
@@ -66,6 +67,7 @@ __all__ = [
     "DENOISERS",
     "DENOISE_MODES",
     "MULTISTEP_DEFAULTS",
+    "default_step_size",
     "ClassificationLoss",
     "DSMLoss",
     "Denoised",

@@ -18,16 +18,29 @@ from ..noise import Gaussian, Noise
 from .checkpoint import DenoiserMeta
 from .score import MultiStepDenoiser, OneStepDenoiser, check_ladder
 
-__all__ = ["DENOISE_MODES", "MULTISTEP_DEFAULTS", "denoiser_for_noise", "multistep_ladder"]
+__all__ = ["DENOISE_MODES", "MULTISTEP_DEFAULTS", "default_step_size", "denoiser_for_noise", "multistep_ladder"]
 
 #: How a score network denoises: Tweedie's formula or annealed MAP descent.
 DENOISE_MODES = ("one-step", "multi-step")
 
-#: Default multi-step settings: T = 3 steps per level and alpha = 2e-5, the step of the last level
-#: sigma_L = 0.01 of the default training ladder. Then alpha_i / sigma_i^2 = alpha / sigma_L^2 =
-#: 0.2 at every level: each step moves a fifth of the way towards that level's Tweedie estimate,
-#: and the Gaussian data term's step alpha_i / sigma^2 <= 0.2 stays far below the divergence bound 2.
-MULTISTEP_DEFAULTS = {"steps_per_level": 3, "step_size": 2e-5}
+#: Default multi-step settings: T = 3 steps per level and step ratio c = alpha / sigma_L^2 = 0.2,
+#: where sigma_L is the last level of the annealing ladder. Since alpha_i / sigma_i^2 = alpha /
+#: sigma_L^2 = c at every level, each score step moves the fraction c of the way towards that
+#: level's Tweedie estimate, whatever the ladder (an absolute alpha tuned for one ladder is 25x
+#: too small on a ladder ending at 0.05 instead of 0.01); the Gaussian data term's step
+#: alpha_1 / sigma^2 = c stays far below its divergence bound 2. Chosen by denoising PSNR on MNIST
+#: (benchmarks/multistep_tuning.py, BENCHMARKS.md).
+MULTISTEP_DEFAULTS = {"steps_per_level": 3, "step_ratio": 0.2}
+
+
+def default_step_size(ladder: Sequence[float] | Tensor, *, step_ratio: float | None = None) -> float:
+    """alpha = c sigma_L^2 for the annealing ``ladder`` (c = ``step_ratio``, default
+    :data:`MULTISTEP_DEFAULTS`): the step of the last level that moves each score step the
+    fraction c of the way to its level's Tweedie estimate."""
+    ratio = MULTISTEP_DEFAULTS["step_ratio"] if step_ratio is None else float(step_ratio)
+    if not (math.isfinite(ratio) and ratio > 0):
+        raise ValueError(f"step_ratio must be positive, got {step_ratio}")
+    return ratio * check_ladder(ladder)[-1] ** 2
 
 
 def multistep_ladder(training_ladder: Sequence[float] | Tensor, *, sigma: float) -> list[float]:
@@ -63,8 +76,9 @@ def denoiser_for_noise(
         noise: the smoothing noise.
         mode: score networks only: ``"one-step"`` (Gaussian noise only) or ``"multi-step"``;
             default one-step for Gaussian noise, multi-step otherwise.
-        steps_per_level, step_size, ladder: multi-step only; defaults :data:`MULTISTEP_DEFAULTS`
-            and :func:`multistep_ladder` of the training ladder.
+        steps_per_level, step_size, ladder: multi-step only; defaults: T from
+            :data:`MULTISTEP_DEFAULTS`, :func:`multistep_ladder` of the training ladder, and
+            :func:`default_step_size` of that ladder.
     The result is in eval mode. A denoiser trained for another noise or sigma is returned with a
     warning (the certificate stays valid for the composition; only its accuracy may suffer), and so
     is a score-network denoiser with a sigma outside ``meta.ladder``.
@@ -88,9 +102,10 @@ def denoiser_for_noise(
             raise ValueError(f"the one-step (Tweedie) denoiser holds for Gaussian noise only, not {noise.name}; "
                              "use mode='multi-step'")
         return OneStepDenoiser(net, noise, training_ladder=meta.ladder or None)
+    ladder = ladder if ladder is not None else multistep_ladder(meta.ladder, sigma=noise.sigma)
     return MultiStepDenoiser(
-        net, noise, ladder=ladder if ladder is not None else multistep_ladder(meta.ladder, sigma=noise.sigma),
+        net, noise, ladder=ladder,
         steps_per_level=steps_per_level if steps_per_level is not None else MULTISTEP_DEFAULTS["steps_per_level"],
-        step_size=step_size if step_size is not None else MULTISTEP_DEFAULTS["step_size"],
+        step_size=step_size if step_size is not None else default_step_size(ladder),
         training_ladder=meta.ladder or None,
     )

@@ -370,6 +370,9 @@ class MultiStepDenoiser(nn.Module):
         ladder: ``sigma_1 > ... > sigma_L``; e.g. ``sigma_ladder(noise.sigma, 0.01, num_levels=10)``.
         steps_per_level: T.
         step_size: alpha (the step of the last level; level i steps ``alpha sigma_i^2 / sigma_L^2``).
+            ``alpha / sigma_L^2`` is the fraction of the way to each level's Tweedie estimate that a
+            score step moves, so alpha must scale with the ladder's last level:
+            :func:`~smoothcert.denoise.default_step_size` gives ``0.2 sigma_L^2``.
         training_ladder: the levels the score network was trained at (default: its
             ``training_ladder`` attribute, noted by training and loading); levels of ``ladder``
             outside them get a warning.
