@@ -249,10 +249,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--score-width", type=int, default=32)
     p.add_argument("--ladder", type=float, nargs=3, default=[1.0, 0.01, 10], metavar=("MAX", "MIN", "L"),
                    help="score network's training ladder (geometric; default Song & Ermon's 1.0 .. 0.01, 10 levels)")
-    p.add_argument("--steps", type=int, default=3, help="multi-step: steps per level T")
+    p.add_argument("--steps", type=int, default=None, help="multi-step: steps per level T (default 1)")
     p.add_argument("--step-size", type=float, default=None,
                    help="multi-step: alpha, the step of the last level (default: default_step_size of the ladder, "
-                        "0.2 sigma_L^2)")
+                        "sigma_L^2)")
     p.add_argument("--n", type=int, default=10_000, help="CERTIFY's estimation draws")
     p.add_argument("--n0", type=int, default=100)
     p.add_argument("--alpha", type=float, default=0.001)

@@ -88,13 +88,13 @@ def neg_log_p(x: torch.Tensor, mu: torch.Tensor, sigma_level: float) -> torch.Te
 def test_default_step_moves_a_fixed_fraction_to_the_tweedie_estimate() -> None:
     # With uniform noise so wide that the box never binds, one multi-step iteration is the score
     # step alone: x1 = y + alpha s(y, sigma_L) = y + c (tweedie(y) - y) with c = alpha / sigma_L^2,
-    # whatever the ladder's last level; default_step_size gives c = 0.2.
+    # whatever the ladder's last level (c = 0.2 here; default_step_size's default c is 1).
     mu = torch.full((1, 8), 0.5)
     y = mu + 0.3 * torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
     wide = get_noise("uniform", sigma=100.0)
     for level in (0.01, 0.05, 0.3):
-        alpha = default_step_size([level])
-        assert alpha == pytest.approx(MULTISTEP_DEFAULTS["step_ratio"] * level**2, rel=1e-12)
+        assert default_step_size([level]) == pytest.approx(MULTISTEP_DEFAULTS["step_ratio"] * level**2, rel=1e-12)
+        alpha = default_step_size([level], step_ratio=0.2)
         x1 = multistep_denoise(exact_score(mu), y, wide, ladder=[level], steps_per_level=1, step_size=alpha)
         tweedie = tweedie_denoise(exact_score(mu), y, sigma=level)
         torch.testing.assert_close(x1 - y, 0.2 * (tweedie - y), rtol=1e-5, atol=1e-7)

@@ -159,11 +159,11 @@ def test_multistep_ladder_and_denoiser_for_noise(files) -> None:
     one = denoiser_for_noise(net, meta, get_noise("gaussian", sigma=0.5))
     assert isinstance(one, OneStepDenoiser) and one.sigma == 0.5 and not one.training
     multi = denoiser_for_noise(net, meta, get_noise("uniform", sigma=0.5))
-    assert isinstance(multi, MultiStepDenoiser) and multi.steps_per_level == 3
-    assert multi.ladder[-1] == pytest.approx(0.01) and multi.step_size == pytest.approx(0.2 * 0.01**2, rel=1e-12)
-    # The default alpha follows the ladder's last level (alpha / sigma_L^2 = 0.2 on any ladder) ...
+    assert isinstance(multi, MultiStepDenoiser) and multi.steps_per_level == 1
+    assert multi.ladder[-1] == pytest.approx(0.01) and multi.step_size == pytest.approx(0.01**2, rel=1e-12)
+    # The default alpha follows the ladder's last level (alpha / sigma_L^2 = 1 on any ladder) ...
     short = denoiser_for_noise(net, meta, get_noise("laplace", sigma=0.5), ladder=[0.5, 0.2, 0.05])
-    assert short.step_size == pytest.approx(0.2 * 0.05**2, rel=1e-12)
+    assert short.step_size == pytest.approx(0.05**2, rel=1e-12)
     # ... and an explicit one is kept as given.
     assert denoiser_for_noise(net, meta, get_noise("laplace", sigma=0.5), step_size=3e-6).step_size == 3e-6
     with pytest.warns(UserWarning, match="above the score network's largest trained level"):

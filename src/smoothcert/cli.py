@@ -242,10 +242,10 @@ def _add_denoiser_args(p: argparse.ArgumentParser) -> None:
                         "'ffdnet': the pretrained colour FFDNet at the smoothing sigma (extra 'pretrained')")
     g.add_argument("--denoise", choices=["one-step", "multi-step"], default=None,
                    help="how a score network denoises (default: one-step for gaussian noise, else multi-step)")
-    g.add_argument("--denoise-steps", type=int, default=None, help="multi-step: steps per level T (default 3)")
+    g.add_argument("--denoise-steps", type=int, default=None, help="multi-step: steps per level T (default 1)")
     g.add_argument("--denoise-step-size", type=float, default=None,
-                   help="multi-step: alpha, the step of the last level (default 0.2 * (last level)^2: each score "
-                        "step moves a fifth of the way to its level's Tweedie estimate)")
+                   help="multi-step: alpha, the step of the last level (default (last level)^2: each score step "
+                        "moves to its level's Tweedie estimate; alpha / (last level)^2 is that fraction)")
     g.add_argument("--denoise-levels", type=float, nargs="+", default=None,
                    help="multi-step: the ladder, decreasing (default: sigma, then the trained levels below it)")
 

@@ -16,8 +16,8 @@ Example (a classifier ``f`` for MNIST, one score network for every noise)::
     train_denoiser(score, get_dataset("mnist", split="train"), loss="dsm",
                    ladder=sigma_ladder(1.0, 0.01, num_levels=10), epochs=20)
     ladder = sigma_ladder(0.5, 0.01, num_levels=10)
-    den = MultiStepDenoiser(score, get_noise("laplace", sigma=0.5), ladder=ladder, steps_per_level=3,
-                            step_size=default_step_size(ladder))  # 0.2 * 0.01**2
+    den = MultiStepDenoiser(score, get_noise("laplace", sigma=0.5), ladder=ladder, steps_per_level=1,
+                            step_size=default_step_size(ladder))  # 0.01**2
     smoothed = SmoothedClassifier(Denoised(f, den), noise=get_noise("laplace", sigma=0.5), num_classes=10)
 """
 

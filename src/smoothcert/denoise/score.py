@@ -372,7 +372,7 @@ class MultiStepDenoiser(nn.Module):
         step_size: alpha (the step of the last level; level i steps ``alpha sigma_i^2 / sigma_L^2``).
             ``alpha / sigma_L^2`` is the fraction of the way to each level's Tweedie estimate that a
             score step moves, so alpha must scale with the ladder's last level:
-            :func:`~smoothcert.denoise.default_step_size` gives ``0.2 sigma_L^2``.
+            :func:`~smoothcert.denoise.default_step_size` gives ``sigma_L^2`` (c = 1).
         training_ladder: the levels the score network was trained at (default: its
             ``training_ladder`` attribute, noted by training and loading); levels of ``ladder``
             outside them get a warning.
