@@ -301,7 +301,7 @@ def _engine_options(
     requested: dict[str, Any] = {}
     if args.channels_last is not None:
         requested["channels_last"] = args.channels_last
-    for key in ("compile", "fixed_shape", "max_batch_bytes"):
+    for key in ("compile", "compile_mode", "fixed_shape", "max_batch_bytes"):
         if getattr(args, key) is not None:
             requested[key] = getattr(args, key)
     init_kw: dict[str, Any] = {}
@@ -419,6 +419,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                    help="smoothcert's channels_last (default: the engine's default)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="smoothcert's compile (torch.compile), where supported (default: the engine's)")
+    p.add_argument("--compile-mode", default=None,
+                   help="smoothcert's torch.compile mode, e.g. reduce-overhead (CUDA graphs); implies --compile")
     p.add_argument("--fixed-shape", action=argparse.BooleanOptionalAction, default=None,
                    help="smoothcert's fixed_shape (every batch the same shape), where supported "
                    "(default: the engine's)")

@@ -1,5 +1,6 @@
 """The command line end to end on tiny data: train, certify (with resume), predict, analyze, plot."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,16 @@ def test_adaptive_target_and_engine_options(checkpoint, tmp_path):
     assert all(0 < int(r[n_col]) <= 64 for r in rows[1:])
     config = (tmp_path / "r.tsv.json").read_text()
     assert '"target": "radius"' in config and '"channels_last": false' in config and '"batch_size": "auto"' in config
+
+
+def test_compile_mode_and_pack_reach_the_engine_and_the_record(checkpoint, tmp_path, monkeypatch):
+    modes: list = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: modes.append(kw.get("mode")) or module)
+    out = tmp_path / "r.tsv"
+    assert _certify(checkpoint, out, "--max", "3", "--compile-mode", "reduce-overhead", "--pack", "2") == 0
+    assert modes == ["reduce-overhead"] and _idx(out) == [0, 1, 2]
+    config = json.loads((tmp_path / "r.tsv.json").read_text())
+    assert config["compile"] is True and config["compile_mode"] == "reduce-overhead" and config["pack"] == 2
 
 
 def test_grid_target_rows_give_exact_certified_accuracy_at_the_grid(checkpoint, tmp_path, capsys):

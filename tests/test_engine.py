@@ -365,6 +365,28 @@ def test_compile_is_built_once_warmed_per_shape_and_excluded_from_timings(monkey
     assert torch.equal(plain.certify(x, n0=50, n=1000, alpha=0.01, batch_size=256, generator=4).counts, cert.counts)
 
 
+def test_compile_mode_reaches_torch_compile_and_is_recorded(monkeypatch):
+    modes: list = []
+
+    def compile_(module, *, dynamic=None, mode=None):
+        modes.append((dynamic, mode))
+        return module
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    model, x, _ = _image_model_and_inputs(0.25)
+    noise = get_noise("gaussian", sigma=0.25)
+    s = SmoothedClassifier(model, noise=noise, num_classes=2, compile_mode="reduce-overhead")
+    assert s.compile and s.fixed_shape and s.settings()["compile_mode"] == "reduce-overhead"
+    assert "compile_mode='reduce-overhead'" in repr(s)
+    cert = s.certify(x, n0=20, n=200, alpha=0.01, batch_size=64, generator=1)
+    assert modes == [(False, "reduce-overhead")]  # CPU: no CUDA-graph step marking, one warm-up pass
+    plain = SmoothedClassifier(model, noise=noise, num_classes=2, fixed_shape=True)
+    assert torch.equal(plain.certify(x, n0=20, n=200, alpha=0.01, batch_size=64, generator=1).counts, cert.counts)
+    assert SmoothedClassifier(model, noise=noise, num_classes=2, compile=True).settings()["compile_mode"] is None
+    with pytest.raises(ValueError, match="compile_mode"):
+        SmoothedClassifier(model, noise=noise, num_classes=2, compile_mode="fastest")
+
+
 def test_compile_failure_is_a_clear_error(monkeypatch):
     def broken_compile(module, **kwargs):
         def run(x):

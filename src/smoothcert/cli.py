@@ -29,7 +29,7 @@ from .noise import get_noise, list_noises
 from .results import ConfigMismatchError
 from .robustness import ATTACKS, attack_dataset, summary_table
 from .sampling import PRECISIONS
-from .smooth import SmoothedClassifier
+from .smooth import COMPILE_MODES, SmoothedClassifier
 from .train import RandomCropFlip, TrainConfig, TrainingMethod, get_method, list_methods, train
 
 #: Radii of the certified-accuracy tables (Cohen et al. 2019 report 0, 0.25, ..., in l2).
@@ -398,7 +398,8 @@ def _smoothed_from_checkpoint(
     base, args.denoiser_record = _wrap_denoiser(args, model, noise, meta.in_channels, device)
     smoothed = SmoothedClassifier(base, noise=noise, num_classes=meta.num_classes,
                                   precision=args.precision, channels_last=not args.no_channels_last,
-                                  compile=args.compile, fixed_shape=args.fixed_shape,
+                                  compile=args.compile, compile_mode=args.compile_mode,
+                                  fixed_shape=args.fixed_shape,
                                   max_batch_bytes=args.max_batch_bytes,
                                   allow_unbounded=args.allow_unbounded)
     return smoothed, meta, dataset
@@ -689,6 +690,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-channels-last", action="store_true", help="feed NCHW batches (for models that need it)")
         p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                        help="torch.compile the model (warm-up excluded from timings; for GPUs)")
+        p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
+                       help="torch.compile mode (implies --compile); reduce-overhead replays CUDA graphs")
         p.add_argument("--fixed-shape", action=argparse.BooleanOptionalAction, default=None,
                        help="pad every forward pass to --batch rows (default: on with --compile)")
         p.add_argument("--max-batch-bytes", type=int, default=None, help="memory budget of --batch auto (bytes)")
@@ -732,7 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True, help="result TSV; re-running the same command resumes it")
     _add_denoiser_args(p)
-    p.set_defaults(func=cmd_attack, compile=False, fixed_shape=None, max_batch_bytes=None)
+    p.set_defaults(func=cmd_attack, compile=False, compile_mode=None, fixed_shape=None, max_batch_bytes=None)
 
     p = sub.add_parser("merge", help="merge a sharded (torchrun) run's part files into its result file")
     p.add_argument("out", help="the result TSV (its part files are <out>.part-<rank>-of-<size>)")
