@@ -10,6 +10,10 @@ alpha = 0.001; fixed N = ``--max-n`` (100,000) as the baseline. For each input:
 * ``certify_at``: :func:`smoothcert.adaptive.certify_at` on the radius grid 0, 0.25, ..., 2.0 with
   stages 1k/10k/max_n; reports mean samples and the largest gap (in points) between its certified
   accuracy and fixed N's at any grid radius.
+* ``certify_at_auto``: the same with ``stages="auto"`` (:func:`smoothcert.adaptive.grid_stages`:
+  where unanimous draws first certify each grid radius), and the lower bound on the mean samples
+  of *any* level-alpha test that certifies what fixed N certifies (``valid_test_floor``): an input
+  certified at grid radius r after n draws that all agree needs pA_needed(r)^n <= alpha.
 
 Targets (issue #3): planned <= 1/5 of fixed-N samples with mean radius loss <= 0.02;
 certify_at >= 10x fewer samples with certified accuracy within 0.5 points at every grid radius.
@@ -38,7 +42,7 @@ import torch
 from tqdm import tqdm
 
 from smoothcert import SmoothedClassifier, get_noise
-from smoothcert.adaptive import certify_at, certify_planned
+from smoothcert.adaptive import certify_at, certify_planned, grid_stages, required_p_lower
 from smoothcert.data import get_dataset
 from smoothcert.evaluate import input_seed, select_indices
 from smoothcert.models import CheckpointMeta, build_model
@@ -103,6 +107,15 @@ def _one_input(smoothed: SmoothedClassifier, xi: torch.Tensor, i: int, args, bat
                   "at_pred": int(a.prediction[0]), "seconds": seconds}
 
 
+def _auto_input(smoothed: SmoothedClassifier, xi: torch.Tensor, i: int, args, batch: int) -> dict:
+    """certify_at with stages="auto" on one input (its own seed)."""
+    t0 = time.perf_counter()
+    a = certify_at(smoothed, xi, RADII, n0=args.n0, alpha=args.alpha, batch_size=batch, stages="auto",
+                   max_n=args.max_n, generator=input_seed(3, i))
+    return {"auto_n": int(a.n_used[0]) + args.n0, "auto_cert": a.certified[0].tolist(),
+            "auto_pred": int(a.prediction[0]), "auto_seconds": time.perf_counter() - t0}
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default=None)
@@ -144,7 +157,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for j, i in enumerate(tqdm(idx, desc=f"adaptive sigma={sigma:g}", unit="input")):
                 if i not in cache:
                     cache[i] = _one_input(smoothed, x[j : j + 1], i, args, batch, stages)
-                    cache_file.write(json.dumps({"idx": i} | cache[i]) + "\n")
+                if "auto_n" not in cache[i]:  # added later: records without it get it now
+                    cache[i] |= _auto_input(smoothed, x[j : j + 1], i, args, batch)
+                    cache_file.write(json.dumps({"idx": i} | cache[i]) + "\n")  # the last line per idx wins
                     cache_file.flush()
         rec = [cache[i] for i in idx]
         t = {mode: sum(r["seconds"][mode] for r in rec) for mode in ("fixed", "planned", "certify_at")}
@@ -152,6 +167,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         planned_r, planned_pred = [r["planned_r"] for r in rec], [r["planned_pred"] for r in rec]
         planned_n, at_n = [r["planned_n"] for r in rec], [r["at_n"] for r in rec]
         at_cert, at_pred = [np.array(r["at_cert"], dtype=bool) for r in rec], [r["at_pred"] for r in rec]
+        auto_n = [r["auto_n"] for r in rec]
+        auto_cert = np.stack([np.array(r["auto_cert"], dtype=bool) for r in rec])
+        auto_ok = np.array([r["auto_pred"] for r in rec]) == y.numpy()
         fixed_r, planned_r = np.array(fixed_r), np.array(planned_r)
         fixed_ok = np.array(fixed_pred) == y.numpy()
         planned_ok = np.array(planned_pred) == y.numpy()
@@ -160,6 +178,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         change = np.where(fixed_ok, fixed_r, 0) - np.where(planned_ok, planned_r, 0)
         fixed_acc = np.array([np.mean(fixed_ok & (fixed_r >= r)) for r in RADII])
         at_acc = (np.stack(at_cert) & at_ok[:, None]).mean(axis=0)
+        auto_acc = (auto_cert & auto_ok[:, None]).mean(axis=0)
+        # Floor for any valid test: an input fixed N certifies at grid radius r (correctly) needs at
+        # least ln(alpha) / ln(pA_needed(r)) draws, even if all agree; others need at least n0.
+        need = required_p_lower(smoothed.noise, RADII).numpy()
+        floor_n = np.where(need < 1, np.log(args.alpha) / np.log(np.minimum(need, 1 - 1e-300)), np.inf)
+        top = [max((k for k, r in enumerate(RADII) if ok and fr >= r), default=None)
+               for ok, fr in zip(fixed_ok, fixed_r)]
+        floor = np.mean([args.n0 + (np.ceil(floor_n[k]) if k is not None else 0) for k in top])
         common = {"benchmark": "adaptive", "device": str(device), "device_name": torch.cuda.get_device_name(device)
                   if device.type == "cuda" else platform.processor() or platform.machine(), "torch": torch.__version__,
                   "dataset": name, "arch": args.arch, "train_epochs": args.epochs, "train_seconds": round(train_s, 1),
@@ -180,6 +206,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       "certified_accuracy_at": at_acc.round(4).tolist(),
                       "max_gap_points": float(100 * np.max(np.abs(fixed_acc - at_acc))),
                       "seconds": round(t["certify_at"], 2)},
+            common | {"mode": "certify_at_auto", "radii": RADII,
+                      "stages": grid_stages(smoothed.noise, RADII, alpha=args.alpha, max_n=args.max_n),
+                      "mean_samples": float(np.mean(auto_n)), "samples_ratio": fixed_samples / float(np.mean(auto_n)),
+                      "valid_test_floor_mean_samples": float(floor),
+                      "valid_test_floor_ratio": fixed_samples / float(floor),
+                      "certified_accuracy_fixed": fixed_acc.round(4).tolist(),
+                      "certified_accuracy_at": auto_acc.round(4).tolist(),
+                      "max_gap_points": float(100 * np.max(np.abs(fixed_acc - auto_acc))),
+                      "seconds": round(sum(r["auto_seconds"] for r in rec), 2)},
         ]
         for row in rows:
             print(json.dumps(row), flush=True)

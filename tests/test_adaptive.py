@@ -12,6 +12,7 @@ from smoothcert import SmoothedClassifier, get_noise
 from smoothcert.adaptive import (
     certify_at,
     certify_planned,
+    grid_stages,
     plan_sample_size,
     required_p_lower,
     sample_size_grid,
@@ -159,3 +160,48 @@ def test_planned_grid_never_exceeds_max_n():
     noise = get_noise("gaussian", sigma=0.5)
     n = plan_sample_size(np.array([1.0]), noise=noise, alpha=0.01, max_n=2000, radius_loss=0.0, grid=[100, 5000])
     assert n.tolist() == [2000]
+
+
+def test_grid_stages_are_where_unanimous_draws_first_certify_each_radius():
+    # Gaussian sigma 0.25, alpha 0.001, max_n 100k: r = 1.0 needs pA > Phi(4), out of reach
+    # (0.001^(1/100000) = Phi(3.81)); the others get the smallest n with (alpha/S)^(1/n) > Phi(r/sigma).
+    noise = get_noise("gaussian", sigma=0.25)
+    radii = [0.0, 0.25, 0.5, 0.75, 1.0]
+    stages = grid_stages(noise, radii, alpha=0.001, max_n=100_000, min_stage=1)
+    assert stages[-1] == 100_000 and len(stages) == 5  # r = 0 .. 0.75, then max_n
+    a_s = 0.001 / len(stages)
+    for r, n in zip(radii[:4], stages[:4]):
+        need = 0.5 if r == 0 else normal.cdf(r / 0.25)
+        assert a_s ** (1 / n) > need >= a_s ** (1 / (n - 1))  # first n that certifies r
+    assert grid_stages(noise, radii, alpha=0.001, max_n=100_000)[0] == 100  # min_stage
+    assert grid_stages(noise, [5.0], alpha=0.001, max_n=1000) == [1000]  # nothing reachable
+    assert grid_stages(noise, [0.0, 0.1], alpha=0.1, max_n=64) == [64]  # min_stage 100 capped at max_n
+    with pytest.raises(ValueError, match="max_n"):
+        grid_stages(noise, radii, alpha=0.001, max_n=0)
+
+
+def test_auto_stages_stop_unanimous_inputs_at_the_lower_bound_and_keep_coverage():
+    # Far from the boundary (pA = 1 in practice): the input stops at the stage of the largest
+    # radius it can reach, i.e. with about the fewest draws any level-alpha test could use.
+    model, x = _copies(0.0, 3, d=2)
+    x[:, 0] = 0.9
+    smoothed = SmoothedClassifier(model, noise=get_noise("gaussian", sigma=0.1), num_classes=2)
+    radii = [0.1, 0.2, 0.3, 0.5]
+    res = certify_at(smoothed, x, radii, n0=50, alpha=0.001, batch_size=100_000, stages="auto", max_n=100_000,
+                     generator=0)
+    stages = grid_stages(smoothed.noise, radii, alpha=0.001, max_n=100_000, dim=2)
+    assert res.certified[:, :3].all() and not res.certified[:, 3].any()  # 0.5 = 5 sigma: out of reach
+    assert res.n_used.tolist() == [stages[2]] * 3 and stages[2] < 10_000
+    lower = math.log(0.001) / math.log(normal.cdf(0.3 / 0.1))  # any valid test: pA_needed^n <= alpha
+    split = math.log(0.001 / len(stages)) / math.log(0.001)  # the price of the alpha split: 1.2 for S = 4
+    assert len(stages) == 4 and lower <= stages[2] <= split * lower + 1
+    # Coverage at a radius just beyond the truth, as for explicit stages.
+    model, x = _copies(0.5, 1000)
+    smoothed = SmoothedClassifier(model, noise=get_noise("gaussian", sigma=1.0), num_classes=2)
+    res = certify_at(smoothed, x, [0.45, 0.55], n0=20, alpha=0.1, batch_size=200_000, stages="auto", max_n=4000,
+                     generator=5)
+    assert res.certified[:, 1].double().mean().item() <= 0.1 + 4 * math.sqrt(0.1 * 0.9 / 1000)
+    with pytest.raises(ValueError, match="auto"):
+        certify_at(smoothed, x[:1], 0.1, n0=10, alpha=0.01, batch_size=8, stages="auto")  # no max_n
+    with pytest.raises(ValueError, match="max_n"):
+        certify_at(smoothed, x[:1], 0.1, n0=10, alpha=0.01, batch_size=8, stages=(100,), max_n=100)

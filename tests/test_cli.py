@@ -164,3 +164,15 @@ def test_grid_target_rows_give_exact_certified_accuracy_at_the_grid(checkpoint, 
     capsys.readouterr()
     assert main(["analyze", str(out), "--radii", "0", "0.1", "0.2"]) == 0
     assert "r = 0.1" in capsys.readouterr().out
+
+
+def test_grid_target_with_auto_stages(checkpoint, tmp_path, capsys):
+    out = tmp_path / "a.tsv"
+    assert _certify(checkpoint, out, "--max", "3", "--target", "grid", "--radii", "0", "0.1", "0.2",
+                    "--stages", "auto") == 0
+    res = load_results(out)
+    assert len(res.radius) == 3 and set(res.radius.tolist()) <= {0.0, 0.1, 0.2}
+    assert all(0 < n <= 64 for n in res.extra["n"].tolist())
+    assert json.loads((tmp_path / "a.tsv.json").read_text())["stages"] == "auto"
+    with pytest.raises(SystemExit, match="alone"):
+        _certify(checkpoint, tmp_path / "b.tsv", "--target", "grid", "--radii", "0.1", "--stages", "auto", "100")

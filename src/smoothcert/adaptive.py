@@ -16,6 +16,9 @@ Two modes (issue #3):
   any stage keeps the guarantee. A radius is decided "certified" as soon as the bound passes the
   pA it needs, and "not certified" as soon as even the last stage could not plausibly get there
   (a "not certified" answer is always sound; this rule only trades power for samples).
+  ``stages="auto"`` (:func:`grid_stages`) puts the stages where an input whose draws all agree
+  first certifies each radius of the grid: such an input then stops at the fewest draws any
+  valid test could use for the largest radius it reaches (see :func:`grid_stages`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = [
     "CertifyAtResult",
     "certify_at",
     "certify_planned",
+    "grid_stages",
     "plan_sample_size",
     "required_p_lower",
     "sample_size_grid",
@@ -63,6 +67,44 @@ def required_p_lower(
         hi = torch.where(ok, mid, hi)
         lo = torch.where(ok, lo, mid)
     return torch.where(r == 0, torch.full_like(r, 0.5), hi)
+
+
+def grid_stages(
+    noise: Noise,
+    radii: Sequence[float] | Tensor,
+    *,
+    alpha: float,
+    max_n: int,
+    norm: str | None = None,
+    dim: int | None = None,
+    min_stage: int = 100,
+) -> list[int]:
+    """Stages of :func:`certify_at` for a radius grid: for each radius r, the fewest draws n_r after
+    which an input whose draws all agree is certified at r (Clopper–Pearson at k = n is
+    ``(alpha/S)^(1/n)``, so n_r is the smallest n with ``(alpha/S)^(1/n) > pA_needed(r)``), for
+    radii reachable within ``max_n``; then ``max_n``. S is the number of stages itself (fixed
+    point). Stages below ``min_stage`` are raised to it (never beyond ``max_n``).
+
+    Why these: any level-alpha test that certifies r after n unanimous draws needs
+    ``pA_needed(r)^n <= alpha`` (otherwise pA = pA_needed(r) would produce that outcome with
+    probability above alpha), i.e. about n_r draws up to the ln(S) of the alpha split. Inputs with
+    pA ~ 1, the common case on easy data, stop at the stage of the largest radius they reach.
+    Returns sorted distinct stages, the last ``max_n``.
+    """
+    alpha = check_alpha(alpha)
+    if int(max_n) != max_n or max_n < 1:
+        raise ValueError(f"max_n must be a positive integer, got {max_n}")
+    need = required_p_lower(noise, radii, norm=norm, dim=dim).numpy().reshape(-1)
+    need = need[need < 1.0]  # a radius no pA < 1 reaches is never certified: no stage for it
+    stages = [int(max_n)]
+    for _ in range(len(need) + 2):  # S only grows while stages cross max_n or merge; a few rounds
+        log_a = math.log(alpha / len(stages))
+        n_r = np.floor(log_a / np.log(need)) + 1
+        new = sorted({min(max(int(min_stage), int(n)), int(max_n)) for n in n_r if n < max_n} | {int(max_n)})
+        if new == stages:
+            break
+        stages = new
+    return stages
 
 
 def sample_size_grid(max_n: int, *, smallest: int = 1000, factor: float = 1.25) -> list[int]:
@@ -213,7 +255,8 @@ def certify_at(
     n0: int,
     alpha: float,
     batch_size: int | str,
-    stages: Sequence[int] = (1_000, 10_000, 100_000),
+    stages: Sequence[int] | str = (1_000, 10_000, 100_000),
+    max_n: int | None = None,
     generator: int | torch.Generator | None = None,
     norm: str | None = None,
 ) -> CertifyAtResult:
@@ -224,15 +267,23 @@ def certify_at(
     stops once every radius is decided: certified when the stage's lower bound on pA reaches the pA
     that radius needs (:func:`required_p_lower`); not certified when even the last stage could not
     reach it if pA were as high as the stage's upper bound (same level).
+    ``stages="auto"``: :func:`grid_stages` of the radii up to ``max_n`` draws (required then).
     """
     alpha = check_alpha(alpha)
+    norm = smoothed.noise.check_norm(norm)
+    if isinstance(stages, str) and (stages != "auto" or max_n is None):
+        raise ValueError(f"stages must be sample sizes or 'auto' (with max_n), got {stages!r}")
+    if not isinstance(stages, str) and max_n is not None:
+        raise ValueError("max_n goes with stages='auto'; with explicit stages the last one is the maximum")
+    x, gen = smoothed._prepare(x, generator)
+    dim = math.prod(x.shape[1:])
+    if stages == "auto":
+        stages = grid_stages(smoothed.noise, torch.as_tensor(radius, dtype=torch.float64).reshape(-1),
+                             alpha=alpha, max_n=max_n, norm=norm, dim=dim)
     stages = sorted(int(s) for s in stages)
     if not stages or stages[0] < 1 or len(set(stages)) != len(stages):
         raise ValueError(f"stages must be distinct positive sample sizes, got {stages}")
     check_sample_sizes(n=stages[-1], n0=n0, batch_size=batch_size)
-    norm = smoothed.noise.check_norm(norm)
-    x, gen = smoothed._prepare(x, generator)
-    dim = math.prod(x.shape[1:])
     batch_size = smoothed._start_engine(x, batch_size, draws=(n0, stages[0], *np.diff(stages)))
     radii = torch.as_tensor(radius, dtype=torch.float64).reshape(-1).cpu()
     if radii.numel() == 0:

@@ -40,6 +40,19 @@ def _batch_arg(text: str) -> int | str:
     return "auto" if text == "auto" else int(text)
 
 
+def _stages_arg(text: str) -> int | str:
+    return "auto" if text == "auto" else int(text)
+
+
+def _stages(values: list[int | str] | None) -> list[int] | str | None:
+    """--stages as certify_dataset takes it: None, sample sizes, or "auto" (alone)."""
+    if values is None or "auto" not in values:
+        return values
+    if len(values) > 1:
+        raise SystemExit("error: --stages auto stands alone (the stages are then chosen from --radii and --n)")
+    return "auto"
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -441,7 +454,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
         certify_dataset(smoothed, dataset, args.out, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch,
                         seed=args.seed, indices=indices, norm=args.norm, two_class=args.two_class,
                         target=args.target, radius_loss=args.radius_loss, radii=args.radii or (),
-                        stages=args.stages, config=_run_facts(args, meta), progress=not args.quiet,
+                        stages=_stages(args.stages), config=_run_facts(args, meta), progress=not args.quiet,
                         shard=args.shard, pack=args.pack)
     except ConfigMismatchError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -671,8 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="radius: plan the draws per input from the n0 pilot, at most --n (column n = used); "
                                 "grid: decide only the --radii with a staged test (radius column = largest certified)")
             p.add_argument("--radii", type=float, nargs="+", default=None, help="with --target grid: radii to decide")
-            p.add_argument("--stages", type=int, nargs="+", default=None,
-                           help="with --target grid: cumulative draws of the stages before the last, --n (default 1000 10000)")
+            p.add_argument("--stages", type=_stages_arg, nargs="+", default=None,
+                           help="with --target grid: cumulative draws of the stages before the last, --n "
+                                "(default 1000 10000), or 'auto': where unanimous draws first certify each radius")
             p.add_argument("--radius-loss", type=float, default=0.02,
                            help="with --target radius: radius the plan may give up against --n draws")
         p.add_argument("--n", type=int, default=100_000, help="estimation draws")

@@ -118,7 +118,7 @@ def certify_dataset(
     target: str = "fixed",
     radius_loss: float = 0.02,
     radii: Sequence[float] = (),
-    stages: Sequence[int] | None = None,
+    stages: Sequence[int] | str | None = None,
     config: dict[str, Any] | None = None,
     progress: bool = True,
     shard: Shard | None = None,
@@ -128,7 +128,8 @@ def certify_dataset(
 
     ``target``: "fixed" (n draws), "radius" (draws planned per input, at most n; see
     :meth:`SmoothedClassifier.certify`) or "grid": :meth:`SmoothedClassifier.certify_at` on
-    ``radii`` with ``stages`` (default 1k, 10k; n is always the last), whose row holds as ``radius`` the largest grid
+    ``radii`` with ``stages`` (default 1k, 10k; n is always the last; ``"auto"``: where unanimous draws first
+    certify each grid radius, see :func:`smoothcert.adaptive.grid_stages`), whose row holds as ``radius`` the largest grid
     radius certified — exact certified accuracy at those radii, but a lower bound on the radius
     (ACR understates) — and ``count_b`` = -1 (not tracked).
 
@@ -157,7 +158,8 @@ def certify_dataset(
         adaptive = {"target": target, "radius_loss": radius_loss}
     elif target == "grid":
         # n is always the last stage; earlier stages beyond it are dropped.
-        stages = sorted({int(s) for s in (stages or (1000, 10_000)) if s < n} | {n})
+        if stages != "auto":
+            stages = sorted({int(s) for s in (stages or (1000, 10_000)) if s < n} | {n})
         if not radii:
             raise ValueError("target='grid' needs the radii to decide (--radii)")
         adaptive = {"target": target, "radii": [float(r) for r in radii], "stages": stages}
@@ -174,7 +176,7 @@ def certify_dataset(
             if target == "grid":
                 cert = _grid_certificate(smoothed.certify_at(
                     x, radii, n0=n0, alpha=alpha, batch_size=batch_size, stages=stages,
-                    generator=input_seed(seed, group[0]), norm=norm))
+                    max_n=n if stages == "auto" else None, generator=input_seed(seed, group[0]), norm=norm))
             else:
                 cert = smoothed.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
                                         generator=input_seed(seed, group[0]), norm=norm, two_class=two_class,

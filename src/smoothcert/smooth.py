@@ -554,15 +554,17 @@ class SmoothedClassifier:
         n0: int,
         alpha: float,
         batch_size: int | str,
-        stages: Sequence[int] = (1_000, 10_000, 100_000),
+        stages: Sequence[int] | str = (1_000, 10_000, 100_000),
+        max_n: int | None = None,
         generator: int | torch.Generator | None = None,
         norm: str | None = None,
     ) -> CertifyAtResult:
         """Is g certified at each of ``radius`` (one or several) for each input? A staged
         sequential test that stops as soon as every radius is decided; with probability at least
-        1 - alpha per input every "certified" answer is right. See
+        1 - alpha per input every "certified" answer is right. ``stages="auto"`` with ``max_n``
+        places the stages where unanimous draws first certify each radius. See
         :func:`smoothcert.adaptive.certify_at`."""
         from .adaptive import certify_at
 
         return certify_at(self, x, radius, n0=n0, alpha=alpha, batch_size=batch_size, stages=stages,
-                          generator=generator, norm=norm)
+                          max_n=max_n, generator=generator, norm=norm)
