@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             psnr_of = lambda d: denoising_psnr(_Clamped(d), test_images, noise=noise, seed=args.seed)  # noqa: E731
             rows.append(base | {"denoiser": "none", "psnr": round(psnr_of(nn.Identity()), 3)})
             if noise_name == "gaussian":
-                rows.append(base | {"denoiser": "one-step",
-                                    "psnr": round(psnr_of(OneStepDenoiser(score, noise, training_ladder=meta.ladder)), 3)})
+                one_step = OneStepDenoiser(score, noise, training_ladder=meta.ladder)
+                rows.append(base | {"denoiser": "one-step", "psnr": round(psnr_of(one_step), 3)})
             for steps in args.steps:
                 for ratio in args.ratios:
                     step_size = ratio * ladder[-1] ** 2

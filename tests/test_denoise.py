@@ -21,13 +21,13 @@ from torch import nn
 from smoothcert.data import get_dataset
 from smoothcert.denoise import (
     MULTISTEP_DEFAULTS,
-    default_step_size,
     Denoised,
     DenoiserMeta,
     MultiStepDenoiser,
     OneStepDenoiser,
     build_denoiser,
     check_ladder,
+    default_step_size,
     denoiser_kind,
     denoising_psnr,
     dsm_loss,

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from scipy.stats import norm
 from linear import LinearBinary
+from scipy.stats import norm
 from torch.utils.data import TensorDataset
 
 from smoothcert import SmoothedClassifier, get_noise

@@ -128,8 +128,9 @@ def certify_dataset(
 
     ``target``: "fixed" (n draws), "radius" (draws planned per input, at most n; see
     :meth:`SmoothedClassifier.certify`) or "grid": :meth:`SmoothedClassifier.certify_at` on
-    ``radii`` with ``stages`` (default 1k, 10k; n is always the last; ``"auto"``: where unanimous draws first
-    certify each grid radius, see :func:`smoothcert.adaptive.grid_stages`), whose row holds as ``radius`` the largest grid
+    ``radii`` with ``stages`` (default 1k, 10k; n is always the last; ``"auto"``: where unanimous
+    draws first certify each grid radius, see :func:`smoothcert.adaptive.grid_stages`), whose row
+    holds as ``radius`` the largest grid
     radius certified — exact certified accuracy at those radii, but a lower bound on the radius
     (ACR understates) — and ``count_b`` = -1 (not tracked).
 
