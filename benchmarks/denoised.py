@@ -36,7 +36,7 @@ Smoke run (CPU, about a minute; tiny networks, a few inputs, meaningless numbers
 
     PYTHONPATH=src python benchmarks/denoised.py --datasets embedded --noises gaussian laplace \\
         --sigmas 0.5 --n 100 --n0 10 --max 4 --epochs 1 --limit 256 --psnr-images 16 \\
-        --dncnn-depth 3 --dncnn-width 8 --score-width 8 --ladder 1.0 0.01 4 --steps 1 --workdir /tmp/bench_dn
+        --dncnn-depth 3 --dncnn-width 8 --score-width 8 --ladder 1.0 0.01 4 --workdir /tmp/bench_dn
 """
 
 from __future__ import annotations
@@ -88,17 +88,6 @@ DENOISER_LR, DENOISER_BATCH = 1e-3, 128
 def _default_root() -> str | None:
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     return str(shared) if shared.is_dir() else None
-
-
-class _Clamped(nn.Module):
-    """``clamp(D(y), 0, 1)``: the image the classifier sees in ``Denoised`` (for PSNR)."""
-
-    def __init__(self, denoiser: nn.Module) -> None:
-        super().__init__()
-        self.denoiser = denoiser
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.denoiser(y).clamp(0.0, 1.0)
 
 
 # --------------------------------------------------------------------------------- training
@@ -349,8 +338,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     elif den_name == "augmented":
                         psnr_db = ms = None
                     else:
-                        shown = _Clamped(den) if den is not None else nn.Identity()
-                        psnr_db = denoising_psnr(shown, psnr_set, noise=noise, seed=args.seed)
+                        psnr_db = denoising_psnr(den if den is not None else nn.Identity(), psnr_set, noise=noise,
+                                                 seed=args.seed, clamp=den is not None)
                         noisy = noise.perturb(x_time, generator=torch.Generator(device).manual_seed(args.seed))
                         ms = _denoiser_ms(den, noisy) if den is not None else None
                     row = {**_summary(tsv, den_name), "dataset": name, "noise": noise_name, "norm": noise.default_norm,

@@ -11,7 +11,7 @@ depends on the ladder's last level, so ``c`` is what carries over between ladder
 noise the one-step (Tweedie) PSNR is reported alongside.
 
 One JSON line per (noise, sigma, T, c) on stdout, then a markdown table of the best setting per
-(noise, sigma). Example (CPU, a few minutes):
+(noise, sigma) next to the default (``MULTISTEP_DEFAULTS``). Example (CPU, a few minutes):
 
     PYTHONPATH=src python benchmarks/multistep_tuning.py --data-root ../shared/data --limit 10000 --epochs 2
 """
@@ -29,6 +29,7 @@ from torch import nn
 
 from smoothcert.data import get_dataset
 from smoothcert.denoise import (
+    MULTISTEP_DEFAULTS,
     DenoiserMeta,
     MultiStepDenoiser,
     OneStepDenoiser,
@@ -40,17 +41,6 @@ from smoothcert.denoise import (
     train_denoiser,
 )
 from smoothcert.noise import get_noise
-
-
-class _Clamped(nn.Module):
-    """``clamp(D(y), 0, 1)``: what the classifier of ``Denoised`` sees."""
-
-    def __init__(self, denoiser: nn.Module) -> None:
-        super().__init__()
-        self.denoiser = denoiser
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.denoiser(y).clamp(0.0, 1.0)
 
 
 def _score_net(args, train_images: torch.Tensor, name: str, device: torch.device) -> tuple[nn.Module, DenoiserMeta]:
@@ -110,7 +100,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             noise = get_noise(noise_name, sigma=sigma)
             ladder = multistep_ladder(meta.ladder, sigma=sigma)
             base = common | {"noise": noise_name, "sigma": sigma, "ladder": [round(s, 6) for s in ladder]}
-            psnr_of = lambda d: denoising_psnr(_Clamped(d), test_images, noise=noise, seed=args.seed)  # noqa: E731
+            psnr_of = lambda d: denoising_psnr(d, test_images, noise=noise, seed=args.seed, clamp=True)  # noqa: E731
             rows.append(base | {"denoiser": "none", "psnr": round(psnr_of(nn.Identity()), 3)})
             if noise_name == "gaussian":
                 one_step = OneStepDenoiser(score, noise, training_ladder=meta.ladder)
@@ -133,7 +123,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def _table(rows: list[dict]) -> str:
     """Markdown: per (noise, sigma), noisy PSNR, one-step PSNR and the best multi-step (T, c)."""
-    lines = ["| noise | sigma | noisy dB | one-step dB | best multi-step dB | T | c | multi-step at T=3, c=0.2 dB |",
+    t_def, c_def = MULTISTEP_DEFAULTS["steps_per_level"], MULTISTEP_DEFAULTS["step_ratio"]
+    lines = ["| noise | sigma | noisy dB | one-step dB | best multi-step dB | T | c "
+             f"| default (T={t_def}, c={c_def:g}) dB |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     keys = sorted({(r["noise"], r["sigma"]) for r in rows}, key=lambda k: (k[0], k[1]))
     for noise, sigma in keys:
@@ -142,7 +134,8 @@ def _table(rows: list[dict]) -> str:
         one = next((f"{r['psnr']:.1f}" for r in group if r["denoiser"] == "one-step"), "–")
         multi = [r for r in group if r["denoiser"] == "multi-step"]
         best = max(multi, key=lambda r: r["psnr"])
-        ref = next((f"{r['psnr']:.1f}" for r in multi if r["steps_per_level"] == 3 and r["step_ratio"] == 0.2), "–")
+        ref = next((f"{r['psnr']:.1f}" for r in multi if r["steps_per_level"] == t_def and r["step_ratio"] == c_def),
+                   "–")
         lines.append(f"| {noise} | {sigma:g} | {noisy:.1f} | {one} | {best['psnr']:.1f} | {best['steps_per_level']} "
                      f"| {best['step_ratio']:g} | {ref} |")
     return "\n".join(lines)

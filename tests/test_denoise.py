@@ -448,6 +448,19 @@ def test_dncnn_trained_briefly_with_mse_denoises() -> None:
     assert denoising_psnr(den, x[:64], noise=noise) > before + 3.0  # measured +5.2 dB
 
 
+def test_clamped_psnr_is_of_the_image_in_the_unit_box() -> None:
+    # Identity "denoiser" on noisy images in [0, 1]: clamping to [0, 1] can only move a pixel towards
+    # the truth, so the clamped PSNR is higher; both equal psnr() computed by hand on the same draws.
+    x = _mnist(32, pool=2)
+    noise = get_noise("gaussian", sigma=0.5)
+    raw = denoising_psnr(nn.Identity(), x, noise=noise, seed=3)
+    clamped = denoising_psnr(nn.Identity(), x, noise=noise, seed=3, clamp=True)
+    y = noise.perturb(x, generator=torch.Generator().manual_seed(3))
+    assert raw == pytest.approx(float(psnr(y, x).mean()), rel=1e-9)
+    assert clamped == pytest.approx(float(psnr(y.clamp(0, 1), x).mean()), rel=1e-9)
+    assert clamped > raw + 1.0
+
+
 def test_score_network_trained_briefly_lowers_the_dsm_loss() -> None:
     torch.manual_seed(0)
     images = _mnist(320, pool=2)

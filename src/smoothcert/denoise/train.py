@@ -60,10 +60,18 @@ def _batches(
 
 
 def denoising_psnr(
-    denoiser: nn.Module, data: Dataset | Tensor, *, noise: Noise, batch_size: int = 256, seed: int = 0
+    denoiser: nn.Module,
+    data: Dataset | Tensor,
+    *,
+    noise: Noise,
+    batch_size: int = 256,
+    seed: int = 0,
+    clamp: bool = False,
 ) -> float:
     """Mean PSNR (dB) of ``denoiser(x + delta)`` against ``x`` over ``data``, one seeded noise draw
-    per image (``seed`` fixes the draws, so two denoisers see the same noisy images)."""
+    per image (``seed`` fixes the draws, so two denoisers see the same noisy images). ``clamp``:
+    of ``clamp(denoiser(x + delta), 0, 1)`` instead, the image the classifier of
+    ``Denoised(..., clamp=True)`` sees."""
     device = model_device(denoiser)
     was_training = denoiser.training
     denoiser.eval()
@@ -73,6 +81,8 @@ def denoising_psnr(
         for x, _ in _batches(data, batch_size, shuffle=False, generator=None):
             x = x.to(device)
             x_hat = denoiser(noise.perturb(x, generator=gen))
+            if clamp:
+                x_hat = x_hat.clamp(0.0, 1.0)
             total += float(psnr(x_hat, x).sum())
             count += x.shape[0]
     denoiser.train(was_training)
