@@ -277,7 +277,7 @@ def certify_at(
         raise ValueError("max_n goes with stages='auto'; with explicit stages the last one is the maximum")
     x, gen = smoothed._prepare(x, generator)
     dim = math.prod(x.shape[1:])
-    if stages == "auto":
+    if isinstance(stages, str):  # "auto", checked above
         stages = grid_stages(smoothed.noise, torch.as_tensor(radius, dtype=torch.float64).reshape(-1),
                              alpha=alpha, max_n=max_n, norm=norm, dim=dim)
     stages = sorted(int(s) for s in stages)
