@@ -113,7 +113,12 @@ def _auto_input(smoothed: SmoothedClassifier, xi: torch.Tensor, i: int, args, ba
     a = certify_at(smoothed, xi, RADII, n0=args.n0, alpha=args.alpha, batch_size=batch, stages="auto",
                    max_n=args.max_n, generator=input_seed(3, i))
     return {"auto_n": int(a.n_used[0]) + args.n0, "auto_cert": a.certified[0].tolist(),
-            "auto_pred": int(a.prediction[0]), "auto_seconds": time.perf_counter() - t0}
+            "auto_pred": int(a.prediction[0]), "auto_seconds": time.perf_counter() - t0,
+            "auto_stages": _auto_stages(smoothed, args)}
+
+
+def _auto_stages(smoothed: SmoothedClassifier, args) -> list[int]:
+    return grid_stages(smoothed.noise, RADII, alpha=args.alpha, max_n=args.max_n)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for j, i in enumerate(tqdm(idx, desc=f"adaptive sigma={sigma:g}", unit="input")):
                 if i not in cache:
                     cache[i] = _one_input(smoothed, x[j : j + 1], i, args, batch, stages)
-                if "auto_n" not in cache[i]:  # added later: records without it get it now
+                if cache[i].get("auto_stages") != _auto_stages(smoothed, args):  # added later / stages changed
                     cache[i] |= _auto_input(smoothed, x[j : j + 1], i, args, batch)
                     cache_file.write(json.dumps({"idx": i} | cache[i]) + "\n")  # the last line per idx wins
                     cache_file.flush()
@@ -207,7 +212,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       "max_gap_points": float(100 * np.max(np.abs(fixed_acc - at_acc))),
                       "seconds": round(t["certify_at"], 2)},
             common | {"mode": "certify_at_auto", "radii": RADII,
-                      "stages": grid_stages(smoothed.noise, RADII, alpha=args.alpha, max_n=args.max_n),
+                      "stages": _auto_stages(smoothed, args),
                       "mean_samples": float(np.mean(auto_n)), "samples_ratio": fixed_samples / float(np.mean(auto_n)),
                       "valid_test_floor_mean_samples": float(floor),
                       "valid_test_floor_ratio": fixed_samples / float(floor),

@@ -167,13 +167,19 @@ def test_grid_stages_are_where_unanimous_draws_first_certify_each_radius():
     # (0.001^(1/100000) = Phi(3.81)); the others get the smallest n with (alpha/S)^(1/n) > Phi(r/sigma).
     noise = get_noise("gaussian", sigma=0.25)
     radii = [0.0, 0.25, 0.5, 0.75, 1.0]
-    stages = grid_stages(noise, radii, alpha=0.001, max_n=100_000, min_stage=1)
+    stages = grid_stages(noise, radii, alpha=0.001, max_n=100_000, min_stage=1, multiples=(1,))
     assert stages[-1] == 100_000 and len(stages) == 5  # r = 0 .. 0.75, then max_n
     a_s = 0.001 / len(stages)
     for r, n in zip(radii[:4], stages[:4]):
         need = 0.5 if r == 0 else normal.cdf(r / 0.25)
         assert a_s ** (1 / n) > need >= a_s ** (1 / (n - 1))  # first n that certifies r
-    assert grid_stages(noise, radii, alpha=0.001, max_n=100_000)[0] == 100  # min_stage
+    assert grid_stages(noise, radii, alpha=0.001, max_n=100_000, multiples=(1,))[0] == 100  # min_stage
+    # The default adds 2 n_r and 4 n_r (alpha split over more stages: n_r recomputed at that S).
+    wide = grid_stages(noise, radii, alpha=0.001, max_n=100_000, min_stage=1)
+    n_075 = math.floor(math.log(0.001 / len(wide)) / math.log(normal.cdf(3.0))) + 1
+    assert {n_075, 2 * n_075, 4 * n_075} <= set(wide) and wide[-1] == 100_000
+    with pytest.raises(ValueError, match="multiples"):
+        grid_stages(noise, radii, alpha=0.001, max_n=1000, multiples=(0.5,))
     assert grid_stages(noise, [5.0], alpha=0.001, max_n=1000) == [1000]  # nothing reachable
     assert grid_stages(noise, [0.0, 0.1], alpha=0.1, max_n=64) == [64]  # min_stage 100 capped at max_n
     with pytest.raises(ValueError, match="max_n"):
@@ -191,10 +197,11 @@ def test_auto_stages_stop_unanimous_inputs_at_the_lower_bound_and_keep_coverage(
                      generator=0)
     stages = grid_stages(smoothed.noise, radii, alpha=0.001, max_n=100_000, dim=2)
     assert res.certified[:, :3].all() and not res.certified[:, 3].any()  # 0.5 = 5 sigma: out of reach
-    assert res.n_used.tolist() == [stages[2]] * 3 and stages[2] < 10_000
-    lower = math.log(0.001) / math.log(normal.cdf(0.3 / 0.1))  # any valid test: pA_needed^n <= alpha
-    split = math.log(0.001 / len(stages)) / math.log(0.001)  # the price of the alpha split: 1.2 for S = 4
-    assert len(stages) == 4 and lower <= stages[2] <= split * lower + 1
+    n_03 = math.floor(math.log(0.001 / len(stages)) / math.log(normal.cdf(3.0))) + 1  # r = 0.3 = 3 sigma
+    assert n_03 in stages and res.n_used.tolist() == [n_03] * 3
+    lower = math.log(0.001) / math.log(normal.cdf(3.0))  # any valid test: pA_needed^n <= alpha
+    split = math.log(0.001 / len(stages)) / math.log(0.001)  # the price of the alpha split over S stages
+    assert lower <= n_03 <= split * lower + 1 and split < 1.4
     # Coverage at a radius just beyond the truth, as for explicit stages.
     model, x = _copies(0.5, 1000)
     smoothed = SmoothedClassifier(model, noise=get_noise("gaussian", sigma=1.0), num_classes=2)
