@@ -356,8 +356,9 @@ def result_rows(
     (or why the run is refused); the rest is split by :meth:`Shard.take` and each rank writes
     its own part file; with ``pack = K > 1`` the split is by whole packs of K consecutive
     ``indices`` (inputs certified together, :meth:`Shard.take_packs`), so each pack stays on one
-    rank. On leaving, the ranks wait for each other; rank 0 merges the parts into ``out``. An error on one rank is reported at that point — the others' rows are merged and
-    kept — and is raised on that rank; a KeyboardInterrupt leaves the part files for the next run.
+    rank. On leaving, the ranks wait for each other; rank 0 merges the parts into ``out``. An
+    error on one rank is reported at that point — the others' rows are merged and kept — and is
+    raised on that rank; a KeyboardInterrupt leaves the part files for the next run.
     """
     todo_all = list(indices)
     if shard is None:
