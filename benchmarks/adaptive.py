@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import time
 from pathlib import Path
@@ -186,11 +187,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         auto_acc = (auto_cert & auto_ok[:, None]).mean(axis=0)
         # Floor for any valid test: an input fixed N certifies at grid radius r (correctly) needs at
         # least ln(alpha) / ln(pA_needed(r)) draws, even if all agree; others need at least n0.
-        need = required_p_lower(smoothed.noise, RADII).numpy()
-        floor_n = np.where(need < 1, np.log(args.alpha) / np.log(np.minimum(need, 1 - 1e-300)), np.inf)
+        need = required_p_lower(smoothed.noise, RADII).numpy()  # < 1 at every radius fixed N certified
         top = [max((k for k, r in enumerate(RADII) if ok and fr >= r), default=None)
                for ok, fr in zip(fixed_ok, fixed_r)]
-        floor = np.mean([args.n0 + (np.ceil(floor_n[k]) if k is not None else 0) for k in top])
+        floor = np.mean([args.n0 + (math.ceil(math.log(args.alpha) / math.log(need[k])) if k is not None else 0)
+                         for k in top])
         common = {"benchmark": "adaptive", "device": str(device), "device_name": torch.cuda.get_device_name(device)
                   if device.type == "cuda" else platform.processor() or platform.machine(), "torch": torch.__version__,
                   "dataset": name, "arch": args.arch, "train_epochs": args.epochs, "train_seconds": round(train_s, 1),

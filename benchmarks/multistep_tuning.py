@@ -34,6 +34,7 @@ from smoothcert.denoise import (
     MultiStepDenoiser,
     OneStepDenoiser,
     build_denoiser,
+    default_step_size,
     denoising_psnr,
     load_denoiser,
     multistep_ladder,
@@ -101,22 +102,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
             ladder = multistep_ladder(meta.ladder, sigma=sigma)
             base = common | {"noise": noise_name, "sigma": sigma, "ladder": [round(s, 6) for s in ladder]}
             psnr_of = lambda d: denoising_psnr(d, test_images, noise=noise, seed=args.seed, clamp=True)  # noqa: E731
-            rows.append(base | {"denoiser": "none", "psnr": round(psnr_of(nn.Identity()), 3)})
+            group = [base | {"denoiser": "none", "psnr": round(psnr_of(nn.Identity()), 3)}]
             if noise_name == "gaussian":
                 one_step = OneStepDenoiser(score, noise, training_ladder=meta.ladder)
-                rows.append(base | {"denoiser": "one-step", "psnr": round(psnr_of(one_step), 3)})
+                group.append(base | {"denoiser": "one-step", "psnr": round(psnr_of(one_step), 3)})
             for steps in args.steps:
                 for ratio in args.ratios:
-                    step_size = ratio * ladder[-1] ** 2
+                    step_size = default_step_size(ladder, step_ratio=ratio)
                     den = MultiStepDenoiser(score, noise, ladder=ladder, steps_per_level=steps, step_size=step_size,
                                             training_ladder=meta.ladder)
                     t1 = time.perf_counter()
                     value = psnr_of(den)
-                    rows.append(base | {"denoiser": "multi-step", "steps_per_level": steps, "step_ratio": ratio,
-                                        "step_size": step_size, "psnr": round(value, 3),
-                                        "ms_per_image": round(1000 * (time.perf_counter() - t1) / len(test_images), 2)})
-            for row in rows[-(len(args.steps) * len(args.ratios) + 1 + (noise_name == "gaussian")):]:
+                    ms = 1000 * (time.perf_counter() - t1) / len(test_images)
+                    group.append(base | {"denoiser": "multi-step", "steps_per_level": steps, "step_ratio": ratio,
+                                         "step_size": step_size, "psnr": round(value, 3), "ms_per_image": round(ms, 2)})
+            for row in group:
                 print(json.dumps(row), flush=True)
+            rows += group
     print(_table(rows))
     return rows
 

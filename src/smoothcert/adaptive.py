@@ -35,7 +35,7 @@ from torch import Tensor
 from .noise import Noise
 from .smooth import ABSTAIN, Certificate, SmoothedClassifier, decide, split_counts
 from .stats import check_alpha, clopper_pearson_lower, clopper_pearson_upper
-from .validation import check_sample_sizes
+from .validation import check_int, check_sample_sizes
 
 __all__ = [
     "CertifyAtResult",
@@ -97,18 +97,17 @@ def grid_stages(
     Returns sorted distinct stages, the last ``max_n``.
     """
     alpha = check_alpha(alpha)
-    if int(max_n) != max_n or max_n < 1:
-        raise ValueError(f"max_n must be a positive integer, got {max_n}")
+    max_n = check_int("max_n", max_n, minimum=1)
     need = required_p_lower(noise, radii, norm=norm, dim=dim).numpy().reshape(-1)
     if not multiples or min(multiples) < 1:
         raise ValueError(f"multiples must be >= 1 (at least one), got {multiples}")
     need = need[need < 1.0]  # a radius no pA < 1 reaches is never certified: no stage for it
-    stages = [int(max_n)]
+    stages = [max_n]
     for _ in range(len(need) + 2):  # S only grows while stages cross max_n or merge; a few rounds
         log_a = math.log(alpha / len(stages))
         n_r = np.floor(log_a / np.log(need)) + 1
-        new = sorted({min(max(int(min_stage), int(n * m)), int(max_n)) for n in n_r if n < max_n for m in multiples}
-                     | {int(max_n)})
+        reachable = [n * m for n in n_r if n < max_n for m in multiples]
+        new = sorted({min(max(int(min_stage), int(n)), max_n) for n in reachable} | {max_n})
         if new == stages:
             break
         stages = new

@@ -30,7 +30,7 @@ from .distributed import Shard, result_rows
 from .results import ResultWriter, format_time
 from .smooth import ABSTAIN, Certificate, SmoothedClassifier
 from .stats import check_alpha
-from .validation import check_sample_sizes
+from .validation import check_int, check_sample_sizes
 
 __all__ = ["input_seed", "select_indices", "check_pack", "certify_dataset", "predict_dataset", "PREDICT_COLUMNS"]
 
@@ -65,9 +65,7 @@ def select_indices(length: int, *, skip: int = 1, max_count: int | None = None, 
 
 def check_pack(pack: int) -> int:
     """``pack`` if it is an int >= 1 (inputs per engine call), else a ValueError."""
-    if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
-        raise ValueError(f"pack must be an integer >= 1 (inputs per engine call), got {pack!r}")
-    return pack
+    return check_int("pack (inputs per engine call)", pack, minimum=1)
 
 
 def _packs(todo_all: Sequence[int], todo: Iterable[int], pack: int) -> Iterator[tuple[list[int], list[int]]]:
@@ -159,7 +157,7 @@ def certify_dataset(
         adaptive = {"target": target, "radius_loss": radius_loss}
     elif target == "grid":
         # n is always the last stage; earlier stages beyond it are dropped.
-        if stages != "auto":
+        if not isinstance(stages, str):  # "auto" is resolved per pack by certify_at
             stages = sorted({int(s) for s in (stages or (1000, 10_000)) if s < n} | {n})
         if not radii:
             raise ValueError("target='grid' needs the radii to decide (--radii)")
@@ -177,7 +175,7 @@ def certify_dataset(
             if target == "grid":
                 cert = _grid_certificate(smoothed.certify_at(
                     x, radii, n0=n0, alpha=alpha, batch_size=batch_size, stages=stages,
-                    max_n=n if stages == "auto" else None, generator=input_seed(seed, group[0]), norm=norm))
+                    max_n=n if isinstance(stages, str) else None, generator=input_seed(seed, group[0]), norm=norm))
             else:
                 cert = smoothed.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
                                         generator=input_seed(seed, group[0]), norm=norm, two_class=two_class,

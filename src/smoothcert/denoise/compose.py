@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ..noise import Gaussian, Noise
+from ..validation import check_float
 from .checkpoint import DenoiserMeta
 from .score import MultiStepDenoiser, OneStepDenoiser, check_ladder
 
@@ -38,9 +39,8 @@ def default_step_size(ladder: Sequence[float] | Tensor, *, step_ratio: float | N
     """alpha = c sigma_L^2 for the annealing ``ladder`` (c = ``step_ratio``, default
     :data:`MULTISTEP_DEFAULTS`): the step of the last level that moves each score step the
     fraction c of the way to its level's Tweedie estimate."""
-    ratio = MULTISTEP_DEFAULTS["step_ratio"] if step_ratio is None else float(step_ratio)
-    if not (math.isfinite(ratio) and ratio > 0):
-        raise ValueError(f"step_ratio must be positive, got {step_ratio}")
+    ratio = MULTISTEP_DEFAULTS["step_ratio"] if step_ratio is None else step_ratio
+    ratio = check_float("step_ratio", ratio, strict=True)
     return ratio * check_ladder(ladder)[-1] ** 2
 
 
