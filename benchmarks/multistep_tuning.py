@@ -19,6 +19,7 @@ One JSON line per (noise, sigma, T, c) on stdout, then a markdown table of the b
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import time
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             noise = get_noise(noise_name, sigma=sigma)
             ladder = multistep_ladder(meta.ladder, sigma=sigma)
             base = common | {"noise": noise_name, "sigma": sigma, "ladder": [round(s, 6) for s in ladder]}
-            psnr_of = lambda d: denoising_psnr(d, test_images, noise=noise, seed=args.seed, clamp=True)  # noqa: E731
+            psnr_of = functools.partial(denoising_psnr, data=test_images, noise=noise, seed=args.seed, clamp=True)
             group = [base | {"denoiser": "none", "psnr": round(psnr_of(nn.Identity()), 3)}]
             if noise_name == "gaussian":
                 one_step = OneStepDenoiser(score, noise, training_ladder=meta.ladder)
