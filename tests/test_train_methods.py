@@ -21,6 +21,7 @@ from smoothcert.train import (
     list_methods,
     macer_terms,
     smoothadv_examples,
+    soft_margin,
     stability_loss,
     train,
 )
@@ -282,6 +283,19 @@ def test_macer_terms_equal_a_hand_computation():
     assert hinges[0] > 0 and hinges[2] > 0 and hinges[1] == 0.0  # the case mix this test is about
     assert terms.classification.item() == pytest.approx(cl, rel=1e-6)
     assert terms.robustness.item() == pytest.approx(rob, rel=1e-5)
+
+
+def test_soft_margin_equals_a_hand_computation_for_every_example():
+    # ξ is reported for misclassified examples too (with correct = False), as the diagnostics read it.
+    y = np.array([0, 0, 0])
+    margin = soft_margin(torch.tensor(LOGITS), torch.tensor(y), beta=2.0)
+    g_beta = np.exp(_log_softmax(2.0 * LOGITS)).mean(0)
+    top2 = np.sort(g_beta, axis=-1)[:, ::-1][:, :2]
+    np.testing.assert_allclose(margin.xi.numpy(), norm.ppf(top2[:, 0]) - norm.ppf(top2[:, 1]), rtol=1e-5)
+    assert margin.correct.tolist() == (g_beta.argmax(-1) == y).tolist() == [True, False, True]
+    assert margin.unsaturated.all()
+    saturated = soft_margin(torch.tensor([[[60.0, 0.0, -5.0]]]), torch.tensor([0]), beta=16.0)
+    assert not saturated.unsaturated.item() and torch.isfinite(saturated.xi).all()
 
 
 def test_macer_radius_term_through_a_model_with_known_outputs():

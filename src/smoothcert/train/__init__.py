@@ -3,7 +3,7 @@
 # Importing a method's module registers it (gaussian lives in methods.py).
 from .augment import RandomCropFlip, random_crop_flip
 from .loop import TrainConfig, learning_rate, noisy_accuracy, train
-from .macer import Macer, macer_terms
+from .macer import Macer, macer_terms, soft_margin
 from .methods import GaussianAugmentation, TrainingMethod, get_method, list_methods, register_method
 from .smoothadv import SmoothAdv, smoothadv_examples
 from .stability import StabilityTraining, consistency_loss, stability_loss
@@ -25,6 +25,7 @@ __all__ = [
     "random_crop_flip",
     "register_method",
     "smoothadv_examples",
+    "soft_margin",
     "stability_loss",
     "train",
 ]

@@ -35,7 +35,7 @@ from ..attacks import log_mean_softmax, upcast_logits
 from ..noise import Gaussian, Noise
 from .methods import TrainingMethod, check_float, check_int, register_method
 
-__all__ = ["Macer", "MacerTerms", "macer_terms"]
+__all__ = ["Macer", "MacerTerms", "SoftMargin", "macer_terms", "soft_margin"]
 
 #: Probabilities entering Φ⁻¹ are >= _CLAMP (a float32 normal number; Φ⁻¹(1e-30) ≈ −11.4).
 _CLAMP = 1e-30
@@ -46,6 +46,30 @@ class MacerTerms(NamedTuple):
 
     classification: Tensor
     robustness: Tensor
+
+
+class SoftMargin(NamedTuple):
+    """Per-example quantities of MACER's robustness term, each [B]."""
+
+    xi: Tensor  #: Φ⁻¹(top of Ĝβ) − Φ⁻¹(runner-up of Ĝβ), finite (probabilities clamped to 1e-30)
+    correct: Tensor  #: bool: the top class of Ĝβ is the label
+    unsaturated: Tensor  #: bool: neither the others' sum nor the runner-up is below the clamp
+
+
+def soft_margin(logits: Tensor, y: Tensor, *, beta: float) -> SoftMargin:
+    """ξ of the beta-soft smoothed classifier Ĝβ = (1/m) Σ_i softmax(beta · z_i) for ``logits`` [m, B, K]
+    (the soft radius is sigma/2 · ξ), with the masks that decide who enters MACER's hinge; see the module
+    docstring for the clamping. Differentiable in ``logits``; computed in float32 or wider."""
+    z = upcast_logits(logits)
+    g_beta = F.softmax(beta * z, dim=-1).mean(0)  # [B, K]
+    top2, idx = g_beta.topk(2, dim=-1)
+    # Φ⁻¹(p_top) = −Φ⁻¹(1 − p_top) with 1 − p_top summed from the other classes: accurate in
+    # float32 even where p_top rounds to 1 (where Φ⁻¹ would return inf).
+    tail = g_beta.masked_fill(F.one_hot(idx[:, 0], g_beta.shape[-1]).bool(), 0.0).sum(-1)
+    xi = -torch.special.ndtri(tail.clamp_min(_CLAMP)) - torch.special.ndtri(top2[:, 1].clamp_min(_CLAMP))
+    # Clamped (saturated) examples would enter with an artificial finite ξ: the caller leaves them out.
+    unsaturated = (tail > _CLAMP) & (top2[:, 1] > _CLAMP) & torch.isfinite(xi)
+    return SoftMargin(xi, idx[:, 0] == y, unsaturated)
 
 
 def macer_terms(logits: Tensor, y: Tensor, *, sigma: float, beta: float, gamma: float) -> MacerTerms:
@@ -62,18 +86,9 @@ def macer_terms(logits: Tensor, y: Tensor, *, sigma: float, beta: float, gamma: 
     b = logits.shape[1]
     z = upcast_logits(logits)
     classification = F.nll_loss(log_mean_softmax(z), y)
-
-    g_beta = F.softmax(beta * z, dim=-1).mean(0)  # [B, K]
-    top2, idx = g_beta.topk(2, dim=-1)
-    correct = idx[:, 0] == y
-    # Φ⁻¹(p_top) = −Φ⁻¹(1 − p_top) with 1 − p_top summed from the other classes: accurate in
-    # float32 even where p_top rounds to 1 (where Φ⁻¹ would return inf).
-    tail = g_beta.masked_fill(F.one_hot(idx[:, 0], g_beta.shape[-1]).bool(), 0.0).sum(-1)
-    xi = -torch.special.ndtri(tail.clamp_min(_CLAMP)) - torch.special.ndtri(top2[:, 1].clamp_min(_CLAMP))
-    # Clamped (saturated) examples would enter with an artificial finite ξ: leave them out.
-    unsaturated = (tail > _CLAMP) & (top2[:, 1] > _CLAMP)
-    active = correct & unsaturated & torch.isfinite(xi) & (xi >= 0) & (xi <= gamma)
-    hinge = torch.where(active, gamma - xi, torch.zeros_like(xi))
+    margin = soft_margin(z, y, beta=beta)
+    active = margin.correct & margin.unsaturated & (margin.xi >= 0) & (margin.xi <= gamma)
+    hinge = torch.where(active, gamma - margin.xi, torch.zeros_like(margin.xi))
     robustness = (sigma / 2) * hinge.sum() / b
     return MacerTerms(classification, robustness)
 
