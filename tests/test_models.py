@@ -11,8 +11,8 @@ from torch import nn
 
 from smoothcert.models import (
     CHECKPOINT_FORMAT,
-    Bottleneck,
     CHECKPOINT_VERSION,
+    Bottleneck,
     CheckpointError,
     CheckpointMeta,
     CifarResNet,
