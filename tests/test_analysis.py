@@ -22,6 +22,7 @@ from smoothcert.analysis import (
     latex_table,
     load_results,
     markdown_table,
+    paired_acr_difference,
     parse_time,
     plot_certified_accuracy,
     summary,
@@ -392,3 +393,34 @@ def test_mixing_norms_warns(tmp_path):
     b.write_text(rows.format("l1"))
     with pytest.warns(ResultsWarning, match="different norms"):
         markdown_table([load_results(a), load_results(b)], [0.0])
+
+
+# --------------------------------------------------------------------------- paired comparison
+
+
+def test_paired_acr_difference_exact_on_matched_rows() -> None:
+    a = make_results([0.5, 0.25, 0.0, 0.8, 1.0], [1, 1, 0, 0, 1])  # certified: 0.5, 0.25, 0, 0, 1.0
+    b = make_results([0.5, 0.75, 0.3, 0.0], [1, 1, 1, 0])  # idx 0..3 only; certified 0.5, 0.75, 0.3, 0
+    b.idx = np.array([3, 2, 1, 0])  # rows in another order: matched by idx, not position
+    out = paired_acr_difference(a, b)
+    d = np.array([0.5 - 0.0, 0.25 - 0.3, 0.0 - 0.75, 0.0 - 0.5])  # idx 0, 1, 2, 3
+    assert out["inputs"] == 4
+    assert out["difference"] == pytest.approx(d.mean())
+    assert out["standard_error"] == pytest.approx(d.std(ddof=1) / 2)
+    assert out["low"] == pytest.approx(d.mean() - 1.96 * d.std(ddof=1) / 2)
+    assert (out["a_better"], out["b_better"], out["ties"]) == (1, 3, 0)
+    # Against itself: no difference, every image a tie.
+    same = paired_acr_difference(a, a)
+    assert same["difference"] == 0.0 and same["standard_error"] == 0.0 and same["ties"] == 5
+
+
+def test_paired_acr_difference_refuses_unrelated_runs() -> None:
+    a = make_results([0.5, 0.25], [1, 1])
+    b = make_results([0.5, 0.25], [1, 1])
+    b.idx = np.array([7, 8])
+    with pytest.raises(ValueError, match="no input in common"):
+        paired_acr_difference(a, b)
+    b.idx = np.array([0, 1])
+    b.label = np.array([0, 3])
+    with pytest.raises(ValueError, match="different labels"):
+        paired_acr_difference(a, b)

@@ -102,6 +102,22 @@ def test_predict_analyze_plot(checkpoint, tmp_path, capsys):
     assert png.stat().st_size > 1000
 
 
+def test_analyze_paired_reports_the_difference_on_common_inputs(tmp_path, capsys):
+    head = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+    a = tmp_path / "a.tsv"
+    a.write_text(head + "0\t1\t1\t0.5\t1\t1.0\n1\t2\t2\t0.25\t1\t1.0\n")
+    b = tmp_path / "b.tsv"
+    b.write_text(head + "1\t2\t2\t0.75\t1\t1.0\n0\t1\t3\t0.9\t0\t1.0\n2\t0\t0\t1.0\t1\t1.0\n")
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="different inputs"):  # the table's warning; --paired matches by idx
+        assert main(["analyze", str(a), str(b), "--labels", "A", "B", "--paired"]) == 0
+    out = capsys.readouterr().out
+    # B - A on idx 0 and 1: (0 - 0.5 + 0.75 - 0.25) / 2 = 0.
+    assert "B: +0.0000" in out and "on 2 inputs" in out and "larger radius on 1, smaller on 1" in out
+    with pytest.raises(SystemExit, match="at least two"):
+        main(["analyze", str(a), "--paired"])
+
+
 def test_clear_errors(tmp_path, capsys):
     bogus = tmp_path / "bogus.pt"
     torch.save({"weight": torch.zeros(2)}, bogus)

@@ -548,6 +548,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     runs = _load_all(args.results, args.labels)
     table = analysis.latex_table if args.latex else analysis.markdown_table
     print(table(runs, args.radii, envelope=not args.no_envelope))
+    if args.paired:
+        if len(runs) < 2:
+            raise SystemExit("error: --paired compares each file with the first: give at least two")
+        print(f"\npaired ACR difference against {runs[0].display_name()} (same inputs, +- 1.96 standard errors):")
+        for run in runs[1:]:
+            d = analysis.paired_acr_difference(run, runs[0])
+            print(f"  {run.display_name()}: {d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] on "
+                  f"{d['inputs']} inputs (larger radius on {d['a_better']}, smaller on {d['b_better']}, "
+                  f"equal on {d['ties']})")
     return 0
 
 
@@ -763,6 +772,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "analyze":
             p.add_argument("--radii", type=float, nargs="+", default=list(DEFAULT_RADII))
             p.add_argument("--latex", action="store_true", help="LaTeX (booktabs) instead of markdown")
+            p.add_argument("--paired", action="store_true",
+                           help="also each file's ACR minus the first's on their common inputs, with a paired interval")
         else:
             p.add_argument("--out", required=True, help="image file (.png or .pdf)")
             p.add_argument("--max-radius", type=float, default=None)
