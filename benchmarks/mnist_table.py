@@ -189,12 +189,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 res = _certify(ckpt, test_set, out / f"{name}_{args.arch}_sigma{sigma:g}_{method}.tsv", sigma,
                                args, device)
                 if args.attack_skip:
-                    t.update(_attack_check(ckpt, test_set, out / f"{name}_{args.arch}_sigma{sigma:g}_{method}_attack.tsv",
-                                           sigma, args, device))
+                    attack_out = out / f"{name}_{args.arch}_sigma{sigma:g}_{method}_attack.tsv"
+                    t.update(_attack_check(ckpt, test_set, attack_out, sigma, args, device))
                 res.name = f"{method} σ={sigma:g}"
                 runs[method].append(res)
                 s = analysis.summary(res, RADII)
-                line = {"dataset": name, "method": method, "sigma": sigma, "hparams": hp, "finetune_lr": lr, "arch": args.arch,
+                line = {"dataset": name, "method": method, "sigma": sigma, "hparams": hp, "finetune_lr": lr,
+                        "arch": args.arch,
                         "epochs": args.pre_epochs + args.epochs, "n": args.n, "n0": args.n0, "alpha": args.alpha,
                         "inputs": len(res), "clean_accuracy": s["clean_accuracy"], "acr": round(s["acr"], 4),
                         "certified_accuracy": {f"{r:g}": round(a, 4) for r, a in s["certified_accuracy"].items()},
