@@ -508,3 +508,27 @@ def test_cli_init_fine_tunes_and_records_provenance(tmp_path, capsys):
     assert "holds lenet-small" in err and "builds lenet" in err and "--arch lenet-small" in err
     assert main([*TRAIN, "--init", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "bad.pt")]) == 2
     assert "no checkpoint file" in capsys.readouterr().err
+
+
+def test_cli_init_accepts_a_checkpoint_written_without_the_default_input_size(tmp_path, capsys):
+    # The Python API builds lenet-small without input_size (the factory's default, 28); the CLI records
+    # input_size=28. Same network: --init must take it. Another input size is another network.
+    from smoothcert.models import model_kwargs, save_checkpoint
+
+    assert model_kwargs("lenet-small", {}) == model_kwargs("lenet-small", {"input_size": 28})
+    assert model_kwargs("lenet-small", {"input_size": 32}) != model_kwargs("lenet-small", {})
+    info = get_dataset("embedded", split="train").info
+    net = build_model("lenet-small", num_classes=10, in_channels=1, mean=list(info.mean), std=list(info.std))
+    meta = CheckpointMeta(arch="lenet-small", dataset="embedded", num_classes=10, in_channels=1, input_size=28,
+                          mean=list(info.mean), std=list(info.std), noise="gaussian", sigma=0.25)
+    base = save_checkpoint(tmp_path / "api.pt", net, meta=meta)
+    assert read_checkpoint(base)["meta"]["arch_kwargs"] == {}
+    assert main([*STILL, "--epochs", "1", "--init", str(base), "--out", str(tmp_path / "tuned.pt")]) == 0
+    other = build_model("lenet-small", num_classes=10, in_channels=1, mean=list(info.mean), std=list(info.std),
+                        input_size=32)
+    meta32 = CheckpointMeta(arch="lenet-small", arch_kwargs={"input_size": 32}, dataset="embedded", num_classes=10,
+                            in_channels=1, input_size=32, mean=list(info.mean), std=list(info.std),
+                            noise="gaussian", sigma=0.25)
+    wrong = save_checkpoint(tmp_path / "s32.pt", other, meta=meta32)
+    assert main([*STILL, "--epochs", "1", "--init", str(wrong), "--out", str(tmp_path / "bad.pt")]) == 2
+    assert "Fine-tuning needs the same network" in capsys.readouterr().err

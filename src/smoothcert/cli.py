@@ -24,7 +24,7 @@ from .data import get_dataset, list_datasets
 from .distributed import DEFAULT_TIMEOUT, find_parts, merge_result_parts, process_group, rank_device
 from .evaluate import certify_dataset, predict_dataset, select_indices
 from .files import file_sha256
-from .models import MODELS, CheckpointMeta, build_model, list_models, load_checkpoint
+from .models import MODELS, CheckpointMeta, build_model, list_models, load_checkpoint, model_kwargs
 from .noise import get_noise, list_noises
 from .results import ConfigMismatchError
 from .robustness import ATTACKS, attack_dataset, summary_table
@@ -216,7 +216,9 @@ def _apply_init(
     init_model, init_meta, record = init
     want = (arch, arch_kwargs, info.num_classes, info.input_shape[0])
     have = (init_meta.arch, init_meta.arch_kwargs, init_meta.num_classes, init_meta.in_channels)
-    if want != have:
+    # Keywords are compared with the factory's defaults filled in: a checkpoint built without
+    # input_size (the Python API) is the same LeNet as this run's input_size=28.
+    if want[0] != have[0] or want[2:] != have[2:] or model_kwargs(arch, want[1]) != model_kwargs(arch, have[1]):
         raise ValueError(
             f"--init {record['path']} holds {have[0]} (arch_kwargs {have[1]}) with {have[2]} classes and "
             f"{have[3]} input channels; this run builds {want[0]} (arch_kwargs {want[1]}) with {want[2]} classes "

@@ -13,7 +13,8 @@ the input size it was registered with (see :func:`model_input_size`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 
 from torch import nn
 
@@ -49,6 +50,17 @@ def register_model(name: str, *, input_size: int = 32) -> Callable[[Callable[...
 def get_model(name: str, *, num_classes: int, in_channels: int, **kwargs: object) -> nn.Module:
     """The bare network ``name`` (no normalization): ``[B, in_channels, H, W] -> [B, num_classes]``."""
     return MODELS.create(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def model_kwargs(name: str, kwargs: Mapping[str, object]) -> dict[str, object]:
+    """``kwargs`` with the factory's defaults filled in for its other keyword parameters (not
+    ``num_classes``/``in_channels``): two sets of architecture keywords build the same network
+    exactly when these agree, e.g. ``{}`` and ``{"input_size": 28}`` for ``lenet``."""
+    full = dict(kwargs)
+    for param in inspect.signature(MODELS.factory(name)).parameters.values():
+        if param.name not in ("num_classes", "in_channels") and param.default is not inspect.Parameter.empty:
+            full.setdefault(param.name, param.default)
+    return full
 
 
 def list_models() -> list[str]:
@@ -122,6 +134,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "model_input_size",
+    "model_kwargs",
     "read_checkpoint",
     "register_model",
     "resnet20",
