@@ -435,7 +435,7 @@ def paired_acr_difference(a: Results, b: Results, *, z: float = 1.96) -> dict[st
     """ACR of ``a`` minus ACR of ``b`` on the inputs both runs certified, with a paired standard error.
 
     Two methods certified on the same test images differ per image; the per-image difference
-    d_i = radius_a,i · correct_a,i − radius_b,i · correct_b,i has a far smaller spread than either run's
+    d_i = radius_a,i · correct_a,i − radius_b,i · correct_b,i has a smaller spread than either run's
     radii when the runs agree on most images, so the paired interval mean(d) ± z · std(d)/sqrt(n)
     tells a real difference from test-set sampling (a normal approximation over the n images; the
     Monte Carlo error of each certificate is not in it). Rows are matched by ``idx``.

@@ -54,8 +54,8 @@ def get_model(name: str, *, num_classes: int, in_channels: int, **kwargs: object
 
 def model_kwargs(name: str, kwargs: Mapping[str, object]) -> dict[str, object]:
     """``kwargs`` with the factory's defaults filled in for its other keyword parameters (not
-    ``num_classes``/``in_channels``): two sets of architecture keywords build the same network
-    exactly when these agree, e.g. ``{}`` and ``{"input_size": 28}`` for ``lenet``."""
+    ``num_classes``/``in_channels``): two sets of architecture keywords that agree here build the
+    same network, e.g. ``{}`` and ``{"input_size": 28}`` for ``lenet``."""
     full = dict(kwargs)
     for param in inspect.signature(MODELS.factory(name)).parameters.values():
         if param.name not in ("num_classes", "in_channels") and param.default is not inspect.Parameter.empty:
