@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from smoothcert.attacks import log_mean_softmax
 from smoothcert.data import get_dataset
 from smoothcert.models import load_checkpoint, read_checkpoint
 from smoothcert.train import macer_terms, soft_margin
@@ -46,7 +47,7 @@ def diagnose(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, sigma:
         s = soft_margin(logits, y, beta=beta)
         flat = s.correct & s.unsaturated & (s.xi > gamma)
         active = s.correct & s.unsaturated & (s.xi <= gamma)
-        smoothed_correct = (torch.softmax(logits, -1).mean(0).argmax(-1) == y).float().mean()
+        smoothed_correct = (log_mean_softmax(logits).argmax(-1) == y).float().mean()
     return {
         "classification": round(terms.classification.item(), 4),
         "lbd_robustness": round(lbd * terms.robustness.item(), 4),

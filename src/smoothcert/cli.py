@@ -214,11 +214,12 @@ def _apply_init(
     ``training`` metadata entry ``{"init": record}``).
     """
     init_model, init_meta, record = init
-    want = (arch, arch_kwargs, info.num_classes, info.input_shape[0])
-    have = (init_meta.arch, init_meta.arch_kwargs, init_meta.num_classes, init_meta.in_channels)
     # Keywords are compared with the factory's defaults filled in: a checkpoint built without
     # input_size (the Python API) is the same LeNet as this run's input_size=28.
-    if want[0] != have[0] or want[2:] != have[2:] or model_kwargs(arch, want[1]) != model_kwargs(arch, have[1]):
+    want = (arch, model_kwargs(arch, arch_kwargs), info.num_classes, info.input_shape[0])
+    have = (init_meta.arch, model_kwargs(init_meta.arch, init_meta.arch_kwargs), init_meta.num_classes,
+            init_meta.in_channels)
+    if want != have:
         raise ValueError(
             f"--init {record['path']} holds {have[0]} (arch_kwargs {have[1]}) with {have[2]} classes and "
             f"{have[3]} input channels; this run builds {want[0]} (arch_kwargs {want[1]}) with {want[2]} classes "

@@ -119,8 +119,9 @@ class Macer(TrainingMethod):
     classification term. Fine-tuning diverged at lr 0.02 (sigma 0.25: noisy training accuracy 0.99 →
     0.10 within one epoch); at lr 0.001 it degraded slowly — loss and noisy accuracy worse each epoch,
     ACR 0.98 against Gaussian's 1.28, with m 4 and m 16 alike — while at lr 0.0001 (or lbd 4 at 0.001)
-    the loss fell and ACR rose above Gaussian's (sigma 0.5 and 1.0; BENCHMARKS.md). Scale the learning
-    rate with lbd: this term, not the classification term, sets the stable step.
+    the loss fell and ACR rose above Gaussian's (sigma 0.5 and 1.0; on 500 images part of that gain is the
+    lower rate itself, the rest the radius term; BENCHMARKS.md). Scale the learning rate with lbd: this
+    term, not the classification term, sets the stable step.
     """
 
     name = "macer"
