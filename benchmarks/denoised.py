@@ -23,6 +23,12 @@ for ``none`` the noisy input's), the denoiser's milliseconds per image and the m
 certified input (n0 + n forward passes of denoiser + classifier), plus the settings. Markdown
 tables go to stderr, certified-accuracy curves to ``<workdir>/curves/*.png``.
 
+At the end, the paper's claims are put to a paired test (:data:`CLAIMS`): for each (dataset, noise,
+sigma), ACR of one denoiser minus another's on the same test images with the same classifier, with a
+95% interval over the images (``analysis.paired_acr_difference``), and the PSNR difference. They go
+to stdout as JSON lines (``"comparison"``), to ``<workdir>/summary.md`` with the grid of ACRs, and the
+ACRs to ``<workdir>/curves/acr_grid.png`` (ACR against sigma, one panel per dataset and noise).
+
 Resumable: checkpoints (``<workdir>/<dataset>/*.pt``) continue or are reused, certification rows
 (``*.tsv``) are kept and extended, and finished JSON lines are cached in
 ``<workdir>/results.jsonl`` (reused when their settings match). Rows are tied to the checkpoints'
@@ -83,6 +89,18 @@ RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 CLASSIFIER = {"batch_size": 128, "lr": 0.05, "schedule": "cosine"}
 #: Denoisers: Adam lr 1e-3 (Salman et al. 2020), batch 128.
 DENOISER_LR, DENOISER_BATCH = 1e-3, 128
+#: Paired comparisons (a, b, the claim that "a - b > 0" supports). Score-based denoised smoothing paper:
+#: one-step beats denoisers trained with the MSE only (Sec. 4.2), multi-step is sharper than one-step and
+#: comparable to white-box (noise-trained) classifiers (Sec. 4.3); Salman et al. 2020: classifier guidance
+#: beats the MSE-only denoiser; issue #5: every denoiser lifts the clean classifier.
+CLAIMS = (
+    ("mse", "none", "a denoiser lifts the clean classifier"),
+    ("one-step", "mse", "one-step beats the MSE-only denoiser"),
+    ("multi-step", "one-step", "multi-step beats one-step"),
+    ("multi-step", "mse", "multi-step beats the MSE-only denoiser"),
+    ("guided", "mse", "classifier guidance beats MSE only"),
+    ("multi-step", "augmented", "multi-step vs the noise-trained classifier"),
+)
 
 
 def _default_root() -> str | None:
@@ -219,6 +237,93 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _tsv(work: Path, dataset: str, noise: str, sigma: float, denoiser: str) -> Path:
+    """The certification rows of one (dataset, noise, sigma, denoiser)."""
+    return work / dataset / f"cert_{noise}_sigma{sigma:g}_{denoiser}.tsv"
+
+
+def paired_claims(rows: list[dict[str, Any]], work: Path) -> list[dict[str, Any]]:
+    """Every comparison of :data:`CLAIMS` whose two runs are both in ``rows``, per (dataset, noise, sigma).
+
+    Each is ``analysis.paired_acr_difference`` of the two runs' rows (same test images, matched by idx)
+    with ``dataset``, ``noise``, ``sigma``, ``a``, ``b``, ``claim`` and ``psnr_difference_db`` (None
+    where either has no PSNR) added.
+    """
+    by_key = {(r["dataset"], r["noise"], r["sigma"], r["denoiser"]): r for r in rows}
+    out = []
+    for dataset, noise, sigma in dict.fromkeys((r["dataset"], r["noise"], r["sigma"]) for r in rows):
+        for a, b, claim in CLAIMS:
+            ra, rb = by_key.get((dataset, noise, sigma, a)), by_key.get((dataset, noise, sigma, b))
+            if ra is None or rb is None:
+                continue
+            diff = analysis.paired_acr_difference(analysis.load_results(_tsv(work, dataset, noise, sigma, a)),
+                                                  analysis.load_results(_tsv(work, dataset, noise, sigma, b)))
+            psnr = None if ra["psnr_db"] is None or rb["psnr_db"] is None else round(ra["psnr_db"] - rb["psnr_db"], 3)
+            out.append({"comparison": f"{a} - {b}", "dataset": dataset, "noise": noise, "sigma": sigma, "a": a,
+                        "b": b, "claim": claim, **{k: round(v, 4) if isinstance(v, float) else v
+                                                   for k, v in diff.items()}, "psnr_difference_db": psnr})
+    return out
+
+
+def _claims_markdown(claims: list[dict[str, Any]]) -> str:
+    head = ["dataset", "noise", "sigma", "a - b", "ACR a - b [95%]", "a / b better, ties", "PSNR a - b dB"]
+    lines = ["| " + " | ".join(head) + " |", "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
+    for c in claims:
+        psnr = "–" if c["psnr_difference_db"] is None else f"{c['psnr_difference_db']:+.1f}"
+        sig = "**" if c["low"] > 0 or c["high"] < 0 else ""  # the interval excludes 0
+        cells = [c["dataset"], c["noise"], f"{c['sigma']:g}", c["comparison"],
+                 f"{sig}{c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]{sig}",
+                 f"{c['a_better']} / {c['b_better']}, {c['ties']}", psnr]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _acr_grid_markdown(rows: list[dict[str, Any]]) -> str:
+    """ACR per (dataset, noise, sigma) row and denoiser column ('–' where not run)."""
+    dens = [d for d in DENOISERS if any(r["denoiser"] == d for r in rows)]
+    acr = {(r["dataset"], r["noise"], r["sigma"], r["denoiser"]): r["acr"] for r in rows}
+    lines = ["| dataset | noise (norm) | sigma | " + " | ".join(dens) + " |",
+             "| --- | --- | ---: |" + " ---: |" * len(dens)]
+    norms = {r["noise"]: r["norm"] for r in rows}
+    for dataset, noise, sigma in dict.fromkeys((r["dataset"], r["noise"], r["sigma"]) for r in rows):
+        cells = [f"{acr[k]:.3f}" if (k := (dataset, noise, sigma, d)) in acr else "–" for d in dens]
+        lines.append(f"| {dataset} | {noise} ({norms[noise]}) | {sigma:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_acr_grid(rows: list[dict[str, Any]], path: Path) -> Path:
+    """ACR against sigma, one line per denoiser, one panel per (dataset, noise); saved to ``path``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    noises = list(dict.fromkeys(r["noise"] for r in rows))
+    fig = Figure(figsize=(3.6 * len(noises), 3.0 * len(datasets)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(datasets), len(noises), squeeze=False, sharey="row")
+    for i, dataset in enumerate(datasets):
+        for j, noise in enumerate(noises):
+            ax = axes[i][j]
+            cell = [r for r in rows if r["dataset"] == dataset and r["noise"] == noise]
+            for k, den in enumerate(DENOISERS):
+                pts = sorted((r["sigma"], r["acr"]) for r in cell if r["denoiser"] == den)
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", color=f"C{k}", linestyle="--" if den == "augmented" else "-",
+                            label=den)
+            norm = cell[0]["norm"] if cell else ""
+            ax.set_title(f"{dataset}, {noise} ({norm})", fontsize=10)
+            ax.set_xticks(sorted({r["sigma"] for r in cell}))
+            ax.set_ylim(bottom=0.0)
+            ax.set_xlabel("sigma")
+            ax.set_ylabel("ACR" if j == 0 else "")
+            ax.grid(True, alpha=0.35, linewidth=0.6)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), frameon=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    return path
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default=_default_root(),
@@ -324,7 +429,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     if den_name in ("mse", "guided"):
                         settings["dncnn"] = {"depth": args.dncnn_depth, "width": args.dncnn_width,
                                              "init": "mse" if den_name == "guided" else None}
-                    tsv = d / f"cert_{tag}_{den_name}.tsv"
+                    tsv = _tsv(work, name, noise_name, sigma, den_name)
                     cached = next((c for c in cache if c.get("settings") == json.loads(json.dumps(settings))), None)
                     smoothed = SmoothedClassifier(base, noise=noise, num_classes=train_set.info.num_classes)
                     certify_dataset(smoothed, test_set, tsv, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=batch,
@@ -364,6 +469,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             print(f"\n{name}, {noise_name} noise, certified accuracy at {table[0]['norm'] if table else ''} radius "
                   f"(n={args.n}, {len(indices)} inputs)\n", file=sys.stderr)
             print(_markdown(table), file=sys.stderr)
+    claims = paired_claims(out, work)
+    for c in claims:
+        print(json.dumps(c), flush=True)
+    summary = (f"# Denoised smoothing: ACR (n = {args.n}, every {args.skip}-th test image, at most {args.max})\n\n"
+               + _acr_grid_markdown(out) + "\n# Paired differences on the same images (bold: 95% interval "
+               "excludes 0)\n\n" + _claims_markdown(claims))
+    (work / "summary.md").write_text(summary, encoding="utf-8")
+    if out:
+        plot_acr_grid(out, work / "curves" / "acr_grid.png")
+    print("\n" + summary, file=sys.stderr)
     return out
 
 
