@@ -313,7 +313,8 @@ def plot_acr_grid(rows: list[dict[str, Any]], path: Path) -> Path:
             norm = cell[0]["norm"] if cell else ""
             ax.set_title(f"{dataset}, {noise} ({norm})", fontsize=10)
             ax.set_xticks(sorted({r["sigma"] for r in cell}))
-            ax.set_ylim(bottom=0.0)
+            # Set after plotting, from the row's data: a limit fixed earlier on shared axes would clip later panels.
+            ax.set_ylim(0.0, 1.08 * max([r["acr"] for r in rows if r["dataset"] == dataset] + [0.05]))
             ax.set_xlabel("sigma")
             ax.set_ylabel("ACR" if j == 0 else "")
             ax.grid(True, alpha=0.35, linewidth=0.6)
