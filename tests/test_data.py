@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from repo_scripts import load_script
 
 from smoothcert import data
 from smoothcert.data import (
@@ -603,12 +604,7 @@ def test_folder_and_imagenet_errors_without_torchvision_needed(tmp_path: Path) -
 
 
 def _load_build_script():
-    path = REPO / "scripts" / "build_embedded_mnist.py"
-    spec = importlib.util.spec_from_file_location("build_embedded_mnist", path)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/build_embedded_mnist.py")
 
 
 def test_build_script_selects_first_per_class_and_is_reproducible(tmp_path: Path) -> None:

@@ -1,22 +1,17 @@
 """benchmarks/denoised.py: the paired comparisons behind its claims table, and a tiny end-to-end run."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from repo_scripts import load_script
 
 from smoothcert import analysis
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "denoised.py"
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location("denoised_benchmark", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/denoised.py")
 
 
 def _write_rows(path: Path, rows: list[tuple[int, int, int, float, int]]) -> None:

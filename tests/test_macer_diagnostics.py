@@ -1,22 +1,15 @@
 """benchmarks/macer_terms.py: the diagnosis of a checkpoint is consistent with macer_terms itself."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from repo_scripts import load_script
 from torch import nn
 
 from smoothcert.train import macer_terms
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "macer_terms.py"
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location("macer_terms_benchmark", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/macer_terms.py")
 
 
 def test_diagnose_partitions_the_batch_and_matches_the_loss_terms():
