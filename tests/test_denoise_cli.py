@@ -11,7 +11,7 @@ from smoothcert.analysis import load_results
 from smoothcert.cli import main
 from smoothcert.data import get_dataset
 from smoothcert.denoise import Denoised, MultiStepDenoiser, load_denoiser, read_denoiser_checkpoint
-from smoothcert.evaluate import input_seed
+from smoothcert.rng import input_seed
 from smoothcert.models import load_checkpoint
 from smoothcert.noise import get_noise
 from smoothcert.smooth import SmoothedClassifier

@@ -21,7 +21,7 @@ from smoothcert.sampling import (
     sample_counts,
     sample_mean_probs,
 )
-from smoothcert.smooth import CompileError
+from smoothcert.errors import CompileError
 
 # ---------------------------------------------------------------- helpers
 

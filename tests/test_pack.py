@@ -13,7 +13,8 @@ from torch.utils.data import TensorDataset
 
 from smoothcert import SmoothedClassifier, get_noise
 from smoothcert.cli import main
-from smoothcert.evaluate import certify_dataset, check_pack, input_seed, predict_dataset
+from smoothcert.evaluate import certify_dataset, check_pack, predict_dataset
+from smoothcert.rng import input_seed
 
 
 def _lines(path) -> list[str]:

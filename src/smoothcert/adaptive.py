@@ -32,10 +32,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checks import check_int, check_sample_sizes
+from .errors import InputError
 from .noise import Noise
 from .smooth import ABSTAIN, Certificate, SmoothedClassifier, decide, split_counts
 from .stats import check_alpha, clopper_pearson_lower, clopper_pearson_upper
-from .validation import check_int, check_sample_sizes
 
 __all__ = [
     "CertifyAtResult",
@@ -58,7 +59,7 @@ def required_p_lower(
     """
     r = torch.as_tensor(radius, dtype=torch.float64)
     if (r < 0).any() or torch.isnan(r).any():
-        raise ValueError("radii must be >= 0")
+        raise InputError("radii must be >= 0")
     lo = torch.full_like(r, 0.5)
     hi = torch.ones_like(r)
     for _ in range(60):  # 2^-60: below float64 resolution near 1
@@ -100,7 +101,7 @@ def grid_stages(
     max_n = check_int("max_n", max_n, minimum=1)
     need = required_p_lower(noise, radii, norm=norm, dim=dim).numpy().reshape(-1)
     if not multiples or min(multiples) < 1:
-        raise ValueError(f"multiples must be >= 1 (at least one), got {multiples}")
+        raise InputError(f"multiples must be >= 1 (at least one), got {multiples}")
     need = need[need < 1.0]  # a radius no pA < 1 reaches is never certified: no stage for it
     stages = [max_n]
     for _ in range(len(need) + 2):  # S only grows while stages cross max_n or merge; a few rounds
@@ -117,7 +118,7 @@ def grid_stages(
 def sample_size_grid(max_n: int, *, smallest: int = 1000, factor: float = 1.25) -> list[int]:
     """Candidate sample sizes: a geometric ladder ``smallest * factor^k`` ending exactly at max_n."""
     if max_n < 1 or smallest < 1 or factor <= 1:
-        raise ValueError("need max_n >= 1, smallest >= 1 and factor > 1")
+        raise InputError("need max_n >= 1, smallest >= 1 and factor > 1")
     grid, n = [], float(min(smallest, max_n))
     while n < max_n:
         grid.append(int(n))
@@ -184,7 +185,7 @@ def certify_planned(
     check_alpha(plan_alpha)
     check_sample_sizes(n=max_n, n0=n0, batch_size=batch_size)
     if not radius_loss >= 0:
-        raise ValueError(f"radius_loss must be >= 0, got {radius_loss}")
+        raise InputError(f"radius_loss must be >= 0, got {radius_loss}")
     norm = smoothed.noise.check_norm(norm)
     x, gen = smoothed._prepare(x, generator)
     dim = math.prod(x.shape[1:])
@@ -279,9 +280,9 @@ def certify_at(
     alpha = check_alpha(alpha)
     norm = smoothed.noise.check_norm(norm)
     if isinstance(stages, str) and (stages != "auto" or max_n is None):
-        raise ValueError(f"stages must be sample sizes or 'auto' (with max_n), got {stages!r}")
+        raise InputError(f"stages must be sample sizes or 'auto' (with max_n), got {stages!r}")
     if not isinstance(stages, str) and max_n is not None:
-        raise ValueError("max_n goes with stages='auto'; with explicit stages the last one is the maximum")
+        raise InputError("max_n goes with stages='auto'; with explicit stages the last one is the maximum")
     x, gen = smoothed._prepare(x, generator)
     dim = math.prod(x.shape[1:])
     if isinstance(stages, str):  # "auto", checked above
@@ -289,12 +290,12 @@ def certify_at(
                              alpha=alpha, max_n=max_n, norm=norm, dim=dim)
     stages = sorted(int(s) for s in stages)
     if not stages or stages[0] < 1 or len(set(stages)) != len(stages):
-        raise ValueError(f"stages must be distinct positive sample sizes, got {stages}")
+        raise InputError(f"stages must be distinct positive sample sizes, got {stages}")
     check_sample_sizes(n=stages[-1], n0=n0, batch_size=batch_size)
     batch_size = smoothed._start_engine(x, batch_size, draws=(n0, stages[0], *np.diff(stages)))
     radii = torch.as_tensor(radius, dtype=torch.float64).reshape(-1).cpu()
     if radii.numel() == 0:
-        raise ValueError("certify_at needs at least one radius")
+        raise InputError("certify_at needs at least one radius")
     need = required_p_lower(smoothed.noise, radii, norm=norm, dim=dim).numpy()  # [R]
     a_s = alpha / len(stages)
     b, r_count = x.shape[0], len(radii)

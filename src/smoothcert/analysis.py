@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError, InputTypeError
+
 __all__ = [
     "ABSTAIN",
     "REQUIRED_COLUMNS",
@@ -111,10 +113,10 @@ class Results:
         n = len(self.idx)
         for attr in ("label", "predict", "radius", "correct", "seconds"):
             if len(getattr(self, attr)) != n:
-                raise ValueError(f"Results.{attr} has {len(getattr(self, attr))} rows, idx has {n}")
+                raise InputError(f"Results.{attr} has {len(getattr(self, attr))} rows, idx has {n}")
         for key, col in self.extra.items():
             if len(col) != n:
-                raise ValueError(f"Results.extra[{key!r}] has {len(col)} rows, idx has {n}")
+                raise InputError(f"Results.extra[{key!r}] has {len(col)} rows, idx has {n}")
 
     def __len__(self) -> int:
         return len(self.idx)
@@ -137,7 +139,7 @@ class Results:
                 (``$\\sigma = 0.25$``) or ``"plot"`` (matplotlib mathtext, like ``"latex"``).
         """
         if style not in ("text", "markdown", "latex", "plot"):
-            raise ValueError(f"style must be 'text', 'markdown', 'latex' or 'plot', got {style!r}")
+            raise InputError(f"style must be 'text', 'markdown', 'latex' or 'plot', got {style!r}")
         if self.name is not None:
             return _latex_escape(self.name) if style == "latex" else self.name
         if self.sigma is not None:
@@ -195,7 +197,7 @@ def parse_time(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"cannot parse time {text!r}: expected H:MM:SS[.ffffff] or seconds") from None
+        raise InputError(f"cannot parse time {text!r}: expected H:MM:SS[.ffffff] or seconds") from None
 
 
 def _parse_int(text: str) -> int:
@@ -205,17 +207,17 @@ def _parse_int(text: str) -> int:
     except ValueError:
         value = float(text)
         if not value.is_integer():
-            raise ValueError(f"expected an integer, got {text!r}") from None
+            raise InputError(f"expected an integer, got {text!r}") from None
         return int(value)
 
 
 def _parse_row(fields: Sequence[str], pos: dict[str, int]) -> tuple[int, int, int, float, int, float]:
     correct = _parse_int(fields[pos["correct"]])
     if correct not in (0, 1):
-        raise ValueError(f"correct must be 0 or 1, got {fields[pos['correct']]!r}")
+        raise InputError(f"correct must be 0 or 1, got {fields[pos['correct']]!r}")
     radius = float(fields[pos["radius"]])
     if not radius >= 0.0:  # also rejects NaN
-        raise ValueError(f"radius must be a number >= 0, got {fields[pos['radius']]!r}")
+        raise InputError(f"radius must be a number >= 0, got {fields[pos['radius']]!r}")
     return (
         _parse_int(fields[pos["idx"]]),
         _parse_int(fields[pos["label"]]),
@@ -280,17 +282,17 @@ def load_results(path: str | Path, *, label: str | None = None) -> Results:
     # csv turns a blank line into []; a line of only whitespace into [" "]-like rows.
     numbered = [(i + 1, row) for i, row in enumerate(lines) if any(cell.strip() for cell in row)]
     if not numbered:
-        raise ValueError(f"{path}: empty file; expected a header line {' '.join(REQUIRED_COLUMNS)!r}")
+        raise InputError(f"{path}: empty file; expected a header line {' '.join(REQUIRED_COLUMNS)!r}")
     header = [h.strip() for h in numbered[0][1]]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"{path}: missing required column(s) {', '.join(missing)}; the header must hold "
             f"{' '.join(REQUIRED_COLUMNS)} (tab-separated), found {header}"
         )
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
-        raise ValueError(f"{path}: column(s) named more than once in the header: {', '.join(dupes)}")
+        raise InputError(f"{path}: column(s) named more than once in the header: {', '.join(dupes)}")
     pos = {name: header.index(name) for name in header}
     extra_names = [h for h in header if h not in REQUIRED_COLUMNS]
 
@@ -308,7 +310,7 @@ def load_results(path: str | Path, *, label: str | None = None) -> Results:
             if k == len(body) - 1:
                 skipped.append(lineno)
                 continue
-            raise ValueError(f"{path}, line {lineno}: {err}") from None
+            raise InputError(f"{path}, line {lineno}: {err}") from None
         extra_raw.append([row[pos[h]] for h in extra_names])
     if skipped:
         warnings.warn(
@@ -319,7 +321,7 @@ def load_results(path: str | Path, *, label: str | None = None) -> Results:
             stacklevel=2,
         )
     if not parsed:
-        raise ValueError(f"{path}: no data rows")
+        raise InputError(f"{path}: no data rows")
 
     cols = list(zip(*parsed, strict=True))
     extra = {h: _typed_column([r[j] for r in extra_raw]) for j, h in enumerate(extra_names)}
@@ -353,7 +355,7 @@ def load_results(path: str | Path, *, label: str | None = None) -> Results:
 
 def _check_nonempty(results: Results) -> None:
     if len(results) == 0:
-        raise ValueError(f"{results!r} has no rows")
+        raise InputError(f"{results!r} has no rows")
 
 
 def _as_radii(radii: float | Iterable[float]) -> np.ndarray:
@@ -361,9 +363,9 @@ def _as_radii(radii: float | Iterable[float]) -> np.ndarray:
         radii = list(radii)  # generators, sets, dict views
     r = np.asarray(radii, dtype=np.float64)
     if r.ndim > 1:
-        raise ValueError(f"radii must be a number or a 1-D sequence, got shape {r.shape}")
+        raise InputError(f"radii must be a number or a 1-D sequence, got shape {r.shape}")
     if np.isnan(r).any() or (r < 0).any():
-        raise ValueError(f"radii must be numbers >= 0, got {r.tolist()}")
+        raise InputError(f"radii must be numbers >= 0, got {r.tolist()}")
     return r
 
 
@@ -449,9 +451,9 @@ def paired_acr_difference(a: Results, b: Results, *, z: float = 1.96) -> dict[st
     """
     common, ia, ib = np.intersect1d(a.idx, b.idx, return_indices=True)
     if len(common) == 0:
-        raise ValueError("the two runs certified no input in common (rows are matched by idx)")
+        raise InputError("the two runs certified no input in common (rows are matched by idx)")
     if not np.array_equal(a.label[ia], b.label[ib]):
-        raise ValueError("the two runs give different labels to the same idx: not the same dataset")
+        raise InputError("the two runs give different labels to the same idx: not the same dataset")
     d = a.radius[ia] * a.correct[ia] - b.radius[ib] * b.correct[ib]
     n = len(d)
     se = float(np.std(d, ddof=1) / math.sqrt(n)) if n > 1 else math.inf
@@ -463,10 +465,10 @@ def paired_acr_difference(a: Results, b: Results, *, z: float = 1.96) -> dict[st
 def _check_runs(results_list: Sequence[Results]) -> list[Results]:
     runs = list(results_list)
     if not runs:
-        raise ValueError("need at least one Results")
+        raise InputError("need at least one Results")
     for run in runs:
         if not isinstance(run, Results):
-            raise TypeError(f"expected Results, got {type(run).__name__}; use load_results(path)")
+            raise InputTypeError(f"expected Results, got {type(run).__name__}; use load_results(path)")
         _check_nonempty(run)
     norms = {str(_single_value(run.extra["norm"])) if "norm" in run.extra else "l2" for run in runs}
     if len(norms) > 1:
@@ -570,9 +572,9 @@ def _grid(
     runs = _check_runs(results_list)
     r = np.atleast_1d(_as_radii(radii))
     if len(r) == 0:
-        raise ValueError("radii is empty")
+        raise InputError("radii is empty")
     if not isinstance(digits, int) or digits < 0:
-        raise ValueError(f"digits must be an integer >= 0, got {digits!r}")
+        raise InputError(f"digits must be an integer >= 0, got {digits!r}")
     env = _envelope(runs, r, warn=True, stacklevel=4) if (with_envelope and len(runs) > 1) else None
     return _Grid(
         names=[run.display_name(style) for run in runs],
@@ -726,12 +728,12 @@ def plot_certified_accuracy(
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".png", ".pdf", ".svg"):
-        raise ValueError(f"unsupported plot format {path.suffix!r} for {path}; use .png, .pdf or .svg")
+        raise InputError(f"unsupported plot format {path.suffix!r} for {path}; use .png, .pdf or .svg")
     if max_radius is None:
         top = max(float(np.max(run.radius * run.correct)) for run in runs)
         max_radius = math.ceil(top * 1.02 / 0.25) * 0.25 if top > 0 else 1.0
     if not max_radius > 0:
-        raise ValueError(f"max_radius must be > 0, got {max_radius}")
+        raise InputError(f"max_radius must be > 0, got {max_radius}")
 
     # Lazy import: matplotlib is needed only here.
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -29,8 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import InputError
 from .noise import Noise
-from .smooth import make_generator
+from .ops import log_mean_softmax, upcast_logits
+from .rng import make_generator
 
 __all__ = [
     "SmoothedSoft",
@@ -56,9 +58,9 @@ def _per_example(value: float | Tensor, like: Tensor, name: str) -> Tensor:
     if t.dim() == 0:
         t = t.expand(like.shape[0])
     if t.shape != (like.shape[0],):
-        raise ValueError(f"{name} must be a number or a tensor of shape [{like.shape[0]}], got {list(t.shape)}")
+        raise InputError(f"{name} must be a number or a tensor of shape [{like.shape[0]}], got {list(t.shape)}")
     if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
-        raise ValueError(f"{name} must be finite and >= 0")
+        raise InputError(f"{name} must be finite and >= 0")
     return t.view(-1, *([1] * (like.dim() - 1)))
 
 
@@ -123,7 +125,7 @@ def pgd_l2(
         adversarial inputs [B, ...] with ‖x_adv − x‖₂ <= eps per example, in [0, 1], detached.
     """
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise InputError(f"steps must be >= 1, got {steps}")
     x = x.detach()
     generator = make_generator(generator, x.device)
     eps_t = _per_example(eps, x, "eps")
@@ -146,23 +148,6 @@ def pgd_l2(
     return (x + delta).detach()
 
 
-def upcast_logits(t: Tensor) -> Tensor:
-    """``t`` in float32 if it is a narrower float (fp16, bf16); float32 and float64 are kept, so a
-    float64 model's probabilities stay float64."""
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
-
-def log_mean_softmax(logits: Tensor) -> Tensor:
-    """log((1/m) Σ_i softmax(logits_i)) [B, K] from ``logits`` [m, B, K] (or log-probabilities, on
-    which log_softmax is the identity): the plug-in estimate of the smoothed soft classifier's
-    log-probabilities over m noise draws (Salman et al. 2019, Sec. 3), computed stably in log space
-    in float32 or wider (:func:`upcast_logits`). Rows exp-sum to 1; differentiable."""
-    if logits.dim() != 3:
-        raise ValueError(f"logits must be [m, B, K], got shape {list(logits.shape)}")
-    log_p = F.log_softmax(upcast_logits(logits), dim=-1)
-    return torch.logsumexp(log_p, dim=0) - math.log(logits.shape[0])
-
-
 def smoothed_log_probs(model: nn.Module, x: Tensor, deltas: Tensor) -> Tensor:
     """log((1/m) Σ_i softmax f(x + delta_i)): the plug-in estimate of the smoothed soft classifier.
 
@@ -175,7 +160,7 @@ def smoothed_log_probs(model: nn.Module, x: Tensor, deltas: Tensor) -> Tensor:
         model), differentiable in ``x`` and the model: :func:`log_mean_softmax` of the m copies.
     """
     if deltas.dim() != x.dim() + 1 or deltas.shape[1:] != x.shape:
-        raise ValueError(f"deltas must have shape [m, {', '.join(map(str, x.shape))}], got {list(deltas.shape)}")
+        raise InputError(f"deltas must have shape [m, {', '.join(map(str, x.shape))}], got {list(deltas.shape)}")
     m, b = deltas.shape[0], x.shape[0]
     logits = model((x.unsqueeze(0) + deltas).flatten(0, 1))
     return log_mean_softmax(logits.view(m, b, -1))
@@ -197,7 +182,7 @@ class SmoothedSoft(nn.Module):
     ) -> None:
         super().__init__()
         if m < 1:
-            raise ValueError(f"m (noise draws per estimate) must be >= 1, got {m}")
+            raise InputError(f"m (noise draws per estimate) must be >= 1, got {m}")
         self.base = base
         self.noise = noise
         self.m = m
@@ -270,11 +255,11 @@ def ddn(
         sigma/sqrt(m)); check the result with the smoothed classifier's PREDICT.
     """
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise InputError(f"steps must be >= 1, got {steps}")
     if not 0.0 < gamma < 1.0:
-        raise ValueError(f"gamma must be in (0, 1), got {gamma}")
+        raise InputError(f"gamma must be in (0, 1), got {gamma}")
     if not step_size > 0:
-        raise ValueError(f"step_size must be > 0, got {step_size}")
+        raise InputError(f"step_size must be > 0, got {step_size}")
     x = x.detach()
     generator = make_generator(generator, x.device)
     b = x.shape[0]
@@ -284,7 +269,7 @@ def ddn(
         cap = torch.minimum(cap, _per_example(eps, x, "eps").view(b))
     init = _per_example(init_eps, x, "init_eps").view(b)
     if bool((init == 0).any()):
-        raise ValueError("init_eps must be > 0")
+        raise InputError("init_eps must be > 0")
     norm = torch.minimum(init, cap)
     sign = -1.0 if targeted else 1.0
     delta = torch.zeros_like(x)

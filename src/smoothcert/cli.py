@@ -22,6 +22,7 @@ from torch import nn
 from . import analysis
 from .data import get_dataset, list_datasets
 from .distributed import DEFAULT_TIMEOUT, find_parts, merge_result_parts, process_group, rank_device
+from .errors import InputError
 from .evaluate import certify_dataset, predict_dataset, select_indices
 from .files import file_sha256
 from .models import MODELS, CheckpointMeta, build_model, list_models, load_checkpoint, model_kwargs
@@ -181,17 +182,17 @@ def _method_from_args(name: str, items: Sequence[str]) -> TrainingMethod:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise ValueError(f"--hparam expects KEY=VALUE, got {item!r}; method {name!r} takes: {listing}")
+            raise InputError(f"--hparam expects KEY=VALUE, got {item!r}; method {name!r} takes: {listing}")
         if key not in known:
-            raise ValueError(f"--hparam {key}: method {name!r} has no hyperparameter {key!r}; "
+            raise InputError(f"--hparam {key}: method {name!r} has no hyperparameter {key!r}; "
                              f"its hyperparameters (defaults): {listing}")
         if key in hparams:
-            raise ValueError(f"--hparam {key} given twice")
+            raise InputError(f"--hparam {key} given twice")
         hparams[key] = _hparam_value(value)
     try:
         return get_method(name, **hparams)
     except ValueError as err:
-        raise ValueError(f"--hparam for method {name!r}: {err}") from None
+        raise InputError(f"--hparam for method {name!r}: {err}") from None
 
 
 def _read_init(path_text: str) -> tuple[nn.Module, CheckpointMeta, dict[str, Any]]:
@@ -220,7 +221,7 @@ def _apply_init(
     have = (init_meta.arch, model_kwargs(init_meta.arch, init_meta.arch_kwargs), init_meta.num_classes,
             init_meta.in_channels)
     if want != have:
-        raise ValueError(
+        raise InputError(
             f"--init {record['path']} holds {have[0]} (arch_kwargs {have[1]}) with {have[2]} classes and "
             f"{have[3]} input channels; this run builds {want[0]} (arch_kwargs {want[1]}) with {want[2]} classes "
             f"and {want[3]} channels for {info.name}. Fine-tuning needs the same network: pass --arch {have[0]} "
@@ -317,23 +318,23 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
 
     kind = denoiser_kind(args.kind)
     if (kind == "score") != (args.loss == "dsm"):
-        raise ValueError(f"--kind {args.kind} is a {kind} network: train it with "
+        raise InputError(f"--kind {args.kind} is a {kind} network: train it with "
                          f"{'--loss dsm' if kind == 'score' else '--loss mse, stability or classification'}")
     if kind == "score":
         if args.sigma is not None:
-            raise ValueError("a score network trains over a ladder: pass --sigmas or --ladder, not --sigma")
+            raise InputError("a score network trains over a ladder: pass --sigmas or --ladder, not --sigma")
         if args.sigmas and args.ladder:
-            raise ValueError("pass --sigmas or --ladder, not both")
+            raise InputError("pass --sigmas or --ladder, not both")
         if args.ladder and not float(args.ladder[2]).is_integer():
-            raise ValueError(f"--ladder MAX MIN L: L must be a whole number of levels, got {args.ladder[2]:g}")
+            raise InputError(f"--ladder MAX MIN L: L must be a whole number of levels, got {args.ladder[2]:g}")
         ladder = args.sigmas or (sigma_ladder(args.ladder[0], args.ladder[1], num_levels=int(args.ladder[2]))
                                  if args.ladder else sigma_ladder(1.0, 0.01, num_levels=10))
         noise, loss = None, get_denoiser_loss("dsm", ladder=ladder)
     else:
         if args.sigma is None:
-            raise ValueError(f"--kind {args.kind} is trained for one noise: pass --sigma (and --noise)")
+            raise InputError(f"--kind {args.kind} is trained for one noise: pass --sigma (and --noise)")
         if args.sigmas or args.ladder:
-            raise ValueError("--sigmas/--ladder are for score networks (--kind scorenet --loss dsm)")
+            raise InputError("--sigmas/--ladder are for score networks (--kind scorenet --loss dsm)")
         noise = get_noise(args.noise, sigma=args.sigma)
         guided = {"access": args.access, "queries": args.queries, "mu": args.mu} if args.loss != "mse" else {}
         loss = get_denoiser_loss(args.loss, **guided)
@@ -341,7 +342,7 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
     for item in args.arch_arg:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--arch-arg expects KEY=VALUE, got {item!r}")
+            raise InputError(f"--arch-arg expects KEY=VALUE, got {item!r}")
         arch_kwargs[key.strip().replace("-", "_")] = _hparam_value(value)
     device = _device(args.device)
     train_set = _dataset(args, "train")
@@ -354,18 +355,18 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
     classifier = None
     if loss.needs_classifier:
         if args.classifier is None:
-            raise ValueError(f"--loss {args.loss} is guided by a frozen classifier: pass --classifier CKPT")
+            raise InputError(f"--loss {args.loss} is guided by a frozen classifier: pass --classifier CKPT")
         classifier, cmeta, _ = _load_classifier(args.classifier, device)
         if tuple(info.input_shape) != cmeta.input_shape:
-            raise ValueError(f"dataset {args.dataset} gives inputs {tuple(info.input_shape)} but the classifier "
+            raise InputError(f"dataset {args.dataset} gives inputs {tuple(info.input_shape)} but the classifier "
                              f"expects {cmeta.input_shape}")
     elif args.classifier is not None:
-        raise ValueError(f"--loss {args.loss} does not use a classifier; drop --classifier")
+        raise InputError(f"--loss {args.loss} does not use a classifier; drop --classifier")
     torch.manual_seed(args.seed)  # weight initialisation
     try:
         net = build_denoiser(args.kind, in_channels=info.input_shape[0], **arch_kwargs).to(device)
     except TypeError as err:
-        raise ValueError(f"--arch-arg for {args.kind}: {err}") from None
+        raise InputError(f"--arch-arg for {args.kind}: {err}") from None
     meta = DenoiserMeta(arch=args.kind, arch_kwargs=arch_kwargs, dataset=args.dataset,
                         in_channels=info.input_shape[0], input_size=list(info.input_shape[1:]))
     if not args.resume and Path(args.out).exists():

@@ -52,6 +52,8 @@ from torch.utils.data import DataLoader
 
 from smoothcert.registry import Registry
 
+from .errors import InputError, InputTypeError, MissingFileError, SmoothcertError
+
 __all__ = [
     "DatasetInfo",
     "Dataset",
@@ -111,24 +113,24 @@ class DatasetInfo:
     def __post_init__(self) -> None:
         shape = tuple(int(s) for s in self.input_shape)
         if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"input_shape must be (C, H, W) with positive sizes, got {self.input_shape}")
+            raise InputError(f"input_shape must be (C, H, W) with positive sizes, got {self.input_shape}")
         object.__setattr__(self, "input_shape", shape)
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         channels = shape[0]
         if len(self.mean) != channels or len(self.std) != channels:
-            raise ValueError(
+            raise InputError(
                 f"mean and std need one value per channel ({channels}), "
                 f"got {len(self.mean)} and {len(self.std)}"
             )
         if min(self.std) <= 0:
-            raise ValueError(f"std must be positive, got {self.std}")
+            raise InputError(f"std must be positive, got {self.std}")
         if self.num_classes is not None and self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1 or None, got {self.num_classes}")
+            raise InputError(f"num_classes must be >= 1 or None, got {self.num_classes}")
         if self.class_names is not None:
             object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
             if self.num_classes is not None and len(self.class_names) != self.num_classes:
-                raise ValueError(
+                raise InputError(
                     f"{len(self.class_names)} class names given for {self.num_classes} classes"
                 )
 
@@ -235,9 +237,9 @@ def _as_index_tensor(indices: Indices, length: int) -> Tensor:
     else:
         idx = torch.as_tensor(np.asarray(list(indices) if isinstance(indices, range) else indices))
     if idx.dtype == torch.bool:
-        raise TypeError("subset takes integer indices, not a boolean mask (use mask.nonzero())")
+        raise InputTypeError("subset takes integer indices, not a boolean mask (use mask.nonzero())")
     if idx.numel() and (idx.is_floating_point() or idx.is_complex()):
-        raise TypeError(f"indices must be integers, got dtype {idx.dtype}")
+        raise InputTypeError(f"indices must be integers, got dtype {idx.dtype}")
     idx = idx.reshape(-1).to(torch.int64)
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= length):
         raise IndexError(
@@ -330,25 +332,25 @@ class ArrayDataset(Dataset):
         x = torch.as_tensor(images)
         y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels)
         if x.ndim != 4:
-            raise ValueError(f"images must be [N, C, H, W], got shape {tuple(x.shape)}")
+            raise InputError(f"images must be [N, C, H, W], got shape {tuple(x.shape)}")
         if tuple(x.shape[1:]) != info.input_shape:
-            raise ValueError(
+            raise InputError(
                 f"images have shape {tuple(x.shape[1:])} per item but info.input_shape is {info.input_shape}"
             )
         if x.dtype != torch.uint8:
             if not x.is_floating_point():
-                raise TypeError(f"images must be uint8 or floating point in [0, 1], got {x.dtype}")
+                raise InputTypeError(f"images must be uint8 or floating point in [0, 1], got {x.dtype}")
             x = x.to(torch.float32)
             if x.numel() and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
-                raise ValueError("floating-point images must be finite and lie in [0, 1]")
+                raise InputError("floating-point images must be finite and lie in [0, 1]")
         if y.ndim != 1 or y.shape[0] != x.shape[0]:
-            raise ValueError(f"labels must be [N] with N={x.shape[0]}, got shape {tuple(y.shape)}")
+            raise InputError(f"labels must be [N] with N={x.shape[0]}, got shape {tuple(y.shape)}")
         if y.is_floating_point() or y.dtype == torch.bool:
-            raise TypeError(f"labels must be integers, got {y.dtype}")
+            raise InputTypeError(f"labels must be integers, got {y.dtype}")
         y = y.to(torch.int64)
         too_big = info.num_classes is not None and y.numel() and int(y.max()) >= info.num_classes
         if y.numel() and (int(y.min()) < 0 or too_big):
-            raise ValueError(
+            raise InputError(
                 f"labels must lie in [0, {info.num_classes}); got min {int(y.min())}, max {int(y.max())}"
             )
         if source_indices is None:
@@ -356,7 +358,7 @@ class ArrayDataset(Dataset):
         else:
             src = torch.as_tensor(np.asarray(source_indices)).to(torch.int64).reshape(-1)
             if src.shape[0] != x.shape[0]:
-                raise ValueError(f"source_indices has {src.shape[0]} entries for {x.shape[0]} images")
+                raise InputError(f"source_indices has {src.shape[0]} entries for {x.shape[0]} images")
         self._images = x.contiguous()
         self._labels = y.contiguous()
         self._source = src
@@ -450,16 +452,16 @@ class FolderDataset(Dataset):
         from torchvision import transforms
 
         if crop > resize:
-            raise ValueError(f"crop ({crop}) must not exceed resize ({resize})")
+            raise InputError(f"crop ({crop}) must not exceed resize ({resize})")
         directory = Path(directory)
         if not directory.is_dir():
-            raise FileNotFoundError(f"image folder {directory} does not exist")
+            raise MissingFileError(f"image folder {directory} does not exist")
         transform = transforms.Compose(
             [transforms.Resize(resize), transforms.CenterCrop(crop), transforms.ToTensor()]
         )
         folder = tv.datasets.ImageFolder(str(directory), transform=transform)
         if expected_classes is not None and len(folder.classes) != expected_classes:
-            raise ValueError(
+            raise InputError(
                 f"{directory} has {len(folder.classes)} class folders, expected {expected_classes}; "
                 "labels would not match a model trained on the full set "
                 "(use the 'folder' dataset for other layouts)"
@@ -559,7 +561,7 @@ def get_dataset(
         expected paths). ValueError: corrupt files.
     """
     if not isinstance(split, str):
-        raise TypeError(f"split must be a string such as 'train' or 'test', got {type(split).__name__}")
+        raise InputTypeError(f"split must be a string such as 'train' or 'test', got {type(split).__name__}")
     loader = DATASETS.factory(name)
     return loader(split=split, root=None if root is None else Path(root), download=bool(download), **options)
 
@@ -595,9 +597,9 @@ def make_loader(
     torch's global random state.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        raise InputError(f"num_workers must be >= 0, got {num_workers}")
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -628,7 +630,7 @@ def iter_batches(
             None: torch's global RNG); else the dataset's order.
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(dataset, ArrayDataset):
         images = dataset.images_uint8
         if images is None:
@@ -661,7 +663,7 @@ def _data_root(root: Path | None) -> Path:
 
 def _check_split(name: str, split: str, allowed: Sequence[str] = _SPLITS) -> None:
     if split not in allowed:
-        raise ValueError(f"{name} has splits {', '.join(map(repr, allowed))}; got split={split!r}")
+        raise InputError(f"{name} has splits {', '.join(map(repr, allowed))}; got split={split!r}")
 
 
 def _missing_message(what: str, paths: Sequence[str], *, downloadable: bool) -> str:
@@ -679,7 +681,7 @@ def _missing_message(what: str, paths: Sequence[str], *, downloadable: bool) -> 
 # --------------------------------------------------------------------------------------------
 
 
-class DownloadError(RuntimeError):
+class DownloadError(SmoothcertError, RuntimeError):
     """No mirror delivered a file with the expected checksum."""
 
 
@@ -757,9 +759,9 @@ def read_idx(path: PathLike) -> np.ndarray:
         if data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise ValueError(f"{path}: corrupt gzip data ({err}); delete the file and fetch it again") from err
+        raise InputError(f"{path}: corrupt gzip data ({err}); delete the file and fetch it again") from err
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
-        raise ValueError(
+        raise InputError(
             f"{path}: not an idx file (magic bytes {data[:4].hex() or 'missing'}; expected 0000 followed "
             "by a type code 08/09/0b/0c/0d/0e and the number of dimensions)"
         )
@@ -767,11 +769,11 @@ def read_idx(path: PathLike) -> np.ndarray:
     ndim = data[3]
     header = 4 + 4 * ndim
     if ndim == 0 or len(data) < header:
-        raise ValueError(f"{path}: idx header truncated or with {ndim} dimensions")
+        raise InputError(f"{path}: idx header truncated or with {ndim} dimensions")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">i4", count=ndim, offset=4))
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(data) - header != expected:
-        raise ValueError(
+        raise InputError(
             f"{path}: idx header announces shape {dims} ({expected} bytes of data) but the file holds "
             f"{len(data) - header} bytes; the file is truncated or corrupt — delete it and fetch it again"
         )
@@ -839,15 +841,15 @@ def _load_idx_dataset(
     image_path, label_path = _find_idx(raw, image_base), _find_idx(raw, label_base)
     if image_path is None or label_path is None:
         expected = [f"{raw / b}.gz (or uncompressed {raw / b})" for b in (image_base, label_base)]
-        raise FileNotFoundError(_missing_message(f"{info.name} {split} split", expected, downloadable=True))
+        raise MissingFileError(_missing_message(f"{info.name} {split} split", expected, downloadable=True))
     images, labels = read_idx(image_path), read_idx(label_path)
     c, h, w = info.input_shape
     if images.dtype != np.uint8 or images.shape[1:] != (h, w):
-        raise ValueError(
+        raise InputError(
             f"{image_path}: expected uint8 images [N, {h}, {w}], got {images.dtype} {images.shape}"
         )
     if labels.dtype != np.uint8 or labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"{label_path}: expected {images.shape[0]} uint8 labels, got {labels.dtype} {labels.shape}"
         )
     return ArrayDataset(
@@ -878,7 +880,7 @@ def _embedded_arrays(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ref = resources.files("smoothcert").joinpath(*_EMBEDDED_FILE)
     with resources.as_file(ref) as path:
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"embedded MNIST subset missing at {path}; rebuild it with "
                 "python scripts/build_embedded_mnist.py --raw-dir <dir with the MNIST .gz files>"
             )
@@ -982,22 +984,22 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
         with open(path, "rb") as f:
             entry = _CifarUnpickler(f, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
-        raise ValueError(f"{path}: not a readable CIFAR batch ({err})") from err
+        raise InputError(f"{path}: not a readable CIFAR batch ({err})") from err
     if not isinstance(entry, dict):
-        raise ValueError(f"{path}: expected a dict, got {type(entry).__name__}")
+        raise InputError(f"{path}: expected a dict, got {type(entry).__name__}")
 
     def field(key: str) -> Any:
         for k in (key.encode(), key):
             if k in entry:
                 return entry[k]
-        raise ValueError(f"{path}: no {key!r} entry (keys: {sorted(map(str, entry))})")
+        raise InputError(f"{path}: no {key!r} entry (keys: {sorted(map(str, entry))})")
 
     data = np.asarray(field("data"))
     labels = np.asarray(field(label_key))
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"{path}: 'data' must be uint8 [N, 3072], got {data.dtype} {data.shape}")
+        raise InputError(f"{path}: 'data' must be uint8 [N, 3072], got {data.dtype} {data.shape}")
     if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
-        raise ValueError(f"{path}: {labels.shape} labels for {data.shape[0]} images")
+        raise InputError(f"{path}: {labels.shape} labels for {data.shape[0]} images")
     # Each row is the red plane, then green, then blue, each 32x32 row-major.
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
@@ -1008,7 +1010,7 @@ def _safe_extract(archive: Path, destination: Path) -> None:
         for member in tar.getmembers():
             target = (destination / member.name).resolve()
             if not (member.isfile() or member.isdir()) or not target.is_relative_to(base):
-                raise ValueError(f"{archive}: refusing to extract unexpected member {member.name!r}")
+                raise InputError(f"{archive}: refusing to extract unexpected member {member.name!r}")
         if hasattr(tarfile, "data_filter"):
             tar.extractall(destination, filter="data")
         else:  # pragma: no cover - Python without tarfile filters; members were checked above
@@ -1026,7 +1028,7 @@ def _load_cifar(
         _safe_extract(archive, base)
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise FileNotFoundError(_missing_message(f"{info.name} {split} split", missing, downloadable=True))
+        raise MissingFileError(_missing_message(f"{info.name} {split} split", missing, downloadable=True))
     parts = [_read_cifar_batch(f, source.label_key) for f in files]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
@@ -1068,7 +1070,7 @@ def _load_imagenet(*, split: str, root: Path | None = None, download: bool = Fal
     """
     _check_split("imagenet", split)
     if download:
-        raise ValueError("ImageNet cannot be downloaded automatically; obtain it from image-net.org")
+        raise InputError("ImageNet cannot be downloaded automatically; obtain it from image-net.org")
     base = _data_root(root)
     for candidate in (base / "imagenet", base):
         directory = _split_dir(candidate, split)
@@ -1076,7 +1078,7 @@ def _load_imagenet(*, split: str, root: Path | None = None, download: bool = Fal
             return FolderDataset(directory, name="imagenet", split=split, expected_classes=1000)
     sub = "{test,val}" if split == "test" else split
     expected = [f"{base / 'imagenet' / sub}/<synset>/<image>", f"{base / sub}/<synset>/<image>"]
-    raise FileNotFoundError(_missing_message(f"imagenet {split} split", expected, downloadable=False))
+    raise MissingFileError(_missing_message(f"imagenet {split} split", expected, downloadable=False))
 
 
 @register_dataset(
@@ -1101,14 +1103,14 @@ def _load_folder(
     Normalization constants default to ImageNet's; pass ``mean``/``std`` for other data.
     """
     if root is None:
-        raise ValueError("the 'folder' dataset needs root=<directory containing <split>/<class>/<image>>")
+        raise InputError("the 'folder' dataset needs root=<directory containing <split>/<class>/<image>>")
     if download:
-        raise ValueError("the 'folder' dataset cannot be downloaded")
+        raise InputError("the 'folder' dataset cannot be downloaded")
     base = Path(root).expanduser().absolute()
     directory = _split_dir(base, split)
     if directory is None:
         expected = [f"{base / split}/<class>/<image>"]
-        raise FileNotFoundError(_missing_message(f"folder split {split!r}", expected, downloadable=False))
+        raise MissingFileError(_missing_message(f"folder split {split!r}", expected, downloadable=False))
     return FolderDataset(directory, name="folder", split=split, resize=resize, crop=crop, mean=mean, std=std)
 
 
@@ -1128,7 +1130,7 @@ SAMPLE_SUBSETS: dict[str, tuple[str, str, str]] = {
 
 def _samples_info(subset: str | None = None) -> DatasetInfo:
     if subset is None or subset not in SAMPLE_SUBSETS:
-        raise ValueError(f"samples needs subset= one of {', '.join(SAMPLE_SUBSETS)}; got {subset!r}")
+        raise InputError(f"samples needs subset= one of {', '.join(SAMPLE_SUBSETS)}; got {subset!r}")
     return dataset_info(SAMPLE_SUBSETS[subset][2])
 
 
@@ -1185,7 +1187,7 @@ def _load_samples(
         searched = _default_samples_dirs()
         directory = next((d for d in searched if d.is_dir()), None)
     if directory is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             _missing_message("sample image directory", [str(d) for d in searched], downloadable=False)
         )
     prefix, mode, _ = SAMPLE_SUBSETS[subset]
@@ -1196,12 +1198,12 @@ def _load_samples(
         if match:
             index, label = int(match.group(1)), int(match.group(2))
             if index in found:
-                raise ValueError(
+                raise InputError(
                     f"two sample files for {subset} test index {index}: {found[index][1]}, {path}"
                 )
             found[index] = (label, path)
     if not found:
-        raise FileNotFoundError(f"no {prefix}_<index>_<label>.png/.jpg files in {directory}")
+        raise MissingFileError(f"no {prefix}_<index>_<label>.png/.jpg files in {directory}")
 
     from PIL import Image
 
@@ -1214,7 +1216,7 @@ def _load_samples(
             if subset == "imagenet":
                 img = _resize_center_crop(img, resize=256, crop=h)
             if img.size != (w, h):
-                raise ValueError(f"{path}: expected a {w}x{h} image, got {img.size[0]}x{img.size[1]}")
+                raise InputError(f"{path}: expected a {w}x{h} image, got {img.size[0]}x{img.size[1]}")
             array = np.asarray(img, dtype=np.uint8)
         images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
     indices = sorted(found)

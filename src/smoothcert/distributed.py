@@ -40,6 +40,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .errors import InputError
 from .files import atomic_write_text
 from .results import COLUMNS, ConfigMismatchError, ResultWriter, config_diff, sidecar_path
 
@@ -79,9 +80,9 @@ class Shard:
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank {self.rank} of {self.world_size}")
+            raise InputError(f"need 0 <= rank < world_size, got rank {self.rank} of {self.world_size}")
         if self.local_rank < 0:
-            raise ValueError(f"local_rank must be >= 0, got {self.local_rank}")
+            raise InputError(f"local_rank must be >= 0, got {self.local_rank}")
 
     def take(self, indices: Sequence[int]) -> list[int]:
         """This rank's share of ``indices``: every ``world_size``-th one, starting at ``rank``
@@ -104,7 +105,7 @@ def _env_int(name: str) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+        raise InputError(f"environment variable {name}={value!r} is not an integer") from None
 
 
 def shard_from_env(*, timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> Shard | None:
@@ -115,7 +116,7 @@ def shard_from_env(*, timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> Shard | 
         return None
     rank = _env_int("RANK")
     if rank is None:
-        raise ValueError("WORLD_SIZE is set but RANK is not; launch with torchrun or set both")
+        raise InputError("WORLD_SIZE is set but RANK is not; launch with torchrun or set both")
     local_rank = _env_int("LOCAL_RANK")
     return Shard(rank=rank, world_size=world_size, local_rank=rank if local_rank is None else local_rank,
                  timeout=timeout)
@@ -207,7 +208,7 @@ class _Piece:
             text = line.decode("utf-8")
             fields = text.split("\t")
             if len(fields) != len(header) or not fields[0].lstrip("-").isdigit():
-                raise ValueError(f"{path}: malformed row {text[:80]!r}; fix or remove the file")
+                raise InputError(f"{path}: malformed row {text[:80]!r}; fix or remove the file")
             rows.append((int(fields[0]), text))
         return cls(path, header, rows)
 
@@ -372,7 +373,7 @@ def result_rows(
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("a sharded run needs a process group: wrap it in smoothcert.distributed.process_group()")
     if (dist.get_rank(), dist.get_world_size()) != (shard.rank, shard.world_size):
-        raise ValueError(f"shard {shard.rank} of {shard.world_size} does not match the process group "
+        raise InputError(f"shard {shard.rank} of {shard.world_size} does not match the process group "
                          f"(rank {dist.get_rank()} of {dist.get_world_size()})")
     # Control messages over gloo: it runs on the CPU, honours the timeout and leaves NCCL to the user.
     own_group = dist.get_backend() != "gloo"

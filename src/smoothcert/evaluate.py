@@ -20,17 +20,18 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .adaptive import CertifyAtResult
+from .checks import check_int, check_sample_sizes
 from .distributed import Shard, result_rows
+from .errors import InputError
 from .results import ResultWriter, format_time
+from .rng import input_seed
 from .smooth import ABSTAIN, Certificate, SmoothedClassifier
 from .stats import check_alpha
-from .validation import check_int, check_sample_sizes
 
 __all__ = ["input_seed", "select_indices", "check_pack", "certify_dataset", "predict_dataset", "PREDICT_COLUMNS"]
 
@@ -46,19 +47,13 @@ _MAY_CHANGE = ("batch_size", "pack", "device", "channels_last", "fixed_shape", "
                "auto_batch_memory_fraction", "auto_batch_multiple", "auto_batch_max_rows")
 
 
-def input_seed(seed: int, idx: int) -> int:
-    """A 63-bit seed for input ``idx`` of a run seeded with ``seed`` (independent streams via
-    NumPy's SeedSequence hashing, not ``seed + idx``, which would overlap across runs)."""
-    return int(np.random.SeedSequence([int(seed), int(idx)]).generate_state(1, np.uint64)[0] >> 1)
-
-
 def select_indices(length: int, *, skip: int = 1, max_count: int | None = None, start: int = 0) -> list[int]:
     """Indices start, start+skip, ... below ``length``, at most ``max_count`` of them
     (Cohen et al.'s ``--skip``/``--max``: skip=20 on 10,000 test images gives 500)."""
     if skip < 1:
-        raise ValueError(f"skip must be >= 1, got {skip}")
+        raise InputError(f"skip must be >= 1, got {skip}")
     if start < 0:
-        raise ValueError(f"start must be >= 0, got {start}")
+        raise InputError(f"start must be >= 0, got {start}")
     idx = list(range(start, length, skip))
     return idx if max_count is None or max_count < 0 else idx[:max_count]
 
@@ -148,9 +143,9 @@ def certify_dataset(
     check_sample_sizes(n=n, n0=n0, batch_size=batch_size)
     check_pack(pack)
     if target not in ("fixed", "radius", "grid"):
-        raise ValueError(f"target must be 'fixed', 'radius' or 'grid', got {target!r}")
+        raise InputError(f"target must be 'fixed', 'radius' or 'grid', got {target!r}")
     if target != "fixed" and two_class:
-        raise ValueError(f"target={target!r} works with the one-class certificate; two_class is not supported with it")
+        raise InputError(f"target={target!r} works with the one-class certificate; two_class is not supported with it")
     norm = smoothed.noise.check_norm(norm)
     adaptive: dict[str, Any] = {}
     if target == "radius":
@@ -160,7 +155,7 @@ def certify_dataset(
         if not isinstance(stages, str):  # "auto" is resolved per pack by certify_at
             stages = sorted({int(s) for s in (stages or (1000, 10_000)) if s < n} | {n})
         if not radii:
-            raise ValueError("target='grid' needs the radii to decide (--radii)")
+            raise InputError("target='grid' needs the radii to decide (--radii)")
         adaptive = {"target": target, "radii": [float(r) for r in radii], "stages": stages}
     run = _run_config(smoothed, n0=n0, n=n, alpha=alpha, seed=seed, norm=norm, two_class=two_class, **adaptive,
                       batch_size=batch_size, pack=pack, **(config or {}))

@@ -28,6 +28,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .errors import InputError
 from .registry import Registry
 
 __all__ = [
@@ -62,7 +63,7 @@ def _as_prob(p: Tensor | float, name: str) -> Tensor:
     # float64: Phi^-1 must stay accurate near 1 (p_lower = 0.99999 at n = 1e6 is routine).
     t = torch.as_tensor(p, dtype=torch.float64)
     if torch.isnan(t).any() or (t < 0).any() or (t > 1).any():
-        raise ValueError(f"{name} must hold probabilities in [0, 1]")
+        raise InputError(f"{name} must hold probabilities in [0, 1]")
     return t
 
 
@@ -80,7 +81,7 @@ class Noise(ABC):
     def __init__(self, *, sigma: float) -> None:
         sigma = float(sigma)
         if not math.isfinite(sigma) or sigma <= 0:
-            raise ValueError(f"sigma must be a positive finite number, got {sigma}")
+            raise InputError(f"sigma must be a positive finite number, got {sigma}")
         self.sigma = sigma
 
     @property
@@ -93,7 +94,7 @@ class Noise(ABC):
         naming the norms it supports."""
         norm = self.default_norm if norm is None else norm
         if norm not in self.norms:
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__} noise cannot certify the {norm!r} norm; "
                 f"it supports: {', '.join(self.norms)}"
             )
@@ -162,7 +163,7 @@ class Noise(ABC):
     @staticmethod
     def _need_dim(dim: int | None, norm: str) -> int:
         if dim is None or dim < 1:
-            raise ValueError(f"the {norm} radius depends on the input dimension: pass dim=d")
+            raise InputError(f"the {norm} radius depends on the input dimension: pass dim=d")
         return int(dim)
 
     def __repr__(self) -> str:

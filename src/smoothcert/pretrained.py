@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import InputError, InputTypeError, MissingFileError
 from .files import file_sha256
 from .models import CheckpointMeta, Normalize
 
@@ -76,14 +77,14 @@ def _package_dir(package: str, what: str) -> Path:
 def _check_file(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
+        raise MissingFileError(f"no weights file at {path}")
     return path
 
 
 def _load_state(path: Path) -> dict[str, Tensor]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
-        raise TypeError(f"{path} does not hold a state dict")
+        raise InputTypeError(f"{path} does not hold a state dict")
     return state
 
 
@@ -133,7 +134,7 @@ def load_pretrained_classifier(name: str) -> tuple[nn.Module, CheckpointMeta, Pa
     :data:`PRETRAINED_CLASSIFIERS`); ``meta`` describes it as a checkpoint would (ImageNet, 1000
     classes, 3 x 224 x 224, trained without noise)."""
     if name != "efficientnet-lite0":
-        raise ValueError(f"unknown pretrained classifier {name!r}; known: {', '.join(PRETRAINED_CLASSIFIERS)}")
+        raise InputError(f"unknown pretrained classifier {name!r}; known: {', '.join(PRETRAINED_CLASSIFIERS)}")
     path = efficientnet_lite0_weights()
     model = efficientnet_lite0(weights=path)
     meta = CheckpointMeta(arch=name, dataset="imagenet", num_classes=1000, in_channels=3, input_size=224,
@@ -166,12 +167,12 @@ class FFDNet(nn.Module):
         super().__init__()
         sigma = float(sigma)
         if not (math.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"sigma must be positive and finite, got {sigma}")
+            raise InputError(f"sigma must be positive and finite, got {sigma}")
         for name, v in (("in_channels", in_channels), ("width", width)):
             if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
         if not isinstance(depth, int) or depth < 2:
-            raise ValueError(f"depth must be an integer >= 2, got {depth!r}")
+            raise InputError(f"depth must be an integer >= 2, got {depth!r}")
         self.sigma = sigma
         self.in_channels = in_channels
         # Layer order (conv, ReLU, ..., conv) gives the state-dict keys model.0, model.2, ..., of the
@@ -185,11 +186,11 @@ class FFDNet(nn.Module):
 
     def forward(self, y: Tensor, sigma: float | Tensor | None = None) -> Tensor:
         if y.ndim != 4 or y.shape[1] != self.in_channels:
-            raise ValueError(f"FFDNet expects [B, {self.in_channels}, H, W], got {tuple(y.shape)}")
+            raise InputError(f"FFDNet expects [B, {self.in_channels}, H, W], got {tuple(y.shape)}")
         level = self.sigma if sigma is None else sigma
         s = torch.as_tensor(level, dtype=y.dtype, device=y.device).reshape(-1)
         if s.numel() not in (1, y.shape[0]):
-            raise ValueError(f"sigma must be a number or one value per row ({y.shape[0]}), got {s.numel()} values")
+            raise InputError(f"sigma must be a number or one value per row ({y.shape[0]}), got {s.numel()} values")
         h, w = y.shape[-2:]
         x = F.pad(y, (0, w % 2, 0, h % 2), mode="replicate") if (h % 2 or w % 2) else y
         x = F.pixel_unshuffle(x, 2)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from .errors import InputError, InputTypeError
+
 T = TypeVar("T")
 
 
@@ -25,7 +27,7 @@ class Registry(Generic[T]):
 
         def add(factory: Callable[..., T]) -> Callable[..., T]:
             if key in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
+                raise InputError(f"{self.kind} {name!r} is already registered")
             self._entries[key] = factory
             return factory
 
@@ -34,12 +36,12 @@ class Registry(Generic[T]):
     def factory(self, name: str) -> Callable[..., T]:
         """The factory registered under ``name``; a clear error listing the known names otherwise."""
         if not isinstance(name, str):
-            raise TypeError(f"{self.kind} name must be a string, got {type(name).__name__}")
+            raise InputTypeError(f"{self.kind} name must be a string, got {type(name).__name__}")
         try:
             return self._entries[name.lower()]
         except KeyError:
             known = ", ".join(self.names()) or "(none)"
-            raise ValueError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            raise InputError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
     def create(self, name: str, /, **kwargs: object) -> T:
         """Build the entry ``name`` with keyword arguments."""

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigMismatchError, InputError
 from .files import atomic_write_text
 
 __all__ = ["COLUMNS", "ResultWriter", "ConfigMismatchError", "config_diff", "format_time", "sidecar_path"]
@@ -26,9 +27,6 @@ COLUMNS: tuple[str, ...] = (
     "noise", "sigma", "norm", "precision", "seconds",
 )  # fmt: skip
 
-
-class ConfigMismatchError(ValueError):
-    """An existing result file was produced with a different configuration."""
 
 
 def format_time(seconds: float) -> str:
@@ -131,7 +129,7 @@ class ResultWriter:
         for line in complete[1:]:
             fields = line.decode("utf-8").split("\t")
             if len(fields) != len(self.columns):
-                raise ValueError(f"{self.path}: malformed row {line[:80]!r}; fix or remove the file")
+                raise InputError(f"{self.path}: malformed row {line[:80]!r}; fix or remove the file")
             self.done.add(int(fields[0]))
         if keep != len(raw):
             with open(self.path, "r+b") as f:

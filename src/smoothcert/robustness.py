@@ -51,19 +51,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .attacks import SmoothedSoft, ddn, l2_norms, pgd_l2, smoothed_log_probs
-from .evaluate import input_seed
+from .checks import as_batch, check_sample_sizes, ensure_eval, model_device
+from .errors import InputError, InputTypeError
 from .noise import Noise, get_noise
 from .results import ResultWriter, format_time
+from .rng import input_seed, sub_seed
 from .smooth import ABSTAIN, SmoothedClassifier
 from .stats import check_alpha
-from .validation import as_batch, check_sample_sizes, ensure_eval, model_device
 
 __all__ = [
     "ATTACKS",
@@ -146,21 +146,12 @@ class _PerInputSoft(SmoothedSoft):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[0] != len(self.generators):
-            raise ValueError(f"{len(self.generators)} generators for a batch of {x.shape[0]}")
+            raise InputError(f"{len(self.generators)} generators for a batch of {x.shape[0]}")
         deltas = torch.stack([
             self.noise.sample((self.m, *x.shape[1:]), generator=g, device=x.device, dtype=x.dtype)
             for g in self.generators
         ], dim=1)  # fmt: skip
         return smoothed_log_probs(self.base, x, deltas)
-
-
-def _sub_seed(seed: int, idx: int, *keys: int) -> int:
-    """A 63-bit stream for one purpose (keys) of input ``idx``: SeedSequence hashes of distinct
-    entropy ``[seed, idx, *keys]``, independent of each other and of :func:`input_seed` (the
-    certificate's stream, which hashes ``[seed, idx]`` alone). Keys: 1 attack noise, 2 PREDICT at
-    a PGD point, 3 DDN's zero-gradient directions, 4 PREDICT along DDN's path, 5 re-check PREDICT,
-    6 re-check CERTIFY, 7 PGD's zero-gradient directions."""
-    return int(np.random.SeedSequence([int(seed), int(idx), *keys]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _generator(seed: int, device: torch.device) -> torch.Generator:
@@ -230,18 +221,18 @@ def attack_dataset(
         smoothcert.results.ConfigMismatchError: ``out`` holds rows of another configuration.
     """
     if attack not in ATTACKS:
-        raise ValueError(f"attack must be one of {', '.join(ATTACKS)}, got {attack!r}")
+        raise InputError(f"attack must be one of {', '.join(ATTACKS)}, got {attack!r}")
     eps = [float(e) for e in eps]
     if any(not math.isfinite(e) or e < 0 for e in eps):
-        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+        raise InputError(f"eps must be finite and >= 0, got {eps}")
     if attack != "ddn" and not eps:
-        raise ValueError("PGD needs at least one eps")
+        raise InputError("PGD needs at least one eps")
     if len(set(eps)) != len(eps):
-        raise ValueError(f"eps has repeated values: {eps}")
+        raise InputError(f"eps has repeated values: {eps}")
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise InputError(f"steps must be >= 1, got {steps}")
     if attack_batch < 1:
-        raise ValueError(f"attack_batch must be >= 1, got {attack_batch}")
+        raise InputError(f"attack_batch must be >= 1, got {attack_batch}")
     n_predict = n if n_predict is None else n_predict
     recheck_n = 4 * n if recheck_n is None else recheck_n
     smoothed = model if isinstance(model, SmoothedClassifier) else None
@@ -250,9 +241,9 @@ def attack_dataset(
         check_sample_sizes(n=n, n0=n0, batch_size=batch_size)
         check_sample_sizes(n=recheck_n, n0=n0, batch_size=batch_size)
         if n_predict < 1:
-            raise ValueError(f"n_predict must be >= 1, got {n_predict}")
+            raise InputError(f"n_predict must be >= 1, got {n_predict}")
         if m < 1:
-            raise ValueError(f"m (noise draws per attack step) must be >= 1, got {m}")
+            raise InputError(f"m (noise draws per attack step) must be >= 1, got {m}")
         base = smoothed.base
         run: dict[str, Any] = {"smoothed": True, "noise": smoothed.noise.name, "sigma": smoothed.noise.sigma,
                                "num_classes": smoothed.num_classes, "m": m, "n0": n0, "n": n, "alpha": alpha,
@@ -261,7 +252,7 @@ def attack_dataset(
                                **smoothed.settings()}
     else:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module or a SmoothedClassifier, got {type(model).__name__}")
+            raise InputTypeError(f"model must be a torch.nn.Module or a SmoothedClassifier, got {type(model).__name__}")
         base = ensure_eval(model)
         run = {"smoothed": False}
     device = model_device(base)
@@ -327,10 +318,10 @@ def _attack_chunk(
     else:
         def score(x_adv: Tensor, key: int) -> list[int]:
             return [int(smoothed.predict(x_adv[j], n=s.n_predict, alpha=s.alpha, batch_size=s.batch_size,
-                                         generator=_sub_seed(s.seed, i, 2, key))[0]) for j, i in enumerate(chunk)]
+                                         generator=sub_seed(s.seed, i, 2, key))[0]) for j, i in enumerate(chunk)]
 
         target = _PerInputSoft(base, smoothed.noise, m=s.m,
-                               generators=[_generator(_sub_seed(s.seed, i, 1), device) for i in chunk])
+                               generators=[_generator(sub_seed(s.seed, i, 1), device) for i in chunk])
         clean, radius, native = [], [], []
         native_norm = smoothed.noise.default_norm
         for j, i in enumerate(chunk):
@@ -351,14 +342,14 @@ def _attack_chunk(
     if s.attack in ("pgd", "both"):
         for k, e in enumerate(s.eps):
             x_adv = pgd_l2(target, x, y_attack, eps=e, steps=s.steps,
-                           generator=_generator(_sub_seed(s.seed, chunk[0], 7, k), device))
+                           generator=_generator(sub_seed(s.seed, chunk[0], 7, k), device))
             pred, l2 = score(x_adv, 1 + k), l2_norms(x_adv - x).tolist()
             key = f"pgd@{_eps_key(e)}"
             points[key] = x_adv
             for j, row in enumerate(rows):
                 row[key], row[f"pgd_l2@{_eps_key(e)}"] = pred[j], l2[j]
     if s.attack in ("ddn", "both"):
-        x_adv = ddn(target, x, y_attack, steps=s.steps, generator=_generator(_sub_seed(s.seed, chunk[0], 3), device))
+        x_adv = ddn(target, x, y_attack, steps=s.steps, generator=_generator(sub_seed(s.seed, chunk[0], 3), device))
         if smoothed is None:
             pred, l2, abstain_l2 = score(x_adv, 0), l2_norms(x_adv - x).tolist(), [math.inf] * len(chunk)
         else:
@@ -406,7 +397,7 @@ def _recheck(
         return
     idx, alpha = int(row["idx"]), s.alpha / RECHECK_ALPHA_DIVISOR
     cert = smoothed.certify(x, n0=s.n0, n=s.recheck_n, alpha=alpha, batch_size=s.batch_size,
-                            generator=_sub_seed(s.seed, idx, 6))
+                            generator=sub_seed(s.seed, idx, 6))
     same = int(cert.prediction[0]) == int(row["predict"])
     radius = float(l2_radius(smoothed.noise, cert.p_lower, dim=dim)[0]) if same else 0.0
     keys = list(points)
@@ -416,7 +407,7 @@ def _recheck(
         if not v["l2"] < radius:  # the fresh certificate does not reach the point: nothing to re-test
             continue
         answer = int(smoothed.predict(points[key][j], n=s.recheck_n, alpha=alpha, batch_size=s.batch_size,
-                                      generator=_sub_seed(s.seed, idx, 5, keys.index(key)))[0])
+                                      generator=sub_seed(s.seed, idx, 5, keys.index(key)))[0])
         if answer not in (ABSTAIN, int(row["predict"])):
             confirmed.append(key)
     row.update(recheck_radius=radius, confirmed=";".join(confirmed) or "-")
@@ -455,7 +446,7 @@ def _confirm(
         for k in range(tries):
             point = (x[j] + (1 + _DDN_GAMMA) ** k * delta).clamp(0, 1)
             pred = int(smoothed.predict(point, n=n, alpha=alpha, batch_size=batch_size,
-                                        generator=_sub_seed(seed, i, 4, k))[0])
+                                        generator=sub_seed(seed, i, 4, k))[0])
             dist = float(l2_norms((point - x[j]).unsqueeze(0))[0])
             if pred == ABSTAIN:
                 abstain_l2 = min(abstain_l2, dist)
@@ -527,7 +518,7 @@ def summarize_attack(
     radii = sorted(float(e) for e in eps) if eps is not None else grid
     has_ddn = "min_l2" in header
     if not has_ddn and set(radii) - set(grid):
-        raise ValueError(f"no attack was run at eps {sorted(set(radii) - set(grid))}: PGD ran at {grid}, DDN not at all")
+        raise InputError(f"no attack was run at eps {sorted(set(radii) - set(grid))}: PGD ran at {grid}, DDN not at all")
     smoothed = any(float(r["radius"]) == float(r["radius"]) for r in data)  # radius is nan for plain models
 
     def f(r: Mapping[str, Any], key: str, default: float = math.inf) -> float:

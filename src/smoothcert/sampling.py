@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from .checks import AUTO, check_batch_size, check_sample_sizes, ensure_eval, model_device
+from .errors import InputError
 from .noise import Noise
-from .validation import AUTO, check_batch_size, check_sample_sizes, ensure_eval, model_device
 
 __all__ = [
     "AUTO",
@@ -55,7 +56,7 @@ def fixed_rows(total: int, batch_size: int, *, multiple: int = 8) -> int:
 def check_precision(precision: str) -> str:
     """``precision`` if it is one of :data:`PRECISIONS`, else a ValueError listing them."""
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     return precision
 
 
@@ -143,7 +144,7 @@ def _logits_per_chunk(
                 owner.clamp_(max=count)  # padding rows -> owner B, dropped by the callers
             logits = forward(batch if dtype == torch.float32 else batch.to(dtype))
             if logits.ndim != 2:
-                raise ValueError(
+                raise InputError(
                     f"the base model must return logits of shape [batch, num_classes]; got {tuple(logits.shape)}"
                 )
             yield owner, logits
@@ -151,7 +152,7 @@ def _logits_per_chunk(
 
 def _check_classes(logits: Tensor, num_classes: int) -> None:
     if logits.shape[1] != num_classes:
-        raise ValueError(
+        raise InputError(
             f"the base model returns {logits.shape[1]} logits per input but num_classes={num_classes}"
         )
 
@@ -278,20 +279,20 @@ def auto_batch_size(
     Example: 200 kB per row and 56 MiB give 293 rows -> 256.
     """
     if not math.isfinite(per_row_bytes) or per_row_bytes <= 0:
-        raise ValueError(f"per_row_bytes must be positive and finite, got {per_row_bytes}")
+        raise InputError(f"per_row_bytes must be positive and finite, got {per_row_bytes}")
     if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        raise InputError(f"fraction must be in (0, 1], got {fraction}")
     if multiple < 1 or max_rows < 1:
-        raise ValueError("multiple and max_rows must be positive")
+        raise InputError("multiple and max_rows must be positive")
     budgets = []
     if free_bytes is not None:
         budgets.append(fraction * max(float(free_bytes), 0.0))
     if budget_bytes is not None:
         if budget_bytes <= 0:
-            raise ValueError(f"the memory budget must be positive, got {budget_bytes}")
+            raise InputError(f"the memory budget must be positive, got {budget_bytes}")
         budgets.append(float(budget_bytes))
     if not budgets:
-        raise ValueError("give free_bytes (free device memory) or budget_bytes (a limit), or both")
+        raise InputError("give free_bytes (free device memory) or budget_bytes (a limit), or both")
     rows = int(min(budgets) // per_row_bytes)
     if rows >= multiple:
         rows -= rows % multiple

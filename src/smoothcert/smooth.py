@@ -17,7 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .checks import as_batch, check_sample_sizes, ensure_eval, model_device
+from .errors import CompileError, InputError, InputTypeError
 from .noise import Noise
+from .rng import make_generator
 from .sampling import (
     AUTO,
     AUTO_MAX_ROWS,
@@ -40,7 +43,6 @@ from .stats import (
     clopper_pearson_upper,
     min_samples_to_certify,
 )
-from .validation import as_batch, check_sample_sizes, ensure_eval, model_device
 
 if TYPE_CHECKING:
     from .adaptive import CertifyAtResult
@@ -49,18 +51,6 @@ __all__ = ["ABSTAIN", "COMPILE_MODES", "Certificate", "CompileError", "SmoothedC
 
 #: Label returned when the smoothed classifier declines to answer.
 ABSTAIN = -1
-
-
-def make_generator(
-    seed_or_generator: int | torch.Generator | None, device: torch.device | str
-) -> torch.Generator | None:
-    """A generator on ``device`` seeded with an int; a generator is passed through; None stays None
-    (then torch's global RNG is used)."""
-    if seed_or_generator is None or isinstance(seed_or_generator, torch.Generator):
-        return seed_or_generator
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed_or_generator))
-    return g
 
 
 @dataclass
@@ -112,11 +102,6 @@ def _graph_steps(compiled: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Ten
         return compiled(batch)
 
     return run
-
-
-class CompileError(RuntimeError):
-    """torch.compile could not compile the base model (no C++ compiler, unsupported Python or
-    operator, ...); the model itself runs uncompiled."""
 
 
 def split_counts(counts: Tensor, c_a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -201,13 +186,13 @@ class SmoothedClassifier:
         allow_unbounded: bool = False,
     ) -> None:
         if not isinstance(base, nn.Module):
-            raise TypeError(f"base must be a torch.nn.Module, got {type(base).__name__}")
+            raise InputTypeError(f"base must be a torch.nn.Module, got {type(base).__name__}")
         if not isinstance(noise, Noise):
-            raise TypeError("noise must be a smoothcert Noise; build one with get_noise(name, sigma=...)")
+            raise InputTypeError("noise must be a smoothcert Noise; build one with get_noise(name, sigma=...)")
         if int(num_classes) != num_classes or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes}")
+            raise InputError(f"num_classes must be an integer >= 2, got {num_classes}")
         if max_batch_bytes is not None and (int(max_batch_bytes) != max_batch_bytes or max_batch_bytes < 1):
-            raise ValueError(f"max_batch_bytes must be a positive integer (bytes), got {max_batch_bytes}")
+            raise InputError(f"max_batch_bytes must be a positive integer (bytes), got {max_batch_bytes}")
         self.base = ensure_eval(base)
         self.noise = noise
         # A Denoised base (smoothcert.denoise) says when its denoiser is made for another noise or sigma.
@@ -219,7 +204,7 @@ class SmoothedClassifier:
         self.precision = check_precision(precision)
         self.channels_last = bool(channels_last)
         if compile_mode is not None and compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
+            raise InputError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
         self.compile_mode = compile_mode
         self.compile = bool(compile) or compile_mode is not None
         self.fixed_shape = self.compile if fixed_shape is None else bool(fixed_shape)
@@ -495,13 +480,13 @@ class SmoothedClassifier:
         """
         if target == "radius":
             if two_class:
-                raise ValueError("target='radius' plans the one-class certificate; two_class is not supported")
+                raise InputError("target='radius' plans the one-class certificate; two_class is not supported")
             from .adaptive import certify_planned  # adaptive builds on this module
 
             return certify_planned(self, x, n0=n0, max_n=n if max_n is None else max_n, alpha=alpha,
                                    batch_size=batch_size, radius_loss=radius_loss, generator=generator, norm=norm)
         if target != "fixed":
-            raise ValueError(f"target must be 'fixed' or 'radius', got {target!r}")
+            raise InputError(f"target must be 'fixed' or 'radius', got {target!r}")
         alpha = check_alpha(alpha)
         check_sample_sizes(n=n, n0=n0, batch_size=batch_size)
         norm = self.noise.check_norm(norm)

@@ -14,6 +14,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.stats import beta, binomtest
 
+from .errors import InputError
+
 __all__ = [
     "check_alpha",
     "clopper_pearson_lower",
@@ -29,7 +31,7 @@ def check_alpha(alpha: float) -> float:
     """``alpha`` as a float, or ValueError if it is not in the open interval (0, 1)."""
     a = float(alpha)
     if not (0.0 < a < 1.0):
-        raise ValueError(f"alpha must lie in the open interval (0, 1), got {alpha}")
+        raise InputError(f"alpha must lie in the open interval (0, 1), got {alpha}")
     return a
 
 
@@ -37,7 +39,7 @@ def _counts(k: ArrayLike, n: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np
     k_arr = np.asarray(getattr(k, "cpu", lambda: k)(), dtype=np.float64)
     n_arr = np.asarray(getattr(n, "cpu", lambda: n)(), dtype=np.float64)
     if np.any(n_arr < 1) or np.any(k_arr < 0) or np.any(k_arr > n_arr):
-        raise ValueError("counts must satisfy 0 <= k <= n and n >= 1")
+        raise InputError("counts must satisfy 0 <= k <= n and n >= 1")
     return np.broadcast_arrays(k_arr, n_arr)  # type: ignore[return-value]
 
 
@@ -90,7 +92,7 @@ def binomial_test_pvalue(k: ArrayLike, n: ArrayLike, p: float = 0.5) -> NDArray[
 def bonferroni(alpha: float, m: int) -> float:
     """Per-statement level so that m statements hold together with probability >= 1 - alpha."""
     if m < 1:
-        raise ValueError("m must be >= 1")
+        raise InputError("m must be >= 1")
     return check_alpha(alpha) / m
 
 
@@ -102,7 +104,7 @@ def min_samples_to_certify(alpha: float, p_threshold: float = 0.5) -> int:
     """
     a = check_alpha(alpha)
     if not (0.0 < p_threshold < 1.0):
-        raise ValueError("p_threshold must lie in (0, 1)")
+        raise InputError("p_threshold must lie in (0, 1)")
     n = math.floor(math.log(a) / math.log(p_threshold)) + 1
     # Guard the float boundary: make sure n is the first integer that really works.
     while n > 1 and a ** (1.0 / (n - 1)) > p_threshold:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InputError, InputTypeError
 from ..models.checkpoint import CheckpointError, MetaRecord, is_int, state_mismatch, unwrap, write_payload
 from ..noise import Noise, get_noise
 from .nets import DENOISERS, build_denoiser, denoiser_kind, record_training
@@ -73,15 +74,15 @@ class DenoiserMeta(MetaRecord):
         for name in ("arch", "dataset", "noise"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
-                raise ValueError(f"DenoiserMeta.{name} must be a non-empty string, got {value!r}")
+                raise InputError(f"DenoiserMeta.{name} must be a non-empty string, got {value!r}")
         if not is_int(self.in_channels) or self.in_channels < 1:
-            raise ValueError(f"DenoiserMeta.in_channels must be a positive integer, got {self.in_channels!r}")
+            raise InputError(f"DenoiserMeta.in_channels must be a positive integer, got {self.in_channels!r}")
         if not is_int(self.epoch) or self.epoch < 0:
-            raise ValueError(f"DenoiserMeta.epoch must be a non-negative integer, got {self.epoch!r}")
+            raise InputError(f"DenoiserMeta.epoch must be a non-negative integer, got {self.epoch!r}")
         for name in ("arch_kwargs", "training"):
             value = getattr(self, name)
             if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-                raise ValueError(f"DenoiserMeta.{name} must be a dict with string keys, got {value!r}")
+                raise InputError(f"DenoiserMeta.{name} must be a dict with string keys, got {value!r}")
             setattr(self, name, dict(value))
         size = self.input_size
         if is_int(size) and size >= 1:
@@ -89,12 +90,12 @@ class DenoiserMeta(MetaRecord):
         elif isinstance(size, (list, tuple)) and len(size) == 2 and all(is_int(v) and v >= 1 for v in size):
             self.input_size = list(size)
         else:
-            raise ValueError(f"DenoiserMeta.input_size must be a positive int or [H, W], got {size!r}")
+            raise InputError(f"DenoiserMeta.input_size must be a positive int or [H, W], got {size!r}")
         if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)):
-            raise TypeError(f"DenoiserMeta.sigma must be a number, got {self.sigma!r}")
+            raise InputTypeError(f"DenoiserMeta.sigma must be a number, got {self.sigma!r}")
         self.sigma = float(self.sigma)
         if not math.isfinite(self.sigma) or self.sigma < 0:
-            raise ValueError(f"DenoiserMeta.sigma must be finite and >= 0, got {self.sigma!r}")
+            raise InputError(f"DenoiserMeta.sigma must be finite and >= 0, got {self.sigma!r}")
         self.ladder = list(check_ladder(self.ladder)) if len(self.ladder) else []
 
     @property

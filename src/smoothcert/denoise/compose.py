@@ -14,8 +14,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from ..checks import check_float
+from ..errors import InputError
 from ..noise import Gaussian, Noise
-from ..validation import check_float
 from .checkpoint import DenoiserMeta
 from .score import MultiStepDenoiser, OneStepDenoiser, check_ladder
 
@@ -55,7 +56,7 @@ def multistep_ladder(training_ladder: Sequence[float] | Tensor, *, sigma: float)
     levels = check_ladder(training_ladder)
     sigma = float(sigma)
     if not (math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be positive, got {sigma}")
+        raise InputError(f"sigma must be positive, got {sigma}")
     below = [s for s in levels if s < sigma * (1 - 1e-9)]
     return [sigma, *below]
 
@@ -87,7 +88,7 @@ def denoiser_for_noise(
     multi = {"steps_per_level": steps_per_level, "step_size": step_size, "ladder": ladder}
     if meta.kind == "denoiser":
         if mode is not None or any(v is not None for v in multi.values()):
-            raise ValueError(f"mode/steps/step size/ladder are settings of score networks; {meta.arch!r} is a denoiser")
+            raise InputError(f"mode/steps/step size/ladder are settings of score networks; {meta.arch!r} is a denoiser")
         if (meta.noise, meta.sigma) != (noise.name, noise.sigma):
             warnings.warn(f"the denoiser was trained for {meta.noise} noise sigma {meta.sigma:g}; "
                           f"smoothing uses {noise.name} sigma {noise.sigma:g}", stacklevel=2)
@@ -95,12 +96,12 @@ def denoiser_for_noise(
     if mode is None:
         mode = "one-step" if isinstance(noise, Gaussian) else "multi-step"
     if mode not in DENOISE_MODES:
-        raise ValueError(f"mode must be one of {DENOISE_MODES}, got {mode!r}")
+        raise InputError(f"mode must be one of {DENOISE_MODES}, got {mode!r}")
     if mode == "one-step":
         if any(v is not None for v in multi.values()):
-            raise ValueError("steps/step size/ladder are settings of the multi-step denoiser (mode='multi-step')")
+            raise InputError("steps/step size/ladder are settings of the multi-step denoiser (mode='multi-step')")
         if not isinstance(noise, Gaussian):
-            raise ValueError(f"the one-step (Tweedie) denoiser holds for Gaussian noise only, not {noise.name}; "
+            raise InputError(f"the one-step (Tweedie) denoiser holds for Gaussian noise only, not {noise.name}; "
                              "use mode='multi-step'")
         return OneStepDenoiser(net, noise, training_ladder=meta.ladder or None)
     ladder = ladder if ladder is not None else multistep_ladder(meta.ladder, sigma=noise.sigma)

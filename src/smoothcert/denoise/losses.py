@@ -41,10 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_float, check_int
+from ..errors import InputError, InputTypeError
 from ..noise import Noise
 from ..registry import Registry
-from ..smooth import make_generator
-from ..validation import check_float, check_int
+from ..rng import make_generator
 from .score import check_ladder, dsm_loss
 
 __all__ = [
@@ -112,7 +113,7 @@ class DenoiserLoss(ABC):
 
 def _noisy(x: Tensor, noise: Noise | None, generator: torch.Generator | None) -> Tensor:
     if not isinstance(noise, Noise):
-        raise TypeError("this denoiser loss trains for one noise: pass noise=get_noise(name, sigma=...)")
+        raise InputTypeError("this denoiser loss trains for one noise: pass noise=get_noise(name, sigma=...)")
     return x + noise.sample(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
@@ -133,7 +134,7 @@ class _Guided(DenoiserLoss):
 
     def __init__(self, *, access: str = "full", queries: int = 32, mu: float = 1e-3) -> None:
         if access not in ACCESS:
-            raise ValueError(f"access must be one of {ACCESS}, got {access!r}")
+            raise InputError(f"access must be one of {ACCESS}, got {access!r}")
         check_int("queries", queries, minimum=1)
         check_float("mu", mu, strict=True)
         self.access = access
@@ -151,9 +152,9 @@ class _Guided(DenoiserLoss):
 
     def loss(self, net, x, y, *, noise, generator, classifier=None):
         if classifier is None:
-            raise ValueError(f"the {self.name!r} loss needs the classifier (classifier=...)")
+            raise InputError(f"the {self.name!r} loss needs the classifier (classifier=...)")
         if classifier.training:
-            raise ValueError("the classifier must be in eval mode (it is frozen; wrap it with Denoised or call .eval())")
+            raise InputError("the classifier must be in eval mode (it is frozen; wrap it with Denoised or call .eval())")
         generator = make_generator(generator, x.device)  # one stream for the noise and the queries
         target = self.targets(classifier, x, y)
         z = net(_noisy(x, noise, generator))
@@ -184,7 +185,7 @@ class ClassificationLoss(_Guided):
 
     def targets(self, classifier, x, y):
         if y is None:
-            raise ValueError("the 'classification' loss needs labels; use 'stability' for unlabelled data")
+            raise InputError("the 'classification' loss needs labels; use 'stability' for unlabelled data")
         return y
 
 
@@ -203,7 +204,7 @@ class DSMLoss(DenoiserLoss):
 
     def loss(self, net, x, y, *, noise, generator, classifier=None):
         if noise is not None:
-            raise ValueError("the 'dsm' loss trains over its sigma ladder; pass noise=None")
+            raise InputError("the 'dsm' loss trains over its sigma ladder; pass noise=None")
         return dsm_loss(net, x, ladder=self.ladder, generator=generator)
 
 

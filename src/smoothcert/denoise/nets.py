@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_int
+from ..errors import InputError
 from ..noise import Noise
 from ..registry import Registry
-from ..validation import check_int
 
 __all__ = [
     "DENOISERS",
@@ -57,7 +58,7 @@ def register_denoiser(name: str, *, kind: str) -> Callable[[Callable[..., nn.Mod
     factory is called with keyword-only ``in_channels`` and architecture keywords.
     """
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
     add = DENOISERS.register(name)
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -110,13 +111,13 @@ def as_sigma(sigma: float | Tensor, like: Tensor) -> Tensor:
     (that would cost a device synchronisation per call).
     """
     if not isinstance(sigma, Tensor) and not (float(sigma) > 0 and math.isfinite(float(sigma))):
-        raise ValueError(f"sigma must be positive and finite, got {sigma!r}")
+        raise InputError(f"sigma must be positive and finite, got {sigma!r}")
     s = torch.as_tensor(sigma, dtype=like.dtype, device=like.device).reshape(-1)
     b = like.shape[0]
     if s.numel() == 1:
         s = s.expand(b)
     elif s.numel() != b:
-        raise ValueError(f"sigma must be a number or hold one value per row ({b}), got {s.numel()} values")
+        raise InputError(f"sigma must be a number or hold one value per row ({b}), got {s.numel()} values")
     return s
 
 
@@ -150,7 +151,7 @@ class DnCNN(nn.Module):
         super().__init__()
         _positive(in_channels=in_channels, width=width)
         if not isinstance(depth, int) or depth < 2:
-            raise ValueError(f"DnCNN depth must be an integer >= 2, got {depth!r}")
+            raise InputError(f"DnCNN depth must be an integer >= 2, got {depth!r}")
         self.in_channels = in_channels
         layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True)]
         for _ in range(depth - 2):
@@ -166,7 +167,7 @@ class DnCNN(nn.Module):
 
     def forward(self, y: Tensor) -> Tensor:
         if y.ndim != 4 or y.shape[1] != self.in_channels:
-            raise ValueError(f"DnCNN expects [B, {self.in_channels}, H, W], got {tuple(y.shape)}")
+            raise InputError(f"DnCNN expects [B, {self.in_channels}, H, W], got {tuple(y.shape)}")
         return y - self.residual(y)
 
 
@@ -244,7 +245,7 @@ class ScoreNet(nn.Module):
 
     def forward(self, y: Tensor, sigma: float | Tensor) -> Tensor:
         if y.ndim != 4 or y.shape[1] != self.in_channels:
-            raise ValueError(f"ScoreNet expects [B, {self.in_channels}, H, W], got {tuple(y.shape)}")
+            raise InputError(f"ScoreNet expects [B, {self.in_channels}, H, W], got {tuple(y.shape)}")
         s = as_sigma(sigma, y)
         emb = self.embed(s)
         scale = (0.25 + s * s).rsqrt()[:, None, None, None]

@@ -46,9 +46,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_float, check_int
+from ..errors import InputError, InputTypeError
 from ..noise import Gaussian, Laplace, Noise, Uniform
-from ..smooth import make_generator
-from ..validation import check_float, check_int
+from ..rng import make_generator
 from .nets import as_sigma
 
 __all__ = [
@@ -78,13 +79,13 @@ def sigma_ladder(sigma_max: float, sigma_min: float, *, num_levels: int) -> list
     check_int("num_levels", num_levels, minimum=1)
     hi, lo = float(sigma_max), float(sigma_min)
     if not (math.isfinite(hi) and math.isfinite(lo) and hi >= lo > 0):
-        raise ValueError(f"need sigma_max >= sigma_min > 0, got sigma_max={sigma_max}, sigma_min={sigma_min}")
+        raise InputError(f"need sigma_max >= sigma_min > 0, got sigma_max={sigma_max}, sigma_min={sigma_min}")
     if num_levels == 1:
         if hi != lo:
-            raise ValueError("a one-level ladder needs sigma_max == sigma_min")
+            raise InputError("a one-level ladder needs sigma_max == sigma_min")
         return [hi]
     if hi == lo:
-        raise ValueError("a ladder of several levels needs sigma_max > sigma_min")
+        raise InputError("a ladder of several levels needs sigma_max > sigma_min")
     ratio = math.log(lo / hi) / (num_levels - 1)
     levels = [hi * math.exp(ratio * i) for i in range(num_levels)]
     levels[-1] = lo  # exact end point, not exp(log(.)) rounding
@@ -95,11 +96,11 @@ def check_ladder(ladder: Sequence[float] | Tensor) -> tuple[float, ...]:
     """``ladder`` as a tuple of floats if it is non-empty, finite, positive and strictly decreasing."""
     values = tuple(float(v) for v in (ladder.tolist() if isinstance(ladder, Tensor) else ladder))
     if not values:
-        raise ValueError("the sigma ladder is empty")
+        raise InputError("the sigma ladder is empty")
     if not all(math.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"ladder levels must be positive and finite, got {list(values)}")
+        raise InputError(f"ladder levels must be positive and finite, got {list(values)}")
     if any(b >= a for a, b in itertools.pairwise(values)):
-        raise ValueError(f"the ladder must be strictly decreasing (sigma_1 > ... > sigma_L), got {list(values)}")
+        raise InputError(f"the ladder must be strictly decreasing (sigma_1 > ... > sigma_L), got {list(values)}")
     return values
 
 
@@ -131,7 +132,7 @@ def dsm_loss(
     if levels is None:
         levels = torch.randint(len(sig), (b,), generator=generator, device=x.device)
     elif levels.shape != (b,):
-        raise ValueError(f"levels must be [B] = [{b}] indices into the ladder, got shape {tuple(levels.shape)}")
+        raise InputError(f"levels must be [B] = [{b}] indices into the ladder, got shape {tuple(levels.shape)}")
     sigma = sig[levels.to(x.device)]
     s = sigma.view(b, *([1] * (x.ndim - 1)))
     z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -326,7 +327,7 @@ class OneStepDenoiser(nn.Module):
         super().__init__()
         if isinstance(noise, Noise):
             if not isinstance(noise, Gaussian):
-                raise TypeError(
+                raise InputTypeError(
                     f"the one-step (Tweedie) denoiser holds for Gaussian noise only, got {noise!r}; "
                     "use MultiStepDenoiser for Laplace or uniform noise"
                 )
@@ -336,9 +337,9 @@ class OneStepDenoiser(nn.Module):
                     raise TypeError
                 sigma = float(noise)
             except (TypeError, ValueError):
-                raise TypeError(f"noise must be a Gaussian noise or its sigma (a number), got {noise!r}") from None
+                raise InputTypeError(f"noise must be a Gaussian noise or its sigma (a number), got {noise!r}") from None
             if not (math.isfinite(sigma) and sigma > 0):
-                raise ValueError(f"sigma must be positive, got {sigma}")
+                raise InputError(f"sigma must be positive, got {sigma}")
             noise = Gaussian(sigma=sigma)
         self.score = score
         self.noise = noise
@@ -392,7 +393,7 @@ class MultiStepDenoiser(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(noise, Noise):
-            raise TypeError("noise must be a smoothcert Noise; build one with get_noise(name, sigma=...)")
+            raise InputTypeError("noise must be a smoothcert Noise; build one with get_noise(name, sigma=...)")
         self.ladder = check_ladder(ladder)
         self._alphas = _check_steps(noise, self.ladder, steps_per_level, step_size)
         self.score = score

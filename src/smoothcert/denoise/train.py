@@ -20,11 +20,12 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
+from ..checks import model_device
 from ..data import iter_batches
+from ..errors import InputError
 from ..noise import Noise
-from ..smooth import make_generator
+from ..rng import make_generator
 from ..train.loop import restore_training_state, training_state
-from ..validation import model_device
 from .checkpoint import DenoiserMeta, read_denoiser_checkpoint, save_denoiser
 from .losses import DenoiserLoss, DSMLoss, get_denoiser_loss
 from .nets import record_training
@@ -38,7 +39,7 @@ def psnr(x_hat: Tensor, x: Tensor, *, data_range: float = 1.0) -> Tensor:
     over all coordinates of each row. ``x_hat``, ``x`` [B, ...]; returns float64 [B] (``inf`` for
     a perfect reconstruction)."""
     if x_hat.shape != x.shape:
-        raise ValueError(f"x_hat and x must have the same shape, got {tuple(x_hat.shape)} and {tuple(x.shape)}")
+        raise InputError(f"x_hat and x must have the same shape, got {tuple(x_hat.shape)} and {tuple(x.shape)}")
     mse = (x_hat.detach().double() - x.detach().double()).flatten(1).pow(2).mean(1)
     return 10.0 * torch.log10(float(data_range) ** 2 / mse)
 
@@ -53,7 +54,7 @@ def _batches(
         yield from iter_batches(data, batch_size, shuffle=shuffle, generator=generator)
         return
     if data.ndim != 4:
-        raise ValueError(f"an image tensor must be [N, C, H, W], got shape {tuple(data.shape)}")
+        raise InputError(f"an image tensor must be [N, C, H, W], got shape {tuple(data.shape)}")
     no_labels = torch.zeros(data.shape[0], dtype=torch.int64)  # placeholder, never returned
     for x, _ in iter_batches(TensorDataset(data, no_labels), batch_size, shuffle=shuffle, generator=generator):
         yield x, None
@@ -104,14 +105,14 @@ def classifier_fingerprint(classifier: nn.Module) -> str:
 def _resolve_loss(loss: str | DenoiserLoss, ladder: Sequence[float] | Tensor | None) -> DenoiserLoss:
     if isinstance(loss, DenoiserLoss):
         if ladder is not None:
-            raise ValueError("ladder= is only for loss='dsm' given by name; a DSMLoss object carries its own ladder")
+            raise InputError("ladder= is only for loss='dsm' given by name; a DSMLoss object carries its own ladder")
         return loss
     if loss == "dsm":
         if ladder is None:
-            raise ValueError("loss='dsm' trains a score network over a sigma ladder: pass ladder=sigma_ladder(...)")
+            raise InputError("loss='dsm' trains a score network over a sigma ladder: pass ladder=sigma_ladder(...)")
         return DSMLoss(ladder=ladder)
     if ladder is not None:
-        raise ValueError(f"ladder= is only used by loss='dsm', not {loss!r}")
+        raise InputError(f"ladder= is only used by loss='dsm', not {loss!r}")
     return get_denoiser_loss(loss)
 
 
@@ -163,20 +164,20 @@ def train_denoiser(
     loss_fn = _resolve_loss(loss, ladder)
     kind = getattr(net, "kind", "denoiser")
     if loss_fn.kind != kind:
-        raise ValueError(
+        raise InputError(
             f"loss {loss_fn.name!r} trains a {loss_fn.kind} network, but net is a {kind} network "
             f"({type(net).__name__}); score networks train with 'dsm', denoisers with mse/stability/classification"
         )
     if kind == "denoiser" and not isinstance(noise, Noise):
-        raise ValueError(f"loss {loss_fn.name!r} trains for one noise: pass noise=get_noise(name, sigma=...)")
+        raise InputError(f"loss {loss_fn.name!r} trains for one noise: pass noise=get_noise(name, sigma=...)")
     if kind == "score" and noise is not None:
-        raise ValueError("a score network is trained over its ladder, not one noise: pass noise=None")
+        raise InputError("a score network is trained over its ladder, not one noise: pass noise=None")
     if not isinstance(epochs, int) or epochs < 1 or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be positive integers, got {epochs!r} and {batch_size!r}")
+        raise InputError(f"epochs and batch_size must be positive integers, got {epochs!r} and {batch_size!r}")
     if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be positive, got {lr!r}")
+        raise InputError(f"lr must be positive, got {lr!r}")
     if checkpoint is not None and meta is None:
-        raise ValueError("checkpoint= needs meta=DenoiserMeta(arch=..., dataset=..., in_channels=..., input_size=...)")
+        raise InputError("checkpoint= needs meta=DenoiserMeta(arch=..., dataset=..., in_channels=..., input_size=...)")
 
     training: dict[str, Any] = {
         "loss": loss_fn.name, **loss_fn.hparams(), "optimizer": "adam", "lr": float(lr), "batch_size": batch_size,
@@ -184,21 +185,21 @@ def train_denoiser(
     }
     if loss_fn.needs_classifier:
         if classifier is None:
-            raise ValueError(f"loss {loss_fn.name!r} needs the frozen classifier: pass classifier=...")
+            raise InputError(f"loss {loss_fn.name!r} needs the frozen classifier: pass classifier=...")
         shared = {id(p) for p in classifier.parameters()} & {id(p) for p in net.parameters()}
         if shared:
-            raise ValueError("the denoiser shares parameters with the classifier, which must stay untouched")
+            raise InputError("the denoiser shares parameters with the classifier, which must stay untouched")
         classifier.eval()
         for p in classifier.parameters():
             p.requires_grad_(False)
         training["classifier_sha256"] = classifier_fingerprint(classifier)
     elif classifier is not None:
-        raise ValueError(f"loss {loss_fn.name!r} does not use a classifier; do not pass one")
+        raise InputError(f"loss {loss_fn.name!r} does not use a classifier; do not pass one")
 
     device = model_device(net)
     params = [p for p in net.parameters() if p.requires_grad]
     if not params:
-        raise ValueError(f"{type(net).__name__} has no trainable parameters")
+        raise InputError(f"{type(net).__name__} has no trainable parameters")
     opt = torch.optim.Adam(params, lr=lr)
     order_gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
@@ -292,7 +293,7 @@ def _resume(
     mine = (meta.arch, meta.arch_kwargs, meta.dataset, meta.noise, meta.sigma, meta.ladder)
     theirs = (old.arch, old.arch_kwargs, old.dataset, old.noise, old.sigma, old.ladder)
     if same != was or mine != theirs:
-        raise ValueError(
+        raise InputError(
             f"cannot resume from {path}: it was trained as {theirs} with {old.training}; "
             f"now {mine} with {meta.training}"
         )

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..errors import InputError, InputTypeError
 from ..noise import Noise
 
 __all__ = ["Denoised"]
@@ -50,13 +51,13 @@ class Denoised(nn.Module):
     def __init__(self, classifier: nn.Module, denoiser: nn.Module, *, clamp: bool = True) -> None:
         super().__init__()
         if not isinstance(classifier, nn.Module) or not isinstance(denoiser, nn.Module):
-            raise TypeError(
+            raise InputTypeError(
                 f"classifier and denoiser must be torch.nn.Modules, got {type(classifier).__name__} "
                 f"and {type(denoiser).__name__}"
             )
         shared = {id(p) for p in classifier.parameters()} & {id(p) for p in denoiser.parameters()}
         if shared:
-            raise ValueError(
+            raise InputError(
                 f"the denoiser shares {len(shared)} parameter tensor(s) with the classifier; "
                 "the classifier must stay untouched while the denoiser trains"
             )

@@ -20,6 +20,7 @@ from torch import nn
 
 from smoothcert.registry import Registry
 
+from ..errors import InputError
 from .lenet import LeNet, lenet, lenet_small
 from .normalize import Normalize
 from .resnet import BasicBlock, CifarResNet, resnet20, resnet56, resnet110
@@ -36,7 +37,7 @@ def register_model(name: str, *, input_size: int = 32) -> Callable[[Callable[...
     test suite feeds ``[2, C, input_size, input_size]`` to every registered model.
     """
     if not isinstance(input_size, int) or input_size < 1:
-        raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
+        raise InputError(f"input_size must be a positive integer, got {input_size!r}")
     add = MODELS.register(name)
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -89,7 +90,7 @@ def build_model(
     ``mean`` and ``std`` must have one entry per input channel.
     """
     if len(mean) != in_channels or len(std) != in_channels:
-        raise ValueError(
+        raise InputError(
             f"build_model({arch!r}): mean and std need one value per input channel "
             f"(in_channels={in_channels}), got {len(mean)} and {len(std)}"
         )

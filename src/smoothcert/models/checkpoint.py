@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import CheckpointError, InputError
 from ..files import atomic_write
 
 __all__ = [
@@ -62,8 +63,6 @@ _HOW_TO_IMPORT = (
 )
 
 
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read, is not a smoothcert checkpoint, or does not fit its metadata."""
 
 
 class MetaRecord:
@@ -88,14 +87,14 @@ class MetaRecord:
     def from_dict(cls, data: Mapping[str, Any]) -> Any:
         """Inverse of :meth:`to_dict`; a ``ValueError`` names missing or unknown keys, or a non-dict."""
         if not isinstance(data, Mapping):
-            raise ValueError(f"{cls.__name__} metadata must be a dict, got {type(data).__name__}")
+            raise InputError(f"{cls.__name__} metadata must be a dict, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(str(k) for k in data if k not in known)
         if unknown:
-            raise ValueError(f"unknown metadata keys {unknown}; known keys: {sorted(known)}")
+            raise InputError(f"unknown metadata keys {unknown}; known keys: {sorted(known)}")
         missing = [k for k in cls.required_keys() if k not in data]
         if missing:
-            raise ValueError(f"metadata is missing required keys {missing}")
+            raise InputError(f"metadata is missing required keys {missing}")
         return cls(**data)
 
 
@@ -129,21 +128,21 @@ class CheckpointMeta(MetaRecord):
         for name in ("arch", "dataset", "noise"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
-                raise ValueError(f"CheckpointMeta.{name} must be a non-empty string, got {value!r}")
+                raise InputError(f"CheckpointMeta.{name} must be a non-empty string, got {value!r}")
         for name in ("num_classes", "in_channels"):
             value = getattr(self, name)
             if not is_int(value) or value < 1:
-                raise ValueError(f"CheckpointMeta.{name} must be a positive integer, got {value!r}")
+                raise InputError(f"CheckpointMeta.{name} must be a positive integer, got {value!r}")
         if not is_int(self.epoch) or self.epoch < 0:
-            raise ValueError(f"CheckpointMeta.epoch must be a non-negative integer, got {self.epoch!r}")
+            raise InputError(f"CheckpointMeta.epoch must be a non-negative integer, got {self.epoch!r}")
         for name in ("arch_kwargs", "training"):
             value = getattr(self, name)
             if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-                raise ValueError(f"CheckpointMeta.{name} must be a dict with string keys, got {value!r}")
+                raise InputError(f"CheckpointMeta.{name} must be a dict with string keys, got {value!r}")
             setattr(self, name, dict(value))
         if is_int(self.input_size):
             if self.input_size < 1:
-                raise ValueError(f"CheckpointMeta.input_size must be positive, got {self.input_size!r}")
+                raise InputError(f"CheckpointMeta.input_size must be positive, got {self.input_size!r}")
         elif (
             isinstance(self.input_size, (list, tuple))
             and len(self.input_size) == 2
@@ -151,7 +150,7 @@ class CheckpointMeta(MetaRecord):
         ):
             self.input_size = list(self.input_size)
         else:
-            raise ValueError(
+            raise InputError(
                 f"CheckpointMeta.input_size must be a positive int or [H, W], got {self.input_size!r}"
             )
         for name in ("mean", "std"):
@@ -159,22 +158,22 @@ class CheckpointMeta(MetaRecord):
             try:
                 values = [float(v) for v in value]
             except (TypeError, ValueError):
-                raise ValueError(f"CheckpointMeta.{name} must be a sequence of numbers, got {value!r}") from None
+                raise InputError(f"CheckpointMeta.{name} must be a sequence of numbers, got {value!r}") from None
             if len(values) != self.in_channels:
-                raise ValueError(
+                raise InputError(
                     f"CheckpointMeta.{name} has {len(values)} values but in_channels={self.in_channels}"
                 )
             if not all(math.isfinite(v) for v in values) or (name == "std" and min(values) <= 0):
-                raise ValueError(f"CheckpointMeta.{name} must be finite (std > 0), got {values}")
+                raise InputError(f"CheckpointMeta.{name} must be finite (std > 0), got {values}")
             setattr(self, name, values)
         if isinstance(self.sigma, bool):
-            raise ValueError(f"CheckpointMeta.sigma must be a number, got {self.sigma!r}")
+            raise InputError(f"CheckpointMeta.sigma must be a number, got {self.sigma!r}")
         try:
             self.sigma = float(self.sigma)
         except (TypeError, ValueError):
-            raise ValueError(f"CheckpointMeta.sigma must be a number, got {self.sigma!r}") from None
+            raise InputError(f"CheckpointMeta.sigma must be a number, got {self.sigma!r}") from None
         if not math.isfinite(self.sigma) or self.sigma < 0:
-            raise ValueError(f"CheckpointMeta.sigma must be finite and >= 0, got {self.sigma!r}")
+            raise InputError(f"CheckpointMeta.sigma must be finite and >= 0, got {self.sigma!r}")
 
     @property
     def input_shape(self) -> tuple[int, ...]:

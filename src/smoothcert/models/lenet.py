@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InputError
+
 __all__ = ["LeNet", "lenet", "lenet_small"]
 
 
@@ -35,7 +37,7 @@ class LeNet(nn.Module):
         super().__init__()
         _check_positive(num_classes=num_classes, in_channels=in_channels, hidden=hidden)
         if not isinstance(input_size, int) or input_size < 4:
-            raise ValueError(f"LeNet needs an integer input_size >= 4, got {input_size!r}")
+            raise InputError(f"LeNet needs an integer input_size >= 4, got {input_size!r}")
         c1, c2 = channels
         _check_positive(**{"channels[0]": c1, "channels[1]": c2})
         self.in_channels = in_channels
@@ -59,7 +61,7 @@ class LeNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         expected = (self.in_channels, self.input_size, self.input_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
+            raise InputError(
                 f"LeNet built for inputs [B, {expected[0]}, {expected[1]}, {expected[2]}] got "
                 f"{list(x.shape)}; build it with matching in_channels/input_size"
             )
@@ -81,4 +83,4 @@ def lenet_small(*, num_classes: int = 10, in_channels: int = 1, input_size: int 
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise InputError(f"{name} must be a positive integer, got {value!r}")

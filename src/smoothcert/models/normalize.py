@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import InputError
+
 __all__ = ["Normalize"]
 
 
@@ -35,15 +37,15 @@ class Normalize(nn.Module):
         mean_values = [float(v) for v in mean]
         std_values = [float(v) for v in std]
         if len(mean_values) == 0:
-            raise ValueError("Normalize needs at least one channel; got an empty mean")
+            raise InputError("Normalize needs at least one channel; got an empty mean")
         if len(mean_values) != len(std_values):
-            raise ValueError(
+            raise InputError(
                 f"Normalize: mean has {len(mean_values)} channels but std has {len(std_values)}"
             )
         if not all(math.isfinite(v) for v in mean_values):
-            raise ValueError(f"Normalize: mean must be finite, got {mean_values}")
+            raise InputError(f"Normalize: mean must be finite, got {mean_values}")
         if not all(math.isfinite(v) and v > 0 for v in std_values):
-            raise ValueError(f"Normalize: std must be finite and > 0, got {std_values}")
+            raise InputError(f"Normalize: std must be finite and > 0, got {std_values}")
         self.register_buffer("mean", torch.tensor(mean_values, dtype=torch.float32).view(-1, 1, 1))
         self.register_buffer("std", torch.tensor(std_values, dtype=torch.float32).view(-1, 1, 1))
 
@@ -53,7 +55,7 @@ class Normalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 3 or x.shape[-3] != self.num_channels:
-            raise ValueError(
+            raise InputError(
                 f"Normalize expects [B, {self.num_channels}, H, W] (or [{self.num_channels}, H, W]) "
                 f"inputs; got shape {list(x.shape)}"
             )

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
+
 __all__ = ["BasicBlock", "CifarResNet", "resnet20", "resnet56", "resnet110"]
 
 Shortcut = Literal["projection", "padding"]
@@ -49,7 +51,7 @@ class BasicBlock(nn.Module):
             elif planes >= in_planes:
                 self.pad_channels = planes - in_planes
             else:
-                raise ValueError("shortcut='padding' cannot reduce the number of channels")
+                raise InputError("shortcut='padding' cannot reduce the number of channels")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
@@ -83,12 +85,12 @@ class CifarResNet(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6 != 0:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (20, 56, 110, ...), got {depth!r}")
+            raise InputError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (20, 56, 110, ...), got {depth!r}")
         if shortcut not in ("projection", "padding"):
-            raise ValueError(f"shortcut must be 'projection' or 'padding', got {shortcut!r}")
+            raise InputError(f"shortcut must be 'projection' or 'padding', got {shortcut!r}")
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
         blocks_per_stage = (depth - 2) // 6
         self.depth = depth
         self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, padding=1, bias=False)
@@ -113,7 +115,7 @@ class CifarResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
-            raise ValueError(f"CifarResNet expects [B, C, H, W] inputs, got shape {list(x.shape)}")
+            raise InputError(f"CifarResNet expects [B, C, H, W] inputs, got shape {list(x.shape)}")
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.layer3(self.layer2(self.layer1(out)))
         out = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)

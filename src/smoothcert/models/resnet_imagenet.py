@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
+
 __all__ = ["Bottleneck", "ImageNetResNet", "resnet50"]
 
 
@@ -78,10 +80,10 @@ class ImageNetResNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(blocks) != 4 or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in blocks):
-            raise ValueError(f"blocks must be four positive integers (3, 4, 6, 3 for ResNet-50), got {blocks!r}")
+            raise InputError(f"blocks must be four positive integers (3, 4, 6, 3 for ResNet-50), got {blocks!r}")
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
         self.blocks = tuple(blocks)
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -110,7 +112,7 @@ class ImageNetResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
-            raise ValueError(f"ImageNetResNet expects [B, C, H, W] inputs, got shape {list(x.shape)}")
+            raise InputError(f"ImageNetResNet expects [B, C, H, W] inputs, got shape {list(x.shape)}")
         out = self.maxpool(F.relu(self.bn1(self.conv1(x)), inplace=True))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         out = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)

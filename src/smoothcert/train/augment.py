@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..smooth import make_generator
-from ..validation import check_bool, check_int
+from ..checks import check_bool, check_int
+from ..errors import InputError
+from ..rng import make_generator
 
 __all__ = ["RandomCropFlip", "augment_record", "random_crop_flip"]
 
@@ -43,7 +44,7 @@ def random_crop_flip(
         image and channel of ``x`` or a padding zero. ``padding=0, flip=False`` returns ``x``.
     """
     if x.dim() != 4:
-        raise ValueError(f"random_crop_flip expects images [B, C, H, W], got shape {list(x.shape)}")
+        raise InputError(f"random_crop_flip expects images [B, C, H, W], got shape {list(x.shape)}")
     check_int("padding", padding, minimum=0)
     check_bool("flip", flip)
     if padding == 0 and not flip:

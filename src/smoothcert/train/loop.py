@@ -23,10 +23,11 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..checks import model_device
 from ..data import iter_batches
+from ..errors import InputError
 from ..models import CheckpointMeta, read_checkpoint, save_checkpoint
 from ..noise import Noise
-from ..validation import model_device
 from .augment import augment_record
 from .methods import TrainingMethod, get_method
 
@@ -51,11 +52,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
+            raise InputError("epochs and batch_size must be >= 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            raise InputError(f"lr must be positive, got {self.lr}")
         if self.schedule not in ("step", "cosine"):
-            raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
+            raise InputError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> float:
@@ -197,7 +198,7 @@ def train(
             was["hparams"] = _recorded_hparams(method.name, was["hparams"])
         if was != same or old.get("arch") != meta.arch or old.get("dataset") != meta.dataset or old.get("noise") != noise.name \
                 or old.get("sigma") != noise.sigma:
-            raise ValueError(
+            raise InputError(
                 f"cannot resume from {path}: it was trained with {old.get('arch')} on {old.get('dataset')}, noise "
                 f"{old.get('noise')} sigma {old.get('sigma')}, training {old.get('training')}; "
                 f"now {meta.arch} on {meta.dataset}, {noise.name} sigma {noise.sigma}, training {training}"

@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks import log_mean_softmax, upcast_logits
+from ..errors import InputError
 from ..noise import Gaussian, Noise
+from ..ops import log_mean_softmax, upcast_logits
 from .methods import TrainingMethod, check_float, check_int, register_method
 
 __all__ = ["Macer", "MacerTerms", "SoftMargin", "macer_terms", "soft_margin"]
@@ -80,9 +81,9 @@ def macer_terms(logits: Tensor, y: Tensor, *, sigma: float, beta: float, gamma: 
     docstring); it is 0 when there is none. Both terms are computed in float32 or wider.
     """
     if logits.dim() != 3 or y.shape != logits.shape[1:2]:
-        raise ValueError(f"logits must be [m, B, K] with y [B], got {list(logits.shape)} and {list(y.shape)}")
+        raise InputError(f"logits must be [m, B, K] with y [B], got {list(logits.shape)} and {list(y.shape)}")
     if logits.shape[-1] < 2:
-        raise ValueError("MACER needs at least 2 classes")
+        raise InputError("MACER needs at least 2 classes")
     b = logits.shape[1]
     z = upcast_logits(logits)
     classification = F.nll_loss(log_mean_softmax(z), y)
@@ -146,7 +147,7 @@ class Macer(TrainingMethod):
         self, model: nn.Module, x: Tensor, y: Tensor, *, noise: Noise, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor]:
         if not isinstance(noise, Gaussian):
-            raise ValueError(  # noqa: TRY004 (a wrong setting of the run, reported like bad hparams)
+            raise InputError(  # noqa: TRY004 (a wrong setting of the run, reported like bad hparams)
                 f"macer maximises the Gaussian l2 radius (sigma/2)(Φ⁻¹(pA) − Φ⁻¹(pB)); noise {noise.name!r} "
                 "has another certificate. Train with Gaussian noise, or use the gaussian or stability method."
             )

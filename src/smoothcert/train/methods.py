@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_bool, check_float, check_int  # re-exported for the methods' modules
 from ..noise import Noise
 from ..registry import Registry
-from ..validation import check_bool, check_float, check_int  # re-exported for the methods' modules
 
 __all__ = [
     "GaussianAugmentation",

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import attacks
+from ..errors import InputError
 from ..noise import Noise
-from ..smooth import make_generator
+from ..rng import make_generator
 from .methods import TrainingMethod, check_float, check_int, register_method
 
 __all__ = ["ATTACKS", "SmoothAdv", "smoothadv_examples", "warmup_eps"]
@@ -70,7 +71,7 @@ def smoothadv_examples(
         x' [B, ...], detached, with ‖x' − x‖₂ <= eps per example.
     """
     if attack not in ATTACKS:
-        raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
+        raise InputError(f"attack must be one of {ATTACKS}, got {attack!r}")
 
     def smoothed(z: Tensor) -> Tensor:
         return attacks.smoothed_log_probs(model, z, deltas)
@@ -126,7 +127,7 @@ class SmoothAdv(TrainingMethod):
         self.m = check_int("m", m, minimum=1)
         self.warmup = check_int("warmup", warmup, minimum=0)
         if attack not in ATTACKS:
-            raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
+            raise InputError(f"attack must be one of {ATTACKS}, got {attack!r}")
         self.attack = attack
         self.step_size = None if step_size is None else check_float("step_size", step_size, strict=True)
         self.eps_t = self.eps

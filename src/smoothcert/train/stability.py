@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks import log_mean_softmax, upcast_logits
+from ..errors import InputError
 from ..noise import Noise
+from ..ops import log_mean_softmax, upcast_logits
 from .methods import TrainingMethod, check_bool, check_float, check_int, register_method
 
 __all__ = ["StabilityTraining", "consistency_loss", "stability_loss"]
@@ -41,7 +42,7 @@ _TINY = 1e-20
 
 def _check_logits(noisy_logits: Tensor, y: Tensor) -> None:
     if noisy_logits.dim() != 3 or y.shape != noisy_logits.shape[1:2]:
-        raise ValueError(f"noisy_logits must be [m, B, K] with y [B], got {list(noisy_logits.shape)} and {list(y.shape)}")
+        raise InputError(f"noisy_logits must be [m, B, K] with y [B], got {list(noisy_logits.shape)} and {list(y.shape)}")
 
 
 def _kl_to_each(ref: Tensor, log_p: Tensor) -> Tensor:
@@ -77,7 +78,7 @@ def stability_loss(
     by default)."""
     _check_logits(noisy_logits, y)
     if clean_logits.shape != noisy_logits.shape[1:]:
-        raise ValueError(f"clean_logits must be [B, K] = {list(noisy_logits.shape[1:])}, got {list(clean_logits.shape)}")
+        raise InputError(f"clean_logits must be [B, K] = {list(noisy_logits.shape[1:])}, got {list(clean_logits.shape)}")
     log_clean = F.log_softmax(upcast_logits(clean_logits), dim=-1)
     log_p = F.log_softmax(upcast_logits(noisy_logits), dim=-1)
     p_clean = log_clean.exp()
@@ -128,7 +129,7 @@ class StabilityTraining(TrainingMethod):
         self.eta = check_float("eta", (0.0 if clean else 0.5) if eta is None else eta)
         self.xent = check_bool("xent", clean if xent is None else xent)
         if self.xent and not clean:
-            raise ValueError("xent (the cross-entropy form of the KL) applies to stability training: pass clean=True")
+            raise InputError("xent (the cross-entropy form of the KL) applies to stability training: pass clean=True")
 
     def hparams(self) -> dict[str, Any]:
         return {"m": self.m, "lbd": self.lbd, "eta": self.eta, "clean": self.clean, "xent": self.xent}

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .errors import InputError, InputTypeError
+
 __all__ = [
     "AUTO", "as_batch", "check_batch_size", "check_bool", "check_float", "check_int", "check_sample_sizes",
     "ensure_eval", "model_device",
@@ -25,23 +27,23 @@ def as_batch(x: Tensor, *, allow_unbounded: bool = False, name: str = "x") -> Te
     ``allow_unbounded=True`` values outside [0, 1] only warn.
     """
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        raise InputTypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(
+        raise InputTypeError(
             f"{name} must be a floating-point tensor with values in [0, 1], got dtype {x.dtype}; "
             "convert uint8 images with x.float() / 255"
         )
     if x.ndim in (1, 3):
         x = x.unsqueeze(0)
     elif x.ndim not in (2, 4):
-        raise ValueError(
+        raise InputError(
             f"{name} must be [B, C, H, W] or [C, H, W] (images) or [B, D] / [D] (vectors); "
             f"got shape {tuple(x.shape)}"
         )
     if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch")
+        raise InputError(f"{name} is an empty batch")
     if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or inf")
+        raise InputError(f"{name} contains NaN or inf")
     lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
         msg = (
@@ -49,7 +51,7 @@ def as_batch(x: Tensor, *, allow_unbounded: bool = False, name: str = "x") -> Te
             "(noise is added before normalization, which belongs inside the model)"
         )
         if not allow_unbounded:
-            raise ValueError(msg + "; pass allow_unbounded=True (CLI: --allow-unbounded) to proceed")
+            raise InputError(msg + "; pass allow_unbounded=True (CLI: --allow-unbounded) to proceed")
         warnings.warn(msg, stacklevel=3)
     return x
 
@@ -84,9 +86,9 @@ def check_batch_size(batch_size: int | str) -> int | str:
     if isinstance(batch_size, str):
         if batch_size == AUTO:
             return batch_size
-        raise ValueError(f"batch_size must be a positive integer or {AUTO!r}, got {batch_size!r}")
+        raise InputError(f"batch_size must be a positive integer or {AUTO!r}, got {batch_size!r}")
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer or {AUTO!r}, got {batch_size!r}")
+        raise InputError(f"batch_size must be a positive integer or {AUTO!r}, got {batch_size!r}")
     return int(batch_size)
 
 
@@ -94,12 +96,12 @@ def check_sample_sizes(*, n: int, n0: int | None = None, batch_size: int | str) 
     """Reject non-positive sizes, n0 >= n (the selection draws must be the cheap part) and a
     batch size that is neither a positive integer nor ``"auto"``."""
     if int(n) != n or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n}")
+        raise InputError(f"n must be a positive integer, got {n}")
     if n0 is not None:
         if int(n0) != n0 or n0 < 1:
-            raise ValueError(f"n0 must be a positive integer, got {n0}")
+            raise InputError(f"n0 must be a positive integer, got {n0}")
         if n0 >= n:
-            raise ValueError(
+            raise InputError(
                 f"n0 ({n0}) must be smaller than n ({n}): n0 only selects the class, "
                 "n draws estimate its probability"
             )
@@ -112,7 +114,7 @@ def check_sample_sizes(*, n: int, n0: int | None = None, batch_size: int | str) 
 def check_int(name: str, value: Any, *, minimum: int) -> int:
     """``value`` as an int >= ``minimum``; a ValueError naming the hyperparameter otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -120,11 +122,11 @@ def check_float(name: str, value: Any, *, minimum: float = 0.0, strict: bool = F
     """``value`` as a finite float >= ``minimum`` (> if ``strict``); a ValueError otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
             or value < minimum or (strict and value == minimum):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}, got {value!r}")
+        raise InputError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}, got {value!r}")
     return float(value)
 
 
 def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")  # noqa: TRY004 (bad hparams: ValueError)
+        raise InputError(f"{name} must be True or False, got {value!r}")  # noqa: TRY004 (bad hparams: ValueError)
     return value
