@@ -27,7 +27,14 @@ from .checkpoint import (
     read_denoiser_checkpoint,
     save_denoiser,
 )
-from .compose import DENOISE_MODES, MULTISTEP_DEFAULTS, default_step_size, denoiser_for_noise, multistep_ladder
+from .for_noise import (
+    DENOISE_MODES,
+    MULTISTEP_DEFAULTS,
+    default_step_size,
+    denoiser_for_noise,
+    multistep_ladder,
+    trained_noise,
+)
 from .losses import (
     ClassificationLoss,
     DenoiserLoss,
@@ -67,7 +74,6 @@ __all__ = [
     "DENOISERS",
     "DENOISE_MODES",
     "MULTISTEP_DEFAULTS",
-    "default_step_size",
     "ClassificationLoss",
     "DSMLoss",
     "Denoised",
@@ -82,6 +88,7 @@ __all__ = [
     "build_denoiser",
     "check_ladder",
     "classifier_fingerprint",
+    "default_step_size",
     "denoiser_for_noise",
     "denoiser_kind",
     "denoising_psnr",
@@ -102,6 +109,7 @@ __all__ = [
     "save_denoiser",
     "sigma_ladder",
     "train_denoiser",
+    "trained_noise",
     "tweedie_denoise",
     "zeroth_order_cross_entropy",
 ]
