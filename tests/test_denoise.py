@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +29,7 @@ from smoothcert.denoise import (
     build_denoiser,
     check_ladder,
     default_step_size,
+    denoiser_for_noise,
     denoiser_kind,
     denoising_psnr,
     dsm_loss,
@@ -42,6 +44,7 @@ from smoothcert.denoise import (
     save_denoiser,
     sigma_ladder,
     train_denoiser,
+    trained_noise,
     tweedie_denoise,
     zeroth_order_cross_entropy,
 )
@@ -52,7 +55,7 @@ from smoothcert.models import (
     build_model,
     save_checkpoint,
 )
-from smoothcert.noise import Noise, get_noise
+from smoothcert.noise import Noise, NoiseAware, get_noise
 from smoothcert.smooth import SmoothedClassifier
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -279,8 +282,16 @@ def test_multistep_validates_noise_and_steps() -> None:
         def _radius(self, pa, pb, norm, dim):
             return pa
 
-    with pytest.raises(TypeError, match="Gaussian, Laplace and Uniform"):
+    # A noise of one's own certifies without the denoising methods; denoising names the one to implement.
+    with pytest.raises(TypeError, match=r"Cauchy noise does not implement Noise\.map_step\(x, y, score"):
         multistep_denoise(exact_score(mu), y, Cauchy(sigma=0.5), ladder=[0.1], steps_per_level=1, step_size=0.01)
+    with pytest.raises(TypeError, match=r"Noise\.map_step.*implement it in your Noise subclass"):
+        MultiStepDenoiser(exact_score(mu), Cauchy(sigma=0.5), ladder=[0.1], steps_per_level=1, step_size=0.01)
+    with pytest.raises(TypeError, match=r"Cauchy noise does not implement Noise\.potential\(delta\)"):
+        noise_potential(Cauchy(sigma=0.5), y)
+    with pytest.raises(TypeError) as err:
+        Cauchy(sigma=0.5).potential(y)
+    assert "score.py" not in str(err.value) and "edit" not in str(err.value)
     gauss = get_noise("gaussian", sigma=0.25)
     with pytest.raises(ValueError, match="steps_per_level"):
         MultiStepDenoiser(exact_score(mu), gauss, ladder=[0.1], steps_per_level=0, step_size=0.01)
@@ -315,20 +326,56 @@ def _tiny_setup(seed: int = 0):
     return clf, den, x, y
 
 
-def test_denoised_freezes_the_classifier_and_keeps_it_in_eval_mode() -> None:
+def _module_state(module: nn.Module) -> dict:
+    """Everything of a module that wrapping could change: its attributes, modes, requires_grad and tensors."""
+    return {
+        "attributes": sorted(vars(module)),
+        "modes": [m.training for m in module.modules()],
+        "requires_grad": [p.requires_grad for p in module.parameters()],
+        "grads": [p.grad for p in module.parameters()],
+        "state": {k: v.clone() for k, v in module.state_dict().items()},
+    }
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return {k: v for k, v in a.items() if k != "state"} == {k: v for k, v in b.items() if k != "state"} and (
+        a["state"].keys() == b["state"].keys() and all(torch.equal(v, b["state"][k]) for k, v in a["state"].items()))
+
+
+def test_denoised_leaves_the_callers_classifier_unchanged() -> None:
+    clf, den, _, _ = _tiny_setup()
+    for mode in (True, False):
+        clf.train(mode)
+        before = _module_state(clf)
+        model = Denoised(clf, den.eval(), trained_for=get_noise("gaussian", sigma=0.25))
+        assert _same_state(before, _module_state(clf)), "Denoised(f, D) must not touch f"
+        assert model.training == mode  # a classifier in train mode makes the wrapper report train mode
+    # A training classifier makes SmoothedClassifier switch the whole composition to eval, with its warning.
+    clf.train()
+    with pytest.warns(UserWarning, match="train mode"):
+        SmoothedClassifier(Denoised(clf, den.eval()), noise=get_noise("gaussian", sigma=0.25), num_classes=3)
+    assert not clf.training and not den.training
+
+
+def test_denoised_keeps_the_classifier_in_eval_mode_and_freezes_on_request() -> None:
     clf, den, x, _ = _tiny_setup()
     clf.train()
     model = Denoised(clf, den)
-    assert not clf.training and all(not p.requires_grad for p in clf.parameters())
     model.train()
-    assert model.training and den.training and not clf.training
+    assert model.training and den.training and not clf.training  # an explicit train() on the wrapper
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x), clf(den(x).clamp(0, 1)))
         torch.testing.assert_close(model.denoise(x), den(x).clamp(0, 1))
     assert Denoised(clf, den, clamp=False).denoise(x * 3).max() > 1
-    # Gradients reach the input through the frozen classifier (attacks, full access).
+    # Gradients reach the input through the classifier (attacks take them w.r.t. the input only).
     xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(xg).sum(), xg)
+    assert grad.abs().sum() > 0 and all(p.grad is None and p.requires_grad for p in clf.parameters())
+    # freeze=True: the explicit opt-in to freezing in place; backward() then leaves f's gradients alone.
+    clf.train()
+    model = Denoised(clf, den, freeze=True).eval()
+    assert not clf.training and all(not p.requires_grad for p in clf.parameters())
     model(xg).sum().backward()
     assert xg.grad is not None and xg.grad.abs().sum() > 0
     assert all(p.grad is None for p in clf.parameters())
@@ -337,6 +384,7 @@ def test_denoised_freezes_the_classifier_and_keeps_it_in_eval_mode() -> None:
     assert repr(model) == "Denoised(classifier=TinyClassifier, denoiser=DnCNN, clamp=True)"
     mu, _ = gaussian_data(1)
     one = Denoised(clf, OneStepDenoiser(exact_score(mu), 0.5))
+    assert isinstance(one, NoiseAware) and isinstance(one.denoiser, NoiseAware)
     assert "OneStepDenoiser(score=score, noise=Gaussian(sigma=0.5))" in repr(one)
     assert one.settings()["sigma"] == 0.5 and one.settings()["classifier"] == "TinyClassifier"
 
@@ -477,7 +525,7 @@ def test_score_network_trained_briefly_lowers_the_dsm_loss() -> None:
     assert before == pytest.approx(0.5 * x[0].numel(), rel=0.1)  # score 0 at init: 1/2 E||z||^2
     history = train_denoiser(score, x, loss="dsm", ladder=ladder, epochs=1, batch_size=32, lr=1e-2, test_set=held)
     assert held_out_loss() < 0.6 * before  # measured 0.37
-    assert not score.training and score.training_ladder == tuple(ladder)
+    assert not score.training and "training_ladder" not in vars(score)  # nothing noted on the network
     assert history[0]["test_dsm"] < 0.6 * before
     # The trained score denoises held-out images through Tweedie at a level of its ladder (measured +5.4 dB).
     noise = get_noise("gaussian", sigma=ladder[1])
@@ -544,10 +592,9 @@ def test_denoiser_checkpoints_round_trip(name: str, tmp_path) -> None:
     save_denoiser(tmp_path / "d.pt", net, meta=meta)
     loaded, got = load_denoiser(tmp_path / "d.pt")
     assert got == meta and got.kind == denoiser_kind(name) and not loaded.training
-    if score:  # what it was trained for is noted on the network, for the mismatch warnings
-        assert loaded.training_ladder == (1.0, 0.1)
-    else:
-        assert loaded.noise == get_noise("gaussian", sigma=0.5)
+    # What it was trained for stays in the metadata; nothing is noted on the network.
+    assert not {"noise", "training_ladder"} & set(vars(loaded)) and vars(loaded).keys() == vars(net).keys()
+    assert trained_noise(got) == (None if score else get_noise("gaussian", sigma=0.5))
     y = torch.rand(2, 1, 28, 28)
     net.eval()
     with torch.no_grad():
@@ -609,7 +656,7 @@ def test_denoised_inside_smoothed_classifier_is_deterministic_and_concentrates()
     w = torch.randn(16)
     mu = torch.full((1, 4, 4), 0.5)
     # Margin w.mu + b = sigma ||w|| / 2: f(mu + delta) is right with probability Phi(1/2) = 0.69 only.
-    clf = LinearBinary(w, b=-float(w.sum()) * 0.5 + 0.5 * sigma * float(w.norm()))
+    clf = LinearBinary(w, b=-float(w.sum()) * 0.5 + 0.5 * sigma * float(w.norm())).eval()
     x = mu.expand(3, *SHAPE).clone()  # inputs at the data mean
     noise = get_noise("gaussian", sigma=sigma)
     laplace = get_noise("laplace", sigma=sigma)
@@ -657,7 +704,7 @@ def test_denoised_inside_smoothed_classifier_is_deterministic_and_concentrates()
 
 
 def test_smoothing_with_another_noise_than_the_denoiser_warns() -> None:
-    clf = LinearBinary(torch.ones(16), b=-8.0)
+    clf = LinearBinary(torch.ones(16), b=-8.0).eval()
     mu = torch.full((1, 4, 4), 0.5)
     gauss, laplace = get_noise("gaussian", sigma=0.25), get_noise("laplace", sigma=0.25)
     multi = MultiStepDenoiser(exact_score(mu), laplace, ladder=[0.25, 0.1], steps_per_level=2, step_size=1e-3)
@@ -666,15 +713,35 @@ def test_smoothing_with_another_noise_than_the_denoiser_warns() -> None:
     with pytest.warns(UserWarning, match="made for gaussian noise sigma 0.5, but smoothing uses gaussian noise sigma"):
         SmoothedClassifier(Denoised(clf, OneStepDenoiser(exact_score(mu), 0.5)), noise=gauss, num_classes=2)
     dncnn = build_denoiser("dncnn", in_channels=1, depth=3, width=8).eval()
-    assert dncnn.noise is None
-    record_training(dncnn, noise=get_noise("uniform", sigma=0.25))  # what train_denoiser/load_denoiser note
+    # What a DnCNN was trained for is passed explicitly (trained_noise(meta) of its checkpoint).
     with pytest.warns(UserWarning, match="DnCNN.*made for uniform noise sigma 0.25"):
-        SmoothedClassifier(Denoised(clf, dncnn), noise=gauss, num_classes=2)
+        SmoothedClassifier(Denoised(clf, dncnn, trained_for=get_noise("uniform", sigma=0.25)), noise=gauss,
+                           num_classes=2)
+    # trained_for overrides what a NoiseAware denoiser says of itself.
+    with pytest.warns(UserWarning, match="made for uniform noise"):
+        SmoothedClassifier(Denoised(clf, multi, trained_for=get_noise("uniform", sigma=0.25)), noise=laplace,
+                           num_classes=2)
+    with pytest.raises(TypeError, match="trained_for"):
+        Denoised(clf, dncnn, trained_for="gaussian")  # type: ignore[arg-type]
+
+    class OwnNoiseAware(nn.Module):  # any base with the method is NoiseAware: no inheritance needed
+        def forward(self, x):
+            return clf(x)
+
+        def noise_mismatch(self, noise):
+            return "" if noise.name == "gaussian" else "only gaussian, please"
+
+    assert isinstance(OwnNoiseAware(), NoiseAware) and not isinstance(clf, NoiseAware)
+    with pytest.warns(UserWarning, match="only gaussian, please"):
+        SmoothedClassifier(OwnNoiseAware().eval(), noise=laplace, num_classes=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matched noises, or a denoiser that records none: silent
         SmoothedClassifier(Denoised(clf, multi), noise=laplace, num_classes=2)
         SmoothedClassifier(Denoised(clf, OneStepDenoiser(exact_score(mu), gauss)), noise=gauss, num_classes=2)
         SmoothedClassifier(Denoised(clf, nn.Identity()).eval(), noise=gauss, num_classes=2)
+        SmoothedClassifier(Denoised(clf, dncnn), noise=gauss, num_classes=2)  # nothing known: nothing to say
+        SmoothedClassifier(Denoised(clf, dncnn, trained_for=gauss), noise=gauss, num_classes=2)
+        SmoothedClassifier(OwnNoiseAware().eval(), noise=gauss, num_classes=2)
 
 
 def test_score_denoisers_warn_outside_the_training_ladder() -> None:
@@ -686,13 +753,13 @@ def test_score_denoisers_warn_outside_the_training_ladder() -> None:
         MultiStepDenoiser(exact_score(mu), gauss, ladder=[0.25, 0.05], steps_per_level=1, step_size=1e-3,
                           training_ladder=[0.5, 0.1])
     score = build_denoiser("scorenet", in_channels=1, width=8, emb_dim=16)
-    record_training(score, ladder=[0.5, 0.1])  # read by default, as after train_denoiser or load_denoiser
     with pytest.warns(UserWarning, match="above the score network's largest trained level"):
-        OneStepDenoiser(score, 0.75)
+        OneStepDenoiser(score, 0.75, training_ladder=[0.5, 0.1])  # meta.ladder, passed explicitly
     score.train()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        den = OneStepDenoiser(score, gauss)  # inside the ladder; an unknown ladder is never a warning
+        den = OneStepDenoiser(score, gauss, training_ladder=[0.5, 0.1])  # inside the ladder
+        OneStepDenoiser(score, 0.75)  # an unknown ladder is never a warning
         OneStepDenoiser(exact_score(mu), 5.0)
         MultiStepDenoiser(score, gauss, ladder=[0.25, 0.1], steps_per_level=1, step_size=1e-3)
     assert not den.training and not score.training  # starts in eval mode, the score network too
@@ -748,3 +815,67 @@ def test_test_dsm_restores_the_mode_and_uint8_datasets_are_scaled() -> None:
                               noise=noise)
     assert as_bytes == pytest.approx(denoising_psnr(clamp, raw.float().div_(255), noise=noise), rel=1e-12)
     assert as_bytes > 12.0  # noisy PSNR at sigma 0.25 is 12 dB; clipping only helps
+
+
+# ---------------------------------------------------------------- nothing noted on users' modules
+
+
+def test_training_and_loading_note_nothing_on_the_network(tmp_path) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 8, 8)
+    den = build_denoiser("dncnn", in_channels=1, depth=3, width=8)
+    score = build_denoiser("scorenet", in_channels=1, width=8, emb_dim=16)
+    attrs = {"dncnn": sorted(vars(den)), "score": sorted(vars(score))}
+    meta = DenoiserMeta(arch="dncnn", arch_kwargs={"depth": 3, "width": 8}, dataset="embedded", in_channels=1,
+                        input_size=8)
+    train_denoiser(den, x, noise=get_noise("gaussian", sigma=0.25), epochs=1, batch_size=8,
+                   checkpoint=tmp_path / "d.pt", meta=meta)
+    train_denoiser(score, x, loss="dsm", ladder=[0.5, 0.1], epochs=1, batch_size=8)
+    assert sorted(vars(den)) == attrs["dncnn"] and sorted(vars(score)) == attrs["score"]
+    loaded, got = load_denoiser(tmp_path / "d.pt")
+    assert sorted(vars(loaded)) == attrs["dncnn"]
+    assert trained_noise(got) == get_noise("gaussian", sigma=0.25)
+    wrapped = OneStepDenoiser(score, 0.25, training_ladder=[0.5, 0.1])
+    assert sorted(vars(score)) == attrs["score"] and wrapped.noise == get_noise("gaussian", sigma=0.25)
+    with pytest.warns(DeprecationWarning, match="record_training"):
+        record_training(den, noise=get_noise("laplace", sigma=0.5))
+    assert "noise" not in vars(den)
+
+
+# ---------------------------------------------------------------- checkpoints written before the refactor
+
+
+LEGACY = Path(__file__).parent / "data" / "legacy"
+
+
+def test_legacy_denoiser_checkpoints_load_denoise_and_warn() -> None:
+    net, meta = load_denoiser(LEGACY / "dncnn.pt")
+    assert (meta.kind, meta.noise, meta.sigma) == ("denoiser", "gaussian", 0.25)
+    gauss, wider = get_noise("gaussian", sigma=0.25), get_noise("gaussian", sigma=0.5)
+    y = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        out = denoiser_for_noise(net, meta, gauss)(y)
+    assert out.shape == y.shape and torch.isfinite(out).all() and not torch.equal(out, y)
+    clf = LinearBinary(torch.ones(28 * 28), b=-392.0).eval()
+    with pytest.warns(UserWarning, match="trained for gaussian noise sigma 0.25; smoothing uses gaussian sigma 0.5"):
+        den = denoiser_for_noise(net, meta, wider)
+    with pytest.warns(UserWarning, match=r"DnCNN\) is made for gaussian noise sigma 0.25, but smoothing uses gaussian"):
+        SmoothedClassifier(Denoised(clf, den, trained_for=trained_noise(meta)), noise=wider, num_classes=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SmoothedClassifier(Denoised(clf, net, trained_for=trained_noise(meta)), noise=gauss, num_classes=2)
+
+    score, smeta = load_denoiser(LEGACY / "score.pt")
+    assert smeta.kind == "score" and trained_noise(smeta) is None
+    assert smeta.ladder == pytest.approx([1.0, 0.1 ** 0.5, 0.1])
+    for noise in (gauss, get_noise("laplace", sigma=0.25), get_noise("uniform", sigma=0.25)):
+        d = denoiser_for_noise(score, smeta, noise)
+        with torch.no_grad():
+            out = d(y)
+        assert out.shape == y.shape and torch.isfinite(out).all()
+        with pytest.warns(UserWarning, match=f"made for {noise.name} noise sigma 0.25, but smoothing uses gaussian"):
+            SmoothedClassifier(Denoised(clf, d), noise=wider, num_classes=2)
+    with pytest.warns(UserWarning, match="above the score network's largest trained level 1"):
+        denoiser_for_noise(score, smeta, get_noise("laplace", sigma=2.0))
+    with pytest.warns(UserWarning, match="below its smallest trained level 0.1"):
+        denoiser_for_noise(score, smeta, gauss, mode="multi-step", ladder=[0.25, 0.05])

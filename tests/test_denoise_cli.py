@@ -10,10 +10,16 @@ import pytest
 from smoothcert.analysis import load_results
 from smoothcert.cli import main
 from smoothcert.data import get_dataset
-from smoothcert.denoise import Denoised, MultiStepDenoiser, load_denoiser, read_denoiser_checkpoint
-from smoothcert.rng import input_seed
+from smoothcert.denoise import (
+    Denoised,
+    MultiStepDenoiser,
+    load_denoiser,
+    read_denoiser_checkpoint,
+    trained_noise,
+)
 from smoothcert.models import load_checkpoint
 from smoothcert.noise import get_noise
+from smoothcert.rng import input_seed
 from smoothcert.smooth import SmoothedClassifier
 
 COMMON = ["--dataset", "embedded", "--quiet", "--device", "cpu"]
@@ -174,8 +180,10 @@ def test_multistep_ladder_and_denoiser_for_noise(files) -> None:
         denoiser_for_noise(net, meta, get_noise("gaussian", sigma=0.5), mode="one-step", steps_per_level=2)
     dncnn, dmeta = load_denoiser(files["dncnn"])
     assert denoiser_for_noise(dncnn, dmeta, get_noise("gaussian", sigma=0.25)) is dncnn
-    # The loaded DnCNN knows its training noise: smoothing it at another sigma warns.
-    assert dncnn.noise == get_noise("gaussian", sigma=0.25)
+    # The loaded DnCNN's training noise is in its metadata (nothing is noted on the network); passed to
+    # Denoised, smoothing it at another sigma warns.
+    assert "noise" not in vars(dncnn) and trained_noise(dmeta) == get_noise("gaussian", sigma=0.25)
     model, _ = load_checkpoint(files["clf"])
     with pytest.warns(UserWarning, match="made for gaussian noise sigma 0.25, but smoothing uses gaussian noise sigma 0.5"):
-        SmoothedClassifier(Denoised(model, dncnn), noise=get_noise("gaussian", sigma=0.5), num_classes=10)
+        SmoothedClassifier(Denoised(model, dncnn, trained_for=trained_noise(dmeta)),
+                           noise=get_noise("gaussian", sigma=0.5), num_classes=10)

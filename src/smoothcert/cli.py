@@ -271,7 +271,7 @@ def _wrap_denoiser(args: argparse.Namespace, model: nn.Module, noise: Any, in_ch
                    device: torch.device) -> tuple[nn.Module, dict[str, Any] | None]:
     """``Denoised(model, D)`` for ``--denoiser`` (else ``model``), and the denoiser's record for the run's
     configuration: file hash and every setting, so rows of different denoisers are never mixed."""
-    from .denoise import Denoised, denoiser_for_noise, load_denoiser
+    from .denoise import Denoised, denoiser_for_noise, load_denoiser, trained_noise
 
     multi = (args.denoise_steps, args.denoise_step_size, args.denoise_levels)
     if args.denoiser is None:
@@ -290,6 +290,7 @@ def _wrap_denoiser(args: argparse.Namespace, model: nn.Module, noise: Any, in_ch
         except ImportError as err:
             raise SystemExit(f"error: {err}") from None
         record = {"file": "ffdnet", "arch": "ffdnet-color"}
+        trained_for = None
     else:
         net, dmeta = load_denoiser(args.denoiser, map_location=device)
         if dmeta.in_channels != in_channels:
@@ -300,7 +301,8 @@ def _wrap_denoiser(args: argparse.Namespace, model: nn.Module, noise: Any, in_ch
         record = {"sha256": file_sha256(Path(args.denoiser)), "arch": dmeta.arch, "kind": dmeta.kind,
                   "trained_noise": dmeta.noise, "trained_sigma": dmeta.sigma, "trained_ladder": dmeta.ladder,
                   "training": dmeta.training, "epoch": dmeta.epoch}
-    wrapped = Denoised(model, den.eval())
+        trained_for = trained_noise(dmeta)
+    wrapped = Denoised(model, den.eval(), trained_for=trained_for)
     if not getattr(args, "quiet", False):
         print(f"denoised smoothing: {wrapped!r}", file=sys.stderr)
     return wrapped, record | wrapped.settings()

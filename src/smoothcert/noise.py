@@ -14,6 +14,15 @@ an *upper* bound ``p_upper_b`` on the runner-up probability pB) and return the r
 which the smoothed classifier provably keeps its prediction. They are vectorised over tensors
 of bounds; a bound below 1/2 (or pA <= pB) gives radius 0 — the caller abstains there.
 
+Norms are ``"l1"``, ``"l2"`` and ``"linf"``. A radius in one norm becomes a radius in another
+through :func:`convert_radius` (the one place that does so): the largest ball of the target norm
+inside the certified ball.
+
+Multi-step denoisers (:mod:`smoothcert.denoise`) need more of a noise than its samples and radii:
+its potential ``phi`` (``q(delta) proportional to exp(-phi(delta))``, :meth:`Noise.potential`) and
+one descent step on a MAP objective with ``phi`` as data term (:meth:`Noise.map_step`). The three
+families implement both; a noise of one's own that does not gets an error naming the method.
+
 Sources: Gaussian l2 — Cohen, Rosenfeld, Kolter 2019, Thm 1; Laplace l1 — Teng, Lee, Yuan 2020
 ("l1 adversarial robustness certificates: a randomized smoothing approach"), Thm 1;
 uniform l1 / linf — Yang et al. 2020 ("Randomized smoothing of all shapes and sizes"), Table 1.
@@ -23,22 +32,27 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from .errors import InputError, InputTypeError
 from .registry import Registry
 
 __all__ = [
-    "Noise",
+    "NORMS",
     "Gaussian",
     "Laplace",
+    "Noise",
+    "NoiseAware",
     "Uniform",
-    "register_noise",
+    "conversion_formula",
+    "convert_radius",
+    "describe_noise_mismatch",
     "get_noise",
     "list_noises",
+    "register_noise",
 ]
 
 NOISES: Registry[Noise] = Registry("noise")
@@ -53,6 +67,96 @@ def get_noise(name: str, *, sigma: float) -> Noise:
 def list_noises() -> list[str]:
     """Names accepted by :func:`get_noise`."""
     return NOISES.names()
+
+
+#: The lp norms of certificates, as ``Noise.norms`` and ``--norm`` name them.
+NORMS = ("l1", "l2", "linf")
+
+# 1/p of each norm: ||v||_p <= d^(1/p - 1/q) ||v||_q for p <= q (Hoelder), and ||v||_p <= ||v||_q for p >= q.
+_INVERSE_P = {"l1": 1.0, "l2": 0.5, "linf": 0.0}
+
+
+def _check_norm_name(norm: str) -> str:
+    if norm not in _INVERSE_P:
+        raise InputError(f"unknown norm {norm!r}; norms are {', '.join(NORMS)}")
+    return norm
+
+
+def _ratio_exponent(from_norm: str, to_norm: str) -> float:
+    """e with ||v||_from <= d^e ||v||_to for every v in R^d (tight): max(0, 1/from - 1/to)."""
+    return max(0.0, _INVERSE_P[_check_norm_name(from_norm)] - _INVERSE_P[_check_norm_name(to_norm)])
+
+
+def convert_radius(radius: Tensor, *, from_norm: str, to_norm: str, dim: int | None = None) -> Tensor:
+    """The largest ``to_norm`` radius whose ball lies inside the ``from_norm`` ball of ``radius``.
+
+    ``||v||_from <= d^e ||v||_to`` with ``e = max(0, 1/from - 1/to)`` (Hoelder; attained by the
+    all-ones direction) puts the ``to_norm`` ball of radius ``r / d^e`` inside the ``from_norm``
+    ball of radius ``r``, and no larger one fits. So l1 -> l2 and l2 -> linf divide by sqrt(d),
+    l1 -> linf by d, and a conversion to a norm of smaller p (linf -> l2, l2 -> l1) keeps r: a
+    certificate of radius r in ``from_norm`` certifies the returned radius in ``to_norm``.
+    ``radius`` any shape; ``dim`` = d, needed where the factor depends on it.
+    """
+    e = _ratio_exponent(from_norm, to_norm)
+    if e == 0.0:
+        return radius
+    d = _need_dim(dim, f"{from_norm} -> {to_norm}")
+    return radius / (math.sqrt(d) if e == 0.5 else float(d) ** e)
+
+
+def conversion_formula(from_norm: str, to_norm: str) -> str:
+    """How :func:`convert_radius` maps a ``from_norm`` radius to ``to_norm``, as text: ``"r_l1/√d"``,
+    ``"r_l1/d"`` or ``"r_linf"`` (unchanged)."""
+    e = _ratio_exponent(from_norm, to_norm)
+    factor = {0.0: "", 0.5: "/√d", 1.0: "/d"}.get(e, f"/d^{e:g}")
+    return f"r_{from_norm}{factor}"
+
+
+def _need_dim(dim: int | None, what: str) -> int:
+    if dim is None or dim < 1:
+        raise InputError(f"the {what} radius depends on the input dimension: pass dim=d")
+    return int(dim)
+
+
+def describe_noise_mismatch(made_for: Noise, noise: Noise, *, what: str, advice: str = "") -> str:
+    """'' if ``made_for`` and the smoothing ``noise`` are the same family and sigma (relative
+    tolerance 1e-9), else a sentence for a warning: ``what`` (e.g. "the denoiser (DnCNN)") is
+    made for one noise but smoothing uses another, then ``advice``. Such a mismatch leaves every
+    certificate valid (the base classifier is still a fixed function) but costs accuracy."""
+    if made_for.name == noise.name and math.isclose(made_for.sigma, noise.sigma, rel_tol=1e-9, abs_tol=0.0):
+        return ""
+    return (
+        f"{what} is made for {made_for.name} noise sigma {made_for.sigma:g}, but smoothing uses {noise.name} "
+        f"noise sigma {noise.sigma:g}; the certificates stay valid, but accuracy will likely suffer"
+        + (f". {advice}" if advice else "")
+    )
+
+
+@runtime_checkable
+class NoiseAware(Protocol):
+    """A base classifier (or part of one) that knows which noise it is made for.
+
+    :class:`~smoothcert.smooth.SmoothedClassifier` asks a base that is ``NoiseAware`` (checked with
+    ``isinstance``: any object with this method qualifies, inheriting is optional) and warns with
+    the message when it is not empty. :class:`~smoothcert.denoise.Denoised`,
+    :class:`~smoothcert.denoise.OneStepDenoiser` and :class:`~smoothcert.denoise.MultiStepDenoiser`
+    implement it.
+    """
+
+    def noise_mismatch(self, noise: Noise) -> str:
+        """'' if this object is made for smoothing with ``noise`` (or knows nothing about it), else
+        why not, as a sentence for a warning (:func:`describe_noise_mismatch` writes one)."""
+        ...
+
+
+#: What :meth:`Noise.require` asks of a noise, by method name: (signature, meaning) for its error.
+_DENOISING_METHODS = {
+    "potential": ("potential(delta) -> Tensor [B]", "phi(delta) = -log q(delta) + const, per row"),
+    "map_step": (
+        "map_step(x, y, score, *, step_size) -> Tensor",
+        "one (projected) gradient step on -log p(x) + phi(x - y), given score = grad log p(x)",
+    ),
+}
 
 
 def _normal_icdf(p: Tensor) -> Tensor:
@@ -72,7 +176,10 @@ class Noise(ABC):
 
     Subclasses declare ``norms`` (the lp norms they certify directly) and implement
     :meth:`sample_` (in-place draws; :meth:`sample` allocates and calls it) and the
-    per-norm radius functions.
+    per-norm radius functions (:meth:`_radius`). For multi-step denoising they also implement
+    :meth:`potential` and :meth:`map_step` (and may give :attr:`map_step_limit`); a subclass
+    without them certifies like any other, and a denoiser given it raises an InputTypeError
+    naming the method to implement.
     """
 
     name: ClassVar[str]
@@ -160,11 +267,74 @@ class Noise(ABC):
     def _radius(self, pa: Tensor, pb: Tensor | None, norm: str, dim: int | None) -> Tensor:
         """Radius where pA > 1/2 (or pA > pB); values elsewhere are discarded."""
 
-    @staticmethod
-    def _need_dim(dim: int | None, norm: str) -> int:
-        if dim is None or dim < 1:
-            raise InputError(f"the {norm} radius depends on the input dimension: pass dim=d")
-        return int(dim)
+    # For subclasses' _radius (the built-in noises' pattern): d, or the error asking for it.
+    _need_dim = staticmethod(_need_dim)
+
+    def converted_radius(
+        self,
+        p_lower: Tensor | float,
+        *,
+        norm: str,
+        dim: int,
+        p_upper_b: Tensor | float | None = None,
+    ) -> Tensor:
+        """A certified radius in any lp ``norm``, also one this noise does not certify directly:
+        for each of :attr:`norms`, the largest ``norm`` ball inside its certified ball
+        (:func:`convert_radius`), and the largest of these. Equal to :meth:`radius` where
+        ``norm`` is the noise's own norm and the others give less. float64, shape of the bounds,
+        0 where nothing is certified; ``dim`` = d (always needed: a conversion may use it)."""
+        _check_norm_name(norm)
+        radii = [
+            convert_radius(self.radius(p_lower, norm=own, p_upper_b=p_upper_b, dim=dim).double(),
+                           from_norm=own, to_norm=norm, dim=dim)
+            for own in self.norms
+        ]
+        return torch.stack(radii).max(dim=0).values
+
+    def conversion_formula(self, norm: str) -> str:
+        """How :meth:`converted_radius` gets its ``norm`` radius, as text: ``"r_l1/√d"`` (Laplace to
+        l2), ``"max(r_l1/√d, r_linf)"`` (uniform to l2)."""
+        terms = [conversion_formula(own, norm) for own in self.norms]
+        return terms[0] if len(terms) == 1 else f"max({', '.join(terms)})"
+
+    # ---- what multi-step denoising needs (smoothcert.denoise.score); not abstract: certifying needs none of it
+
+    def potential(self, delta: Tensor) -> Tensor:
+        """``phi(delta)`` per row, with ``q(delta)`` proportional to ``exp(-phi(delta))`` (the
+        negative log-density up to a constant): ``delta`` [B, ...] -> [B], delta's dtype; ``inf``
+        outside the support. Every ``phi`` here is even: ``phi(y - x) = phi(x - y)``."""
+        raise self._missing("potential")
+
+    def map_step(self, x: Tensor, y: Tensor, score: Tensor, *, step_size: float) -> Tensor:
+        """One descent step from ``x`` on the MAP objective ``-log p(x) + phi(x - y)`` of the clean
+        image given the noisy ``y``, where ``score`` = grad log p(x) (an estimate, e.g. a score
+        network's at the current level) and ``phi`` is :meth:`potential`: a gradient step
+        ``x + step_size (score - grad phi(x - y))``, or, where ``phi`` is an indicator, the
+        projection of ``x + step_size score`` onto its support around ``y``. ``x``, ``y``,
+        ``score`` of one shape ``[B, ...]``; returns that shape, differentiable in all three."""
+        raise self._missing("map_step")
+
+    @property
+    def map_step_limit(self) -> float | None:
+        """The step size at and above which gradient descent on ``phi`` alone diverges (2 / L for a
+        potential with L-Lipschitz gradient); None where no such bound exists (a non-smooth
+        ``phi``, a projection). Multi-step denoisers warn when their first step reaches it."""
+        return None
+
+    def require(self, *methods: str) -> None:
+        """Raise the InputTypeError that names the method to implement if this noise's class leaves
+        one of ``methods`` (``"potential"``, ``"map_step"``) to this base class; for checks
+        before any work is done."""
+        for method in methods:
+            if getattr(type(self), method) is getattr(Noise, method):
+                raise self._missing(method)
+
+    def _missing(self, method: str) -> InputTypeError:
+        signature, meaning = _DENOISING_METHODS[method]
+        return InputTypeError(
+            f"{type(self).__name__} noise does not implement Noise.{signature} ({meaning}), which "
+            f"multi-step denoising needs; implement it in your Noise subclass"
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(sigma={self.sigma:g})"
@@ -195,9 +365,20 @@ class Gaussian(Noise):
             r = self.sigma * _normal_icdf(pa)
         else:
             r = 0.5 * self.sigma * (_normal_icdf(pa) - _normal_icdf(pb))
-        if norm == "linf":
-            r = r / math.sqrt(self._need_dim(dim, norm))
-        return r
+        # The linf ball of radius R_l2 / sqrt(d) is the largest inside the certified l2 ball.
+        return convert_radius(r, from_norm="l2", to_norm=norm, dim=dim)
+
+    def potential(self, delta):
+        return delta.flatten(1).pow(2).sum(1) / (2 * self.sigma**2)
+
+    def map_step(self, x, y, score, *, step_size):
+        # grad phi(u) = u / sigma^2
+        return x + step_size * (score - (x - y) / self.sigma**2)
+
+    @property
+    def map_step_limit(self) -> float:
+        # grad phi is (1/sigma^2)-Lipschitz: gradient descent on phi alone diverges past 2 sigma^2.
+        return 2 * self.sigma**2
 
 
 @register_noise("laplace")
@@ -233,6 +414,14 @@ class Laplace(Noise):
             return -lam * torch.log(2 * (1 - pa))
         return torch.maximum(0.5 * lam * torch.log(pa / pb), -lam * torch.log(1 - pa + pb))
 
+    def potential(self, delta):
+        return delta.flatten(1).abs().sum(1) / self.scale
+
+    def map_step(self, x, y, score, *, step_size):
+        # Subgradient of phi(u) = ||u||_1 / lambda: sign(u) / lambda (0 at the kink u = 0). phi is not
+        # smooth, so no step size bound: the iterate oscillates within ~2 step_size / lambda of the kink.
+        return x + step_size * (score - torch.sign(x - y) / self.scale)
+
 
 @register_noise("uniform")
 class Uniform(Noise):
@@ -260,5 +449,17 @@ class Uniform(Noise):
         if norm == "l1":
             return 2 * lam * (pa - 0.5) if pb is None else lam * (pa - pb)
         # No two-class linf form is published; the one-class radius (pB <= 1 - pA) is used.
-        d = self._need_dim(dim, norm)
+        d = _need_dim(dim, norm)
         return 2 * lam * (1 - torch.pow(1.5 - pa, 1.0 / d))
+
+    def potential(self, delta):
+        # The indicator of the box [-lambda, lambda]^d: 0 inside, inf outside.
+        flat = delta.flatten(1)
+        inside = (flat.abs() <= self.half_width).all(1)
+        return torch.where(inside, torch.zeros_like(flat[:, 0]), torch.full_like(flat[:, 0], math.inf))
+
+    def map_step(self, x, y, score, *, step_size):
+        # phi is an indicator: its "gradient step" is the Euclidean projection onto y + [-lambda, lambda]^d
+        # (projected gradient descent); clamp is that projection, coordinate by coordinate.
+        lam = self.half_width
+        return torch.clamp(x + step_size * score, y - lam, y + lam)

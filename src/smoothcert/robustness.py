@@ -118,22 +118,15 @@ def attack_columns(eps: Sequence[float], attack: str) -> tuple[str, ...]:
 
 def l2_radius(noise: Noise, p_lower: Tensor, *, dim: int) -> Tensor:
     """A certified l2 radius [B] (float64) from lower bounds ``p_lower`` [B] on pA: the noise's own
-    l2 radius, or the largest l2 ball inside its certified ball of another norm — ‖δ‖∞ <= ‖δ‖₂ puts
-    the l2 ball of radius r inside the linf ball of radius r, ‖δ‖₁ <= √d‖δ‖₂ puts the l2 ball of
-    radius r/√d inside the l1 ball of radius r; the largest over the noise's norms. 0 where nothing
-    is certified (pA <= 1/2)."""
-    radii = []
-    for norm in noise.norms:
-        r = noise.radius(p_lower, norm=norm, dim=dim).double()
-        radii.append(r / math.sqrt(dim) if norm == "l1" else r)
-    return torch.stack(radii).max(dim=0).values
+    l2 radius, or the largest l2 ball inside its certified ball of another norm (r_l1/√d, r_linf;
+    :meth:`~smoothcert.noise.Noise.converted_radius`), the largest over the noise's norms. 0 where
+    nothing is certified (pA <= 1/2)."""
+    return noise.converted_radius(p_lower, norm="l2", dim=dim)
 
 
 def _l2_conversion(noise_name: str) -> str:
     """How :func:`l2_radius` turns ``noise_name``'s certificate into an l2 radius, for the summary."""
-    terms = {"l1": "r_l1/√d", "linf": "r_linf", "l2": "r_l2"}
-    norms = [terms[n] for n in get_noise(noise_name, sigma=1.0).norms]
-    return norms[0] if len(norms) == 1 else f"max({', '.join(norms)})"
+    return get_noise(noise_name, sigma=1.0).conversion_formula("l2")
 
 
 class _PerInputSoft(SmoothedSoft):

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .checks import as_batch, check_sample_sizes, ensure_eval, model_device
 from .errors import CompileError, InputError, InputTypeError
-from .noise import Noise
+from .noise import Noise, NoiseAware
 from .rng import make_generator
 from .sampling import (
     AUTO,
@@ -133,9 +133,9 @@ class SmoothedClassifier:
 
     Args:
         base: f, a module mapping inputs in [0, 1] (normalization inside) to logits
-            ``[B, num_classes]``; it is put in eval mode and never modified otherwise. A base with a
-            ``noise_mismatch(noise) -> str`` method (``smoothcert.denoise.Denoised``) gives a
-            UserWarning with that message when it is not empty (a denoiser made for another noise).
+            ``[B, num_classes]``; it is put in eval mode and never modified otherwise. A
+            :class:`~smoothcert.noise.NoiseAware` base (``smoothcert.denoise.Denoised``) gives a
+            UserWarning with its ``noise_mismatch(noise)`` message when it is not empty.
         noise: the smoothing distribution (see :func:`smoothcert.noise.get_noise`).
         num_classes: number of classes K.
         precision: arithmetic of f (fp32, tf32, bf16, fp16); part of the certified classifier.
@@ -195,9 +195,8 @@ class SmoothedClassifier:
             raise InputError(f"max_batch_bytes must be a positive integer (bytes), got {max_batch_bytes}")
         self.base = ensure_eval(base)
         self.noise = noise
-        # A Denoised base (smoothcert.denoise) says when its denoiser is made for another noise or sigma.
-        mismatch = getattr(base, "noise_mismatch", None)
-        problem = mismatch(noise) if callable(mismatch) else ""
+        # A NoiseAware base (smoothcert.denoise.Denoised) says when it is made for another noise or sigma.
+        problem = base.noise_mismatch(noise) if isinstance(base, NoiseAware) else ""
         if problem:
             warnings.warn(problem, UserWarning, stacklevel=2)
         self.num_classes = int(num_classes)

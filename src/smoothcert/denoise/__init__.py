@@ -1,7 +1,10 @@
 """Denoised smoothing: make a pretrained classifier robust without retraining it.
 
 ``Denoised(classifier, denoiser)`` is a base classifier like any other (certify, predict, attack);
-the classifier is frozen. Denoisers come in two families:
+the classifier is never trained (constructing the wrapper leaves it as it is; ``freeze=True`` freezes
+it in place). What a network was trained for travels in its checkpoint's :class:`DenoiserMeta`,
+never on the network: pass it on (``trained_for=trained_noise(meta)``, ``training_ladder=meta.ladder``,
+or :func:`denoiser_for_noise`). Denoisers come in two families:
 
 * one network per noise and sigma (``dncnn``), trained with ``mse`` or the classifier-guided
   ``stability`` / ``classification`` losses of Salman et al. 2020 (full or query access);
@@ -13,11 +16,11 @@ the classifier is frozen. Denoisers come in two families:
 Example (a classifier ``f`` for MNIST, one score network for every noise)::
 
     score = build_denoiser("scorenet", in_channels=1, width=32)
-    train_denoiser(score, get_dataset("mnist", split="train"), loss="dsm",
-                   ladder=sigma_ladder(1.0, 0.01, num_levels=10), epochs=20)
+    trained = sigma_ladder(1.0, 0.01, num_levels=10)
+    train_denoiser(score, get_dataset("mnist", split="train"), loss="dsm", ladder=trained, epochs=20)
     ladder = sigma_ladder(0.5, 0.01, num_levels=10)
     den = MultiStepDenoiser(score, get_noise("laplace", sigma=0.5), ladder=ladder, steps_per_level=1,
-                            step_size=default_step_size(ladder))  # 0.01**2
+                            step_size=default_step_size(ladder), training_ladder=trained)  # 0.01**2
     smoothed = SmoothedClassifier(Denoised(f, den), noise=get_noise("laplace", sigma=0.5), num_classes=10)
 """
 
@@ -27,7 +30,14 @@ from .checkpoint import (
     read_denoiser_checkpoint,
     save_denoiser,
 )
-from .compose import DENOISE_MODES, MULTISTEP_DEFAULTS, default_step_size, denoiser_for_noise, multistep_ladder
+from .for_noise import (
+    DENOISE_MODES,
+    MULTISTEP_DEFAULTS,
+    default_step_size,
+    denoiser_for_noise,
+    multistep_ladder,
+    trained_noise,
+)
 from .losses import (
     ClassificationLoss,
     DenoiserLoss,
@@ -67,7 +77,6 @@ __all__ = [
     "DENOISERS",
     "DENOISE_MODES",
     "MULTISTEP_DEFAULTS",
-    "default_step_size",
     "ClassificationLoss",
     "DSMLoss",
     "Denoised",
@@ -82,6 +91,7 @@ __all__ = [
     "build_denoiser",
     "check_ladder",
     "classifier_fingerprint",
+    "default_step_size",
     "denoiser_for_noise",
     "denoiser_kind",
     "denoising_psnr",
@@ -102,6 +112,7 @@ __all__ = [
     "save_denoiser",
     "sigma_ladder",
     "train_denoiser",
+    "trained_noise",
     "tweedie_denoise",
     "zeroth_order_cross_entropy",
 ]

@@ -29,8 +29,7 @@ from torch import nn
 
 from ..errors import InputError, InputTypeError
 from ..models.checkpoint import CheckpointError, MetaRecord, is_int, state_mismatch, unwrap, write_payload
-from ..noise import Noise, get_noise
-from .nets import DENOISERS, build_denoiser, denoiser_kind, record_training
+from .nets import DENOISERS, build_denoiser, denoiser_kind
 from .score import check_ladder
 
 __all__ = [
@@ -188,9 +187,9 @@ def load_denoiser(
     path: str | os.PathLike[str], *, map_location: str | torch.device | None = "cpu"
 ) -> tuple[nn.Module, DenoiserMeta]:
     """Rebuild the network saved at ``path`` and load its weights: ``(net, meta)``, ``net`` in eval
-    mode, on ``map_location``, in the floating dtype it was saved in. What it was trained for is
-    noted on ``net`` (:func:`~smoothcert.denoise.nets.record_training`: ``net.noise`` of a denoiser,
-    ``net.training_ladder`` of a score network) for the mismatch warnings. Raises ``CheckpointError``."""
+    mode, on ``map_location``, in the floating dtype it was saved in. What it was trained for is in
+    ``meta`` only, nothing is noted on ``net``: pass it on (``denoiser_for_noise(net, meta, noise)``,
+    ``Denoised(f, net, trained_for=trained_noise(meta))``). Raises ``CheckpointError``."""
     path = Path(path)
     payload = read_denoiser_checkpoint(path, map_location=map_location)
     try:
@@ -208,16 +207,5 @@ def load_denoiser(
     net.load_state_dict(state, strict=True)
     if map_location is not None:
         net.to(map_location)
-    record_training(net, noise=_trained_noise(meta), ladder=meta.ladder or None)
     return net.eval(), meta
 
-
-def _trained_noise(meta: DenoiserMeta) -> Noise | None:
-    """The noise a denoiser checkpoint was trained for, or None (score network, or a noise this
-    installation does not know)."""
-    if meta.kind != "denoiser" or meta.noise == "none" or meta.sigma <= 0:
-        return None
-    try:
-        return get_noise(meta.noise, sigma=meta.sigma)
-    except (KeyError, TypeError, ValueError):
-        return None

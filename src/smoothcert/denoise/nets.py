@@ -21,6 +21,7 @@ network.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -88,19 +89,17 @@ def denoiser_kind(name: str) -> str:
 def record_training(
     net: nn.Module, *, noise: Noise | None = None, ladder: Sequence[float] | None = None
 ) -> None:
-    """Note on ``net`` what it was trained for: ``net.noise`` (a denoiser's training noise) and
-    ``net.training_ladder`` (a score network's sigma levels, a tuple).
-
-    :func:`~smoothcert.denoise.train_denoiser` and :func:`~smoothcert.denoise.load_denoiser` call
-    this; the checks of denoised smoothing read it (a :class:`~smoothcert.smooth.SmoothedClassifier`
-    whose noise differs from its denoiser's warns; so do :class:`OneStepDenoiser` and
-    :class:`MultiStepDenoiser` given levels outside the training ladder). An attribute of that name
-    that the network already uses for something else is left alone.
-    """
-    if noise is not None and isinstance(getattr(net, "noise", None), (Noise, type(None))):
-        net.noise = noise
-    if ladder is not None and isinstance(getattr(net, "training_ladder", None), (tuple, type(None))):
-        net.training_ladder = tuple(float(v) for v in ladder)
+    """Deprecated, does nothing: it used to note ``net.noise`` / ``net.training_ladder`` on the
+    network for the mismatch warnings. What a network was trained for is now passed explicitly:
+    ``Denoised(f, D, trained_for=trained_noise(meta))`` and ``OneStepDenoiser`` /
+    ``MultiStepDenoiser(..., training_ladder=meta.ladder)`` (:func:`~smoothcert.denoise.denoiser_for_noise`
+    does both for a loaded checkpoint)."""
+    warnings.warn(
+        "record_training is deprecated and notes nothing on the network: pass trained_for= to Denoised "
+        "and training_ladder= to OneStepDenoiser/MultiStepDenoiser instead",
+        DeprecationWarning,
+        stacklevel=2,
+    )
 
 
 def as_sigma(sigma: float | Tensor, like: Tensor) -> Tensor:
@@ -140,12 +139,10 @@ class DnCNN(nn.Module):
     convolution starts at zero, so an untrained net is the identity.
 
     Input ``[B, in_channels, H, W]`` (any H, W), output of the same shape; trained for one noise
-    and sigma (the checkpoint records which).
+    and sigma (its checkpoint's metadata records which; nothing is noted on the network).
     """
 
     kind: ClassVar[str] = "denoiser"
-    #: The noise it was trained for (set by train_denoiser and load_denoiser); None: unknown.
-    noise: Noise | None = None
 
     def __init__(self, *, in_channels: int = 3, depth: int = 17, width: int = 64, batch_norm: bool = True) -> None:
         super().__init__()
@@ -221,8 +218,6 @@ class ScoreNet(nn.Module):
     """
 
     kind: ClassVar[str] = "score"
-    #: The sigma levels it was trained at (set by train_denoiser and load_denoiser); None: unknown.
-    training_ladder: tuple[float, ...] | None = None
 
     def __init__(self, *, in_channels: int = 3, width: int = 32, emb_dim: int = 64) -> None:
         super().__init__()

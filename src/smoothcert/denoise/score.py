@@ -27,9 +27,13 @@ Conventions (written once, here):
   ``-s(x, sigma_i) + grad phi(x - y)``. The update is therefore
   ``x <- x + alpha_i (s(x, sigma_i) - grad phi(x - y))``. Algorithm 1 of the paper prints
   ``x + alpha_i (s + grad_x phi(x - y))``, which taken literally *ascends* on ``phi``; the
-  objective it descends (and the paper's gradient step ``x - alpha grad L_MAP``) fix the sign used here, and the tests check that the objective
-  decreases. For uniform noise ``phi`` is an indicator, so its gradient step is the Euclidean
-  projection onto ``{x : x - y in [-lambda, lambda]^d}`` (projected gradient descent).
+  objective it descends (and the paper's gradient step ``x - alpha grad L_MAP``) fix the sign used here, and
+  the tests check that the objective decreases. For uniform noise ``phi`` is an indicator, so its gradient
+  step is the Euclidean projection onto ``{x : x - y in [-lambda, lambda]^d}`` (projected gradient descent).
+* Each noise carries its own ``phi`` and step: :meth:`~smoothcert.noise.Noise.potential`,
+  :meth:`~smoothcert.noise.Noise.map_step` and the step bound
+  :attr:`~smoothcert.noise.Noise.map_step_limit`; this module only calls them, so a noise of one's
+  own denoises once it implements them.
 * Step sizes ``alpha_i = alpha sigma_i^2 / sigma_L^2`` (Algorithm 1 writes ``sigma^2`` in the
   denominator; as in Song & Ermon's annealed Langevin dynamics we take the smallest level
   ``sigma_L``, so ``alpha`` is the step of the last level).
@@ -48,7 +52,7 @@ from torch import Tensor, nn
 
 from ..checks import check_float, check_int
 from ..errors import InputError, InputTypeError
-from ..noise import Gaussian, Laplace, Noise, Uniform
+from ..noise import Gaussian, Noise, describe_noise_mismatch
 from ..rng import make_generator
 from .nets import as_sigma
 
@@ -153,24 +157,10 @@ def tweedie_denoise(score: ScoreFn, y: Tensor, *, sigma: float | Tensor) -> Tens
 
 def noise_potential(noise: Noise, u: Tensor) -> Tensor:
     """``phi(u)`` per row of ``u`` [B, ...] (float [B]), with ``q(u) proportional to exp(-phi(u))``:
-    Gaussian ``||u||^2/(2 sigma^2)``, Laplace ``||u||_1/lambda``, uniform 0 inside
-    ``[-lambda, lambda]^d`` and ``inf`` outside (see the module docstring for the lambdas)."""
-    flat = u.flatten(1)
-    if isinstance(noise, Gaussian):
-        return flat.pow(2).sum(1) / (2 * noise.sigma**2)
-    if isinstance(noise, Laplace):
-        return flat.abs().sum(1) / noise.scale
-    if isinstance(noise, Uniform):
-        inside = (flat.abs() <= noise.half_width).all(1)
-        return torch.where(inside, torch.zeros_like(flat[:, 0]), torch.full_like(flat[:, 0], math.inf))
-    raise _unsupported(noise)
-
-
-def _unsupported(noise: object) -> TypeError:
-    return TypeError(
-        f"multi-step denoising knows the potentials of Gaussian, Laplace and Uniform noise, not "
-        f"{type(noise).__name__}; add its phi(u) = -log q(u) and gradient step to smoothcert.denoise.score"
-    )
+    :meth:`noise.potential(u) <smoothcert.noise.Noise.potential>` (Gaussian ``||u||^2/(2 sigma^2)``,
+    Laplace ``||u||_1/lambda``, uniform 0 inside ``[-lambda, lambda]^d`` and ``inf`` outside; see the
+    module docstring for the lambdas)."""
+    return noise.potential(u)
 
 
 def level_step_sizes(ladder: Sequence[float] | Tensor, *, step_size: float) -> list[float]:
@@ -180,17 +170,16 @@ def level_step_sizes(ladder: Sequence[float] | Tensor, *, step_size: float) -> l
 
 
 def _check_steps(noise: Noise, ladder: tuple[float, ...], steps_per_level: int, step_size: float) -> list[float]:
-    if not isinstance(noise, (Gaussian, Laplace, Uniform)):
-        raise _unsupported(noise)
+    noise.require("map_step")
     check_int("steps_per_level (T)", steps_per_level, minimum=1)
     check_float("step_size (alpha)", step_size, strict=True)
     alphas = level_step_sizes(ladder, step_size=step_size)
-    if isinstance(noise, Gaussian) and alphas[0] >= 2 * noise.sigma**2:
-        # grad phi is (1/sigma^2)-Lipschitz: gradient descent on the data term alone diverges past 2 sigma^2.
+    limit = noise.map_step_limit
+    if limit is not None and alphas[0] >= limit:
         warnings.warn(
-            f"multi-step denoising: the first step size alpha_1 = {alphas[0]:.3g} is >= 2 sigma^2 = "
-            f"{2 * noise.sigma**2:.3g}, where the Gaussian data term alone makes the iteration diverge; "
-            "lower step_size (alpha is the step of the last, smallest level)",
+            f"multi-step denoising: the first step size alpha_1 = {alphas[0]:.3g} is >= {limit:.3g}, where "
+            f"gradient descent on the {noise.name} noise's potential alone diverges (Noise.map_step_limit; "
+            "2 sigma^2 for Gaussian noise); lower step_size (alpha is the step of the last, smallest level)",
             stacklevel=3,
         )
     return alphas
@@ -215,21 +204,25 @@ def multistep_denoise(
         uniform:            x <- clamp(x + alpha_i s(x, sigma_i), y - lambda, y + lambda)
 
     i.e. (projected) gradient descent on ``-log p_sigma_i(x) + phi(x - y)`` with the noise's
-    potential ``phi`` (module docstring): ``grad phi(u) = u / sigma^2`` (Gaussian),
-    ``sign(u) / lambda`` (Laplace, ``lambda = sigma/sqrt(2)``; subgradient 0 at 0), and the
-    projection onto the box of half-width ``lambda = sigma sqrt(3)`` (uniform). Every iterate of
-    the uniform case satisfies ``|x - y| <= lambda`` coordinate-wise.
+    potential ``phi`` (module docstring), one :meth:`~smoothcert.noise.Noise.map_step` of the
+    noise per step: ``grad phi(u) = u / sigma^2`` (Gaussian), ``sign(u) / lambda`` (Laplace,
+    ``lambda = sigma/sqrt(2)``; subgradient 0 at 0), and the projection onto the box of
+    half-width ``lambda = sigma sqrt(3)`` (uniform). Every iterate of the uniform case satisfies
+    ``|x - y| <= lambda`` coordinate-wise.
 
     Stability: with the exact score of Gaussian data of variance ``v`` the objective of level i
     is smooth with constant ``1/(v + sigma_i^2) + 1/sigma^2`` (Gaussian noise), and the iteration
     decreases it whenever ``alpha_i`` is below twice its inverse; a warning is given when
-    ``alpha_1 >= 2 sigma^2``. The Laplace subgradient step converges where the minimiser is
-    off the kink ``x = y`` and oscillates across the kink within about ``2 alpha_i / lambda`` of it.
+    ``alpha_1 >= noise.map_step_limit`` (``2 sigma^2`` for Gaussian noise). The Laplace
+    subgradient step converges where the minimiser is off the kink ``x = y`` and oscillates
+    across the kink within about ``2 alpha_i / lambda`` of it.
 
     Args:
         score: ``score(x, sigma [B])``, see :data:`ScoreFn`.
         y: noisy inputs ``[B, ...]``; the result has the same shape.
-        noise: the noise that produced ``y`` (Gaussian, Laplace or Uniform).
+        noise: the noise that produced ``y``: Gaussian, Laplace, Uniform, or any
+            :class:`~smoothcert.noise.Noise` that implements ``map_step`` (else an InputTypeError
+            naming it).
         ladder: ``sigma_1 > ... > sigma_L`` at which the score is evaluated.
         steps_per_level: T.
         step_size: alpha, the step of the last level.
@@ -256,17 +249,19 @@ def _anneal(
     for i, (sigma_i, alpha_i) in enumerate(zip(levels, alphas)):
         sig = torch.full((y.shape[0],), sigma_i, dtype=y.dtype, device=y.device)
         for t in range(steps_per_level):
-            s = score(x, sig)
-            if isinstance(noise, Gaussian):
-                x = x + alpha_i * (s - (x - y) / noise.sigma**2)
-            elif isinstance(noise, Laplace):
-                x = x + alpha_i * (s - torch.sign(x - y) / noise.scale)
-            else:  # Uniform: projected step onto y + [-lambda, lambda]^d
-                lam = noise.half_width
-                x = torch.clamp(x + alpha_i * s, y - lam, y + lam)
+            x = noise.map_step(x, y, score(x, sig), step_size=alpha_i)
             if callback is not None:
                 callback(i, t, x)
     return x
+
+
+def _mismatch(denoiser: OneStepDenoiser | MultiStepDenoiser, noise: Noise) -> str:
+    return describe_noise_mismatch(denoiser.noise, noise, what=f"the denoiser ({type(denoiser).__name__})",
+                                   advice=DENOISER_MISMATCH_ADVICE)
+
+
+#: The advice of denoisers' noise-mismatch warnings.
+DENOISER_MISMATCH_ADVICE = "The denoiser removes the wrong noise: use a denoiser for the smoothing noise"
 
 
 def _score_name(score: object) -> str:
@@ -276,11 +271,9 @@ def _score_name(score: object) -> str:
 def _check_trained_levels(
     score: ScoreFn, levels: Sequence[float], training_ladder: Sequence[float] | Tensor | None, what: str
 ) -> None:
-    """Warn when a level lies outside the score network's training ladder (``training_ladder``, else
-    the ``training_ladder`` attribute that training and loading note on a score network): the
-    network never saw such sigmas, and its score there is extrapolation."""
-    if training_ladder is None:
-        training_ladder = getattr(score, "training_ladder", None)
+    """Warn when a level lies outside the score network's training ladder ``training_ladder`` (the
+    ``ladder`` of its :class:`~smoothcert.denoise.DenoiserMeta`): the network never saw such
+    sigmas, and its score there is extrapolation. None or empty: unknown, no check."""
     if training_ladder is None or (not isinstance(training_ladder, Tensor) and len(training_ladder) == 0):
         return  # unknown: nothing to compare with
     trained = check_ladder(training_ladder)
@@ -310,11 +303,12 @@ class OneStepDenoiser(nn.Module):
             :class:`MultiStepDenoiser` takes it), or its standard deviation ``sigma`` as a number.
             Other noises are refused with a TypeError (Tweedie's formula is the posterior mean for
             Gaussian noise only: use :class:`MultiStepDenoiser`).
-        training_ladder: the levels the score network was trained at (default: its
-            ``training_ladder`` attribute, noted by training and loading); a ``sigma`` outside them
-            gets a warning.
+        training_ladder: the levels the score network was trained at (``meta.ladder`` of a loaded
+            checkpoint; :func:`~smoothcert.denoise.denoiser_for_noise` passes it); a ``sigma``
+            outside them gets a warning. None: unknown, no check.
     Starts in eval mode (the score network too). Plugs into :class:`~smoothcert.denoise.Denoised`;
-    ``noise`` and ``sigma`` are kept as attributes.
+    ``noise`` and ``sigma`` are kept as attributes. :class:`~smoothcert.noise.NoiseAware`:
+    :meth:`noise_mismatch` compares ``noise`` with a smoothing noise.
     """
 
     def __init__(
@@ -358,6 +352,11 @@ class OneStepDenoiser(nn.Module):
     def forward(self, y: Tensor) -> Tensor:
         return tweedie_denoise(self.score, y, sigma=self.sigma)
 
+    def noise_mismatch(self, noise: Noise) -> str:
+        """'' if this denoiser removes ``noise`` (same family and sigma), else why not
+        (:class:`~smoothcert.noise.NoiseAware`)."""
+        return _mismatch(self, noise)
+
     def __repr__(self) -> str:
         return f"OneStepDenoiser(score={_score_name(self.score)}, noise={self.noise!r})"
 
@@ -367,18 +366,20 @@ class MultiStepDenoiser(nn.Module):
 
     Args:
         score: the score network (or callable) ``s(x, sigma)``.
-        noise: the smoothing noise (Gaussian, Laplace or Uniform, from :func:`smoothcert.noise.get_noise`).
+        noise: the smoothing noise (Gaussian, Laplace or Uniform, from :func:`smoothcert.noise.get_noise`;
+            any :class:`~smoothcert.noise.Noise` that implements ``map_step``).
         ladder: ``sigma_1 > ... > sigma_L``; e.g. ``sigma_ladder(noise.sigma, 0.01, num_levels=10)``.
         steps_per_level: T.
         step_size: alpha (the step of the last level; level i steps ``alpha sigma_i^2 / sigma_L^2``).
             ``alpha / sigma_L^2`` is the fraction of the way to each level's Tweedie estimate that a
             score step moves, so alpha must scale with the ladder's last level:
             :func:`~smoothcert.denoise.default_step_size` gives ``sigma_L^2`` (c = 1).
-        training_ladder: the levels the score network was trained at (default: its
-            ``training_ladder`` attribute, noted by training and loading); levels of ``ladder``
-            outside them get a warning.
+        training_ladder: the levels the score network was trained at (``meta.ladder`` of a loaded
+            checkpoint; :func:`~smoothcert.denoise.denoiser_for_noise` passes it); levels of
+            ``ladder`` outside them get a warning. None: unknown, no check.
     :meth:`settings` records all of them, the per-level steps included, for a run's record.
-    Starts in eval mode (the score network too).
+    Starts in eval mode (the score network too). :class:`~smoothcert.noise.NoiseAware`:
+    :meth:`noise_mismatch` compares ``noise`` with a smoothing noise.
     """
 
     def __init__(
@@ -418,6 +419,11 @@ class MultiStepDenoiser(nn.Module):
 
     def forward(self, y: Tensor) -> Tensor:
         return _anneal(self.score, y, self.noise, self.ladder, self._alphas, self.steps_per_level, None)
+
+    def noise_mismatch(self, noise: Noise) -> str:
+        """'' if this denoiser removes ``noise`` (same family and sigma), else why not
+        (:class:`~smoothcert.noise.NoiseAware`)."""
+        return _mismatch(self, noise)
 
     def __repr__(self) -> str:
         ladder = ", ".join(f"{s:.4g}" for s in self.ladder)

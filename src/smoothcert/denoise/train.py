@@ -28,7 +28,6 @@ from ..rng import make_generator
 from ..train.loop import restore_training_state, training_state
 from .checkpoint import DenoiserMeta, read_denoiser_checkpoint, save_denoiser
 from .losses import DenoiserLoss, DSMLoss, get_denoiser_loss
-from .nets import record_training
 from .score import dsm_loss
 
 __all__ = ["classifier_fingerprint", "denoising_psnr", "psnr", "train_denoiser"]
@@ -139,8 +138,8 @@ def train_denoiser(
     Args:
         net: a denoiser ``D(y)`` (e.g. ``build_denoiser("dncnn", ...)``) for the one-noise losses,
             or a score network ``s(y, sigma)`` (``build_denoiser("scorenet", ...)``) for ``dsm``;
-            already on the device to train on. The training noise or ladder is noted on it
-            (:func:`~smoothcert.denoise.nets.record_training`).
+            already on the device to train on. Nothing is noted on it: the training noise or
+            ladder goes into the checkpoint's ``meta``.
         train_set: images in [0, 1]: an ``ArrayDataset``, a tensor ``[N, C, H, W]`` (no labels) or
             a dataset of ``(x, y)`` (batched by :func:`smoothcert.data.iter_batches`; uint8 images
             are divided by 255); labels are used by ``loss="classification"`` only.
@@ -203,7 +202,6 @@ def train_denoiser(
     opt = torch.optim.Adam(params, lr=lr)
     order_gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
-    record_training(net, noise=noise, ladder=getattr(loss_fn, "ladder", None))
     if meta is not None:
         meta = DenoiserMeta.from_dict(
             meta.to_dict()

@@ -1,9 +1,16 @@
-"""From a trained network to the denoiser ``D`` of one smoothing noise (used by the CLI and benchmarks).
+"""A denoiser for one smoothing noise from a loaded network and its metadata: :func:`denoiser_for_noise`
+(with :data:`DENOISE_MODES`, :func:`multistep_ladder`, :func:`default_step_size`), and
+:func:`trained_noise`, the noise a denoiser checkpoint was trained for.
 
 A denoiser checkpoint (kind ``"denoiser"``) is ``D`` itself, trained for one noise and sigma. A
 score network (kind ``"score"``) becomes ``D`` through :class:`OneStepDenoiser` (Tweedie,
 Gaussian noise only) or :class:`MultiStepDenoiser` (annealed MAP descent, any of the three
 noises) with a ladder starting at the smoothing noise's standard deviation.
+
+What a network was trained for travels in its :class:`~smoothcert.denoise.DenoiserMeta`, never on
+the network: :func:`denoiser_for_noise` hands ``meta.ladder`` to the score denoisers, and
+``Denoised(f, D, trained_for=trained_noise(meta))`` lets smoothing warn about a DnCNN made for
+another noise.
 """
 
 from __future__ import annotations
@@ -16,11 +23,18 @@ from torch import Tensor, nn
 
 from ..checks import check_float
 from ..errors import InputError
-from ..noise import Gaussian, Noise
+from ..noise import Gaussian, Noise, get_noise
 from .checkpoint import DenoiserMeta
 from .score import MultiStepDenoiser, OneStepDenoiser, check_ladder
 
-__all__ = ["DENOISE_MODES", "MULTISTEP_DEFAULTS", "default_step_size", "denoiser_for_noise", "multistep_ladder"]
+__all__ = [
+    "DENOISE_MODES",
+    "MULTISTEP_DEFAULTS",
+    "default_step_size",
+    "denoiser_for_noise",
+    "multistep_ladder",
+    "trained_noise",
+]
 
 #: How a score network denoises: Tweedie's formula or annealed MAP descent.
 DENOISE_MODES = ("one-step", "multi-step")
@@ -61,6 +75,18 @@ def multistep_ladder(training_ladder: Sequence[float] | Tensor, *, sigma: float)
     return [sigma, *below]
 
 
+def trained_noise(meta: DenoiserMeta) -> Noise | None:
+    """The noise a denoiser checkpoint (kind ``"denoiser"``) was trained for, from its metadata; None
+    for a score network (trained over a ladder, not one noise) or a noise this installation does not
+    know. Pass it to :class:`~smoothcert.denoise.Denoised` as ``trained_for``."""
+    if meta.kind != "denoiser" or meta.noise == "none" or meta.sigma <= 0:
+        return None
+    try:
+        return get_noise(meta.noise, sigma=meta.sigma)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def denoiser_for_noise(
     net: nn.Module,
     meta: DenoiserMeta,
@@ -83,7 +109,8 @@ def denoiser_for_noise(
             :func:`default_step_size` of that ladder.
     The result is in eval mode. A denoiser trained for another noise or sigma is returned with a
     warning (the certificate stays valid for the composition; only its accuracy may suffer), and so
-    is a score-network denoiser with a sigma outside ``meta.ladder``.
+    is a score-network denoiser with a sigma outside ``meta.ladder``. A denoiser network is returned
+    as it is (nothing is noted on it): give ``Denoised`` its ``trained_for=trained_noise(meta)``.
     """
     multi = {"steps_per_level": steps_per_level, "step_size": step_size, "ladder": ladder}
     if meta.kind == "denoiser":
