@@ -45,7 +45,9 @@ __all__ = [
     "CenterCertificate",
     "MedianBounds",
     "SmoothedRegressor",
+    "center_from_draws",
     "center_quantile_level",
+    "median_bounds_from_draws",
     "median_order_statistics",
     "mse",
     "psnr",
@@ -272,20 +274,7 @@ class SmoothedRegressor:
         alpha = _check_alpha(alpha)
         y, gen = self._prepare(y, generator)
         draws = self._samples(y, n=n, batch_size=batch_size, generator=gen)
-        count, shape = draws.shape[0], draws.shape[2:]
-        d = math.prod(shape)
-        alpha_c = alpha / (2 * d)
-        p_lo, p_hi = float(norm.cdf(-eps / sigma)), float(norm.cdf(eps / sigma))
-        k_l, k_u = median_order_statistics(n=n, p_lower=p_lo, p_upper=p_hi, alpha=alpha_c)
-        flat = draws.view(count, n, d)
-        median = flat.median(dim=1).values
-        inf = torch.full_like(median, math.inf)
-        lower = flat.kthvalue(k_l, dim=1).values if k_l >= 1 else -inf
-        upper = flat.kthvalue(k_u, dim=1).values if k_u <= n else inf
-        return MedianBounds(
-            lower=lower.view(count, *shape), median=median.view(count, *shape), upper=upper.view(count, *shape),
-            k_lower=k_l, k_upper=k_u, alpha_coordinate=alpha_c, p_lower=p_lo, p_upper=p_hi,
-        )
+        return median_bounds_from_draws(draws, sigma=sigma, eps=eps, alpha=alpha)
 
     def center(
         self,
@@ -347,34 +336,89 @@ class SmoothedRegressor:
         check_sample_sizes(n=n, n0=n0, batch_size=batch_size)
         y, gen = self._prepare(y, generator)
         count = y.shape[0]
-        # Step 1: the centre among n0 draws.
-        z0 = self._samples(y, n=n0, batch_size=batch_size, generator=gen).flatten(2).double()
-        med = torch.cdist(z0, z0).median(dim=2).values  # [B, n0]; the draw itself (0) included
-        best = med.argmin(dim=1)
-        rows = torch.arange(count, device=z0.device)
-        centre = z0[rows, best]  # [B, d]
+        centre = _choose_centre(self._samples(y, n=n0, batch_size=batch_size, generator=gen))
         # Step 2: distances of n fresh draws to the centre (streamed: nothing of size n·d is kept).
-        dists = torch.empty(count * n, dtype=torch.float64, device=z0.device)
+        dists = torch.empty(count * n, dtype=torch.float64, device=centre.device)
         offset = 0
         for owner, out in self._chunks(y, n=n, batch_size=batch_size, generator=gen):
             real = int((owner < count).sum())  # padding rows come last
             dists[offset:offset + real] = (out[:real].double() - centre[owner[:real]]).norm(dim=1)
             offset += real
-        dists = dists.view(count, n).sort(dim=1).values
-        t = math.sqrt(math.log(1 / alpha) / (2 * n))
-        abstain = t > delta
-        k_hat = min(n, math.floor((0.5 - delta + t) * n) + 1)
-        r_hat = dists[:, k_hat - 1]
-        level = center_quantile_level(eps=eps, sigma=sigma, delta=delta, n=n, alpha=alpha)
-        inf = torch.full((count,), math.inf, dtype=torch.float64, device=z0.device)
-        quantile_radius = inf if level > 1 else dists[:, max(1, math.ceil(level * n - 1e-9)) - 1]
-        radius = inf if abstain else (1 + beta) * quantile_radius
-        shape = self._output_shape(y)
-        return CenterCertificate(
-            center=centre.float().view(count, *shape), radius=radius, quantile_radius=quantile_radius,
-            r_hat=r_hat, mass=torch.full_like(r_hat, k_hat / n),
-            abstained=torch.full((count,), abstain, dtype=torch.bool, device=z0.device),
-        )
+        return _center_certificate(centre, dists.view(count, n), self._output_shape(y), sigma=sigma, eps=eps,
+                                   alpha=alpha, delta=delta, beta=beta)
+
+
+def median_bounds_from_draws(draws: Tensor, *, sigma: float, eps: float, alpha: float) -> MedianBounds:
+    """:meth:`SmoothedRegressor.median_bounds` from draws already made: ``draws`` ``[B, n, *shape]``
+    are n i.i.d. outputs f(y_b + delta_j), delta_j ~ N(0, sigma² I), per input (the same draws may
+    serve several eps: the guarantee holds for each eps separately at level 1 − alpha)."""
+    eps = _check_eps(eps)
+    alpha = _check_alpha(alpha)
+    sigma = check_float("sigma", sigma, strict=True)
+    count, n, shape = draws.shape[0], draws.shape[1], draws.shape[2:]
+    d = math.prod(shape)
+    alpha_c = alpha / (2 * d)
+    p_lo, p_hi = float(norm.cdf(-eps / sigma)), float(norm.cdf(eps / sigma))
+    k_l, k_u = median_order_statistics(n=n, p_lower=p_lo, p_upper=p_hi, alpha=alpha_c)
+    flat = draws.reshape(count, n, d)
+    median = flat.median(dim=1).values
+    inf = torch.full_like(median, math.inf)
+    lower = flat.kthvalue(k_l, dim=1).values if k_l >= 1 else -inf
+    upper = flat.kthvalue(k_u, dim=1).values if k_u <= n else inf
+    return MedianBounds(
+        lower=lower.view(count, *shape), median=median.view(count, *shape), upper=upper.view(count, *shape),
+        k_lower=k_l, k_upper=k_u, alpha_coordinate=alpha_c, p_lower=p_lo, p_upper=p_hi,
+    )
+
+
+def center_from_draws(
+    draws0: Tensor, draws: Tensor, *, sigma: float, eps: float, alpha: float, delta: float = 0.05, beta: float = 2.0
+) -> CenterCertificate:
+    """:meth:`SmoothedRegressor.center` from draws already made: ``draws0`` ``[B, n0, *shape]`` choose
+    the centre, ``draws`` ``[B, n, *shape]`` (independent of them) give r̂ and R; same guarantee."""
+    eps = _check_eps(eps)
+    alpha = _check_alpha(alpha)
+    sigma = check_float("sigma", sigma, strict=True)
+    centre = _choose_centre(draws0)
+    count, n = draws.shape[:2]
+    dists = (draws.reshape(count, n, -1).double() - centre[:, None]).norm(dim=2)
+    return _center_certificate(centre, dists, tuple(draws.shape[2:]), sigma=sigma, eps=eps, alpha=alpha,
+                               delta=delta, beta=beta)
+
+
+def _choose_centre(draws0: Tensor) -> Tensor:
+    """Step 1 of center smoothing: per input, the draw with the smallest median distance to the
+    draws (itself included). ``draws0`` ``[B, n0, ...]`` -> float64 ``[B, d]``."""
+    z0 = draws0.flatten(2).double()
+    med = torch.cdist(z0, z0).median(dim=2).values  # [B, n0]
+    best = med.argmin(dim=1)
+    return z0[torch.arange(z0.shape[0], device=z0.device), best]
+
+
+def _center_certificate(
+    centre: Tensor, dists: Tensor, shape: tuple[int, ...], *, sigma: float, eps: float, alpha: float,
+    delta: float, beta: float,
+) -> CenterCertificate:
+    """Steps 2-3 of center smoothing from the distances ``[B, n]`` of n fresh draws to ``centre``."""
+    delta = check_float("delta", delta, strict=True)
+    if delta >= 0.5:
+        raise InputError(f"delta must be in (0, 1/2), got {delta}")
+    beta = check_float("beta", beta, minimum=1.0)
+    count, n = dists.shape
+    dists = dists.sort(dim=1).values
+    t = math.sqrt(math.log(1 / alpha) / (2 * n))
+    abstain = t > delta
+    k_hat = min(n, math.floor((0.5 - delta + t) * n) + 1)
+    r_hat = dists[:, k_hat - 1]
+    level = center_quantile_level(eps=eps, sigma=sigma, delta=delta, n=n, alpha=alpha)
+    inf = torch.full((count,), math.inf, dtype=torch.float64, device=dists.device)
+    quantile_radius = inf if level > 1 else dists[:, max(1, math.ceil(level * n - 1e-9)) - 1]
+    radius = inf if abstain else (1 + beta) * quantile_radius
+    return CenterCertificate(
+        center=centre.float().view(count, *shape), radius=radius, quantile_radius=quantile_radius,
+        r_hat=r_hat, mass=torch.full_like(r_hat, k_hat / n),
+        abstained=torch.full((count,), abstain, dtype=torch.bool, device=dists.device),
+    )
 
 
 # ---- metrics and certified worst cases ----
