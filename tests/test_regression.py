@@ -144,6 +144,14 @@ def test_worst_case_metrics_exact():
     assert psnr(0.01).item() == pytest.approx(20.0)
 
 
+def test_ssim_by_scikit_image():
+    pytest.importorskip("skimage")
+    from smoothcert.regression import ssim
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ssim(x, x), torch.ones(2, dtype=torch.float64))
+    assert (ssim((x + 0.3 * torch.randn(2, 3, 16, 16)).clamp(0, 1), x) < 0.8).all()
+
+
 def test_bad_input():
     sr = SmoothedRegressor(nn.Identity().eval(), noise=get_noise("gaussian", sigma=0.1))
     y = torch.rand(1, 3, 4, 4)

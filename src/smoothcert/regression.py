@@ -51,6 +51,7 @@ __all__ = [
     "median_order_statistics",
     "mse",
     "psnr",
+    "ssim",
     "worst_mse_ball",
     "worst_mse_box",
 ]
@@ -292,10 +293,11 @@ class SmoothedRegressor:
         """Center smoothing (Kumar & Goldstein 2021): a centre z(y) and an l2 bound on how far it moves.
 
         Procedure (per input y):
-          1. n0 draws Z = {f(y + delta_j)}; the centre z is the draw with the smallest median l2
-             distance to Z (K&G's point-based approximation of the smallest ball holding half the
-             mass: within a factor beta = 2 of it for the sample, since any draw inside that ball is
-             within twice its radius of every draw in it).
+          1. n0 draws Z = {f(y + delta_j)}; the centre z is the candidate with the smallest median
+             l2 distance to Z, the candidates being the draws (K&G's point-based approximation of the
+             smallest ball holding half the mass: within a factor beta = 2 of it for the sample, since
+             any draw inside that ball is within twice its radius of every draw in it) plus Z's mean
+             and coordinate-wise median (a smaller ball only helps: the factor 2 still holds).
           2. n fresh draws, distances d_(1) <= ... <= d_(n) to z, t = sqrt(ln(1/alpha)/(2n)). By the
              one-sided DKW inequality (Massart 1990), with probability at least 1 − alpha,
              P(‖f(y + delta) − z‖ <= r) >= F_n(r) − t for **every** r at once, F_n the empirical CDF.
@@ -387,12 +389,17 @@ def center_from_draws(
 
 
 def _choose_centre(draws0: Tensor) -> Tensor:
-    """Step 1 of center smoothing: per input, the draw with the smallest median distance to the
-    draws (itself included). ``draws0`` ``[B, n0, ...]`` -> float64 ``[B, d]``."""
+    """Step 1 of center smoothing: per input, the candidate (a draw, the draws' mean or their
+    coordinate-wise median) with the smallest median distance to the draws. ``draws0``
+    ``[B, n0, ...]`` -> float64 ``[B, d]``."""
     z0 = draws0.flatten(2).double()
-    med = torch.cdist(z0, z0).median(dim=2).values  # [B, n0]
+    # Candidates: the draws, plus their mean and coordinate-wise median (closer to the middle of a
+    # noisy cloud than any single draw: in d dimensions a draw sits ~sqrt(2) further from the other
+    # draws than their mean does). The chosen radius can only shrink, so beta = 2 still holds.
+    cand = torch.cat([z0, z0.mean(dim=1, keepdim=True), z0.median(dim=1, keepdim=True).values], dim=1)
+    med = torch.cdist(cand, z0).median(dim=2).values  # [B, n0 + 2]
     best = med.argmin(dim=1)
-    return z0[torch.arange(z0.shape[0], device=z0.device), best]
+    return cand[torch.arange(z0.shape[0], device=z0.device), best]
 
 
 def _center_certificate(
@@ -434,6 +441,23 @@ def psnr(mse_value: Tensor | float, *, data_range: float = 1.0) -> Tensor:
     """PSNR in dB, 10·log10(data_range² / MSE); +inf at MSE 0, −inf at MSE inf."""
     m = torch.as_tensor(mse_value, dtype=torch.float64)
     return 10 * torch.log10(data_range**2 / m)
+
+
+def ssim(output: Tensor, reference: Tensor, *, data_range: float = 1.0) -> Tensor:
+    """Per-image SSIM ``[B]`` (float64) of ``[B, C, H, W]`` images, by scikit-image's
+    ``structural_similarity`` (Wang et al. 2004; 7×7 uniform window, channels averaged; outputs are
+    clipped to the data range first, as an image would be saved). Needs the ``superres`` extra."""
+    try:
+        from skimage.metrics import structural_similarity
+    except ImportError as e:  # optional dependency
+        raise InputError("SSIM needs scikit-image: pip install 'smoothcert[superres]'") from e
+    _same_shape(output, reference)
+    if output.ndim != 4:
+        raise InputError(f"ssim takes [B, C, H, W] images, got shape {tuple(output.shape)}")
+    out = output.detach().double().clamp(0, data_range).cpu().numpy()
+    ref = reference.detach().double().cpu().numpy()
+    vals = [structural_similarity(o, r, channel_axis=0, data_range=data_range) for o, r in zip(out, ref, strict=True)]
+    return torch.tensor(vals, dtype=torch.float64)
 
 
 def _same_shape(a: Tensor, b: Tensor) -> None:
