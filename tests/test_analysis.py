@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from smoothcert.analysis import (
     ABSTAIN,
@@ -404,14 +405,27 @@ def test_paired_acr_difference_exact_on_matched_rows() -> None:
     b.idx = np.array([3, 2, 1, 0])  # rows in another order: matched by idx, not position
     out = paired_acr_difference(a, b)
     d = np.array([0.5 - 0.0, 0.25 - 0.3, 0.0 - 0.75, 0.0 - 0.5])  # idx 0, 1, 2, 3
-    assert out["inputs"] == 4
-    assert out["difference"] == pytest.approx(d.mean())
-    assert out["standard_error"] == pytest.approx(d.std(ddof=1) / 2)
-    assert out["low"] == pytest.approx(d.mean() - 1.96 * d.std(ddof=1) / 2)
-    assert (out["a_better"], out["b_better"], out["ties"]) == (1, 3, 0)
-    # Against itself: no difference, every image a tie.
+    assert out.inputs == 4
+    assert out.difference == pytest.approx(d.mean())
+    assert out.standard_error == pytest.approx(d.std(ddof=1) / 2)
+    # Student's t with n - 1 = 3 degrees of freedom, by hand: the 97.5% quantile times the standard error.
+    half = scipy.stats.t.ppf(0.975, df=3) * d.std(ddof=1) / math.sqrt(4)
+    assert (out.low, out.high) == pytest.approx((d.mean() - half, d.mean() + half))
+    lo, hi = scipy.stats.ttest_rel(np.array([0.5, 0.25, 0.0, 0.0]), np.array([0.0, 0.3, 0.75, 0.5])).confidence_interval()
+    assert (out.low, out.high) == pytest.approx((lo, hi))  # SciPy's own paired t interval agrees
+    assert out.confidence == 0.95 and half > 1.96 * d.std(ddof=1) / 2  # wider than the normal interval
+    ninety = paired_acr_difference(a, b, confidence=0.9)
+    assert ninety.high - ninety.low == pytest.approx(2 * scipy.stats.t.ppf(0.95, df=3) * d.std(ddof=1) / 2)
+    assert (out.a_better, out.b_better, out.ties) == (1, 3, 0)
+    # Against itself: no difference, every image a tie, an interval of one point.
     same = paired_acr_difference(a, a)
-    assert same["difference"] == 0.0 and same["standard_error"] == 0.0 and same["ties"] == 5
+    assert same.difference == 0.0 and same.standard_error == 0.0 and same.ties == 5
+    assert same.low == same.high == 0.0
+    # One common input: no spread to estimate, the interval is the whole line.
+    single = paired_acr_difference(make_results([0.5], [1]), make_results([0.25], [1]))
+    assert single.difference == 0.25 and (single.low, single.high) == (-math.inf, math.inf)
+    with pytest.raises(ValueError, match="confidence"):
+        paired_acr_difference(a, b, confidence=1.0)
 
 
 def test_paired_acr_difference_refuses_unrelated_runs() -> None:
