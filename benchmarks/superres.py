@@ -94,7 +94,7 @@ class Store:
 
 
 def model_specs(args: argparse.Namespace) -> list[tuple[str, SRTrainConfig]]:
-    common = {"batch_size": args.batch, "crop": args.train_crop, "seed": args.seed, "save_every": 25}
+    common = {"batch_size": args.batch, "crop": args.train_crop, "seed": args.seed, "save_every": 10}
     specs = [("std", SRTrainConfig(method="standard", steps=args.steps, lr=args.lr, **common))]
     for s in args.sigmas_f:
         specs.append((f"noise{s:g}", SRTrainConfig(method="noise", sigma_f=s, steps=args.ft_steps, lr=args.lr / 2, **common)))
@@ -320,26 +320,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workdir", default="runs/bench_superres")
     p.add_argument("--val-photos", nargs="+", default=["wood.jpg", "yellowflower.jpg"])
     p.add_argument("--no-skimage", action="store_true", help="train on the photos folder only")
-    p.add_argument("--train-crop", type=int, default=48)
-    p.add_argument("--test-crop", type=int, default=64)
-    p.add_argument("--steps", type=int, default=200, help="Adam steps of the standard model")
-    p.add_argument("--ft-steps", type=int, default=60, help="fine-tuning steps of the other models")
+    p.add_argument("--train-crop", type=int, default=32)
+    p.add_argument("--test-crop", type=int, default=32)
+    p.add_argument("--steps", type=int, default=120, help="Adam steps of the standard model")
+    p.add_argument("--ft-steps", type=int, default=30, help="fine-tuning steps of the other models")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--sigmas-f", type=float, nargs="+", default=[0.1, 0.25, 0.5])
-    p.add_argument("--adv-eps-rel", type=float, nargs="+", default=[0.02, 0.05])
+    p.add_argument("--adv-eps-rel", type=float, nargs="+", default=[0.05])
     p.add_argument("--train-pgd-steps", type=int, default=2)
-    p.add_argument("--pgd-steps", type=int, default=5)
-    p.add_argument("--eot-samples", type=int, default=4)
+    p.add_argument("--pgd-steps", type=int, default=3)
+    p.add_argument("--eot-samples", type=int, default=2)
     p.add_argument("--sigma-g-factors", type=float, nargs="+", default=[0.75, 1.0, 1.5])
     p.add_argument("--val-crops", type=int, default=8)
     p.add_argument("--n-val", type=int, default=8)
     p.add_argument("--n-eval", type=int, default=16)
     p.add_argument("--cert-sigma", type=float, default=0.25)
-    p.add_argument("--cert-images", type=int, default=4)
+    p.add_argument("--cert-images", type=int, default=3)
     p.add_argument("--cert-eps", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5])
     p.add_argument("--cert-n0", type=int, default=32)
-    p.add_argument("--cert-n", type=int, default=400)
+    p.add_argument("--cert-n", type=int, default=300)
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--delta", type=float, default=0.1)
     p.add_argument("--grid-image", type=int, default=3)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from . import analysis
+from .cli_superres import add_sr_parser
 from .data import get_dataset, list_datasets
 from .distributed import DEFAULT_TIMEOUT, process_group, rank_device
 from .errors import InputError
@@ -796,6 +797,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_quickstart)
+
+    add_sr_parser(sub)
     return parser
 
 

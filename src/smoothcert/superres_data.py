@@ -74,7 +74,7 @@ def _to_tensor(arr: np.ndarray) -> Tensor:
         arr = np.repeat(arr[..., None], 3, axis=2)
     arr = arr[..., :3]
     scale = 255.0 if arr.dtype == np.uint8 else 1.0
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / scale
+    return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float() / scale  # a writable copy
 
 
 def load_folder(folder: str | os.PathLike[str], *, pattern: str = "*", limit: int | None = None) -> list[Tensor]:
