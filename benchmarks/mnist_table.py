@@ -51,7 +51,7 @@ ATTACK_EPS = [0.25, 0.5, 1.0, 1.5]
 def method_hparams(method: str, sigma: float, args: argparse.Namespace) -> dict[str, Any]:
     if method == "gaussian":
         return {}
-    if method == "consistency":  # named "stability" before smoothcert 0.2
+    if method == "consistency":  # named "stability" in smoothcert 0.1.0
         return {"m": 2, "lbd": 10.0 if sigma <= 0.25 else 5.0, "eta": 0.5}
     if method == "smoothadv":
         return {"eps": 1.0, "steps": args.smoothadv_steps, "m": args.smoothadv_m, "warmup": 1}

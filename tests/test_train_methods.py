@@ -260,7 +260,7 @@ def test_a_checkpoint_saved_before_a_new_hyperparameter_resumes(tmp_path, monkey
     assert len(history) == 2 and read_checkpoint(path)["meta"]["training"]["hparams"]["xent"] is True
 
 
-# Before smoothcert 0.2, "stability" was one method: consistency regularization by default, stability
+# In smoothcert 0.1.0, "stability" was one method: consistency regularization by default, stability
 # training with clean=True. These records are what that code wrote for each variant.
 OLD_CONSISTENCY = {"m": 2, "lbd": 10.0, "eta": 0.5, "clean": False, "xent": False}
 OLD_STABILITY = {"m": 1, "lbd": 2.0, "eta": 0.0, "clean": True, "xent": True}

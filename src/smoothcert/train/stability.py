@@ -20,7 +20,7 @@
 Gradients flow through both arguments of every KL (p̂ and p are not detached, as in Jeong & Shin's
 code). All terms are averaged over the batch and computed in float32 or wider.
 
-Before smoothcert 0.2 both were one method, ``stability``, consistency regularization by default
+Until smoothcert 0.1.0 both were one method, ``stability``, consistency regularization by default
 and stability training with ``clean=True``. Checkpoints recorded that way resume under the current
 names (:meth:`StabilityTraining.upgrade_record`); ``get_method("stability", clean=True)`` still
 builds stability training (with a ``FutureWarning``), and the consistency settings under the old
@@ -147,7 +147,7 @@ class StabilityTraining(TrainingMethod):
 
     name = "stability"
 
-    #: Settings of the one method ``stability`` was before smoothcert 0.2 (see the module docstring).
+    #: Settings of the one method ``stability`` was until smoothcert 0.1.0 (see the module docstring).
     _LEGACY = ("clean", "m", "eta")
 
     def __init__(self, *, lbd: float = 2.0, xent: bool = True) -> None:
@@ -185,7 +185,7 @@ class StabilityTraining(TrainingMethod):
         if name == "consistency" or not clean:
             settings = ", ".join(f"{k}={v!r}" for k, v in upgraded.items()) if name == "consistency" else ""
             raise InputError(
-                "method 'stability' is stability training (Li et al. 2019) since smoothcert 0.2; consistency "
+                "method 'stability' is stability training (Li et al. 2019) after smoothcert 0.1.0; consistency "
                 "regularization (Jeong & Shin 2020; its hyperparameters m, lbd, eta), which 'stability' meant "
                 f"without clean=True, is the method 'consistency': use get_method('consistency'{', ' if settings else ''}"
                 f"{settings}) or --method consistency"
@@ -196,14 +196,14 @@ class StabilityTraining(TrainingMethod):
                 f"are hyperparameters of 'consistency'; got {hparams}"
             )
         method = super().from_hparams(**upgraded)
-        warnings.warn("method 'stability' is stability training since smoothcert 0.2: clean=True is no longer "
+        warnings.warn("method 'stability' is stability training after smoothcert 0.1.0: clean=True is no longer "
                       "needed (drop it)", FutureWarning, stacklevel=3)
         return method
 
     def loss(
         self, model: nn.Module, x: Tensor, y: Tensor, *, noise: Noise, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor]:
-        noisy_logits = _noisy_logits(model, x, 1, noise, generator)  # before the clean pass, as before 0.2
+        noisy_logits = _noisy_logits(model, x, 1, noise, generator)  # before the clean pass, as in 0.1.0
         loss = stability_loss(model(x), noisy_logits, y, lbd=self.lbd, xent=self.xent)
         return loss, log_mean_softmax(noisy_logits.detach())
 
