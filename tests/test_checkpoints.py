@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import smoothcert.denoise.train as denoise_train
-from smoothcert.train import loop
 from smoothcert.checkpoints import CheckpointKind, checkpoint_kinds, read_any
 from smoothcert.cli import main
 from smoothcert.data import get_dataset
@@ -19,7 +18,7 @@ from smoothcert.denoise.checkpoint import DENOISER_CHECKPOINT
 from smoothcert.errors import CheckpointError
 from smoothcert.models import CLASSIFIER_CHECKPOINT, CheckpointMeta, build_model, load_checkpoint, save_checkpoint
 from smoothcert.noise import get_noise
-from smoothcert.train import TrainConfig, get_method, train
+from smoothcert.train import TrainConfig, get_method, loop, train
 
 LEGACY = Path(__file__).parent / "data" / "legacy"
 
