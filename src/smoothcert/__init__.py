@@ -4,10 +4,9 @@ Three nouns: a base model, a :class:`~smoothcert.noise.Noise`, and the
 :class:`~smoothcert.smooth.SmoothedClassifier` built from them; everything else is a function.
 """
 
+from ._version import __version__ as __version__
 from .noise import Gaussian, Laplace, Noise, Uniform, get_noise, list_noises, register_noise
 from .smooth import ABSTAIN, Certificate, SmoothedClassifier
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ABSTAIN",
