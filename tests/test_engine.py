@@ -13,7 +13,7 @@ from torch import nn
 
 from smoothcert import ABSTAIN, SmoothedClassifier, get_noise
 from smoothcert.noise import list_noises
-from smoothcert.sampling import (
+from smoothcert.engine import (
     CPU_BATCH_BYTES,
     auto_batch_size,
     check_batch_size,
@@ -433,7 +433,7 @@ def test_torch_compile_on_cpu_certifies_like_the_plain_model():
 
 
 def test_fixed_rows_divide_the_work():
-    from smoothcert.sampling import fixed_rows
+    from smoothcert.engine import fixed_rows
 
     assert fixed_rows(100_000, 16_384) == 14_288  # 7 passes, 16 padding rows in all
     assert fixed_rows(100, 16_384) == 104

@@ -1,7 +1,9 @@
 """SmoothedClassifier against exact answers from linear classifiers, plus its error handling."""
 
 import math
+import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from linear import LinearBinary
 from scipy.stats import norm as normal
 
 from smoothcert import ABSTAIN, SmoothedClassifier, get_noise
-from smoothcert.sampling import sample_counts, sample_mean_probs
+from smoothcert.engine import sample_counts, sample_mean_probs
 
 
 def _model_and_inputs(d: int = 10, count: int = 12, seed: int = 0):
@@ -249,3 +251,41 @@ def test_predict_warns_when_n_can_never_answer(smoothed):
     # two-sided p-value of n agreeing draws is 2 * 0.5^n: at alpha = 0.001 n must be >= 11
     with pytest.warns(UserWarning, match="n >= 11"):
         smoothed.predict(torch.rand(1, 4), n=10, alpha=0.001, batch_size=8)
+
+
+# ---------------------------------------------------------------- rows written before the refactor
+
+LEGACY = Path(__file__).parent / "data" / "legacy"
+#: The commands of tests/data/legacy/README.md that exercise the certify layer (without --out).
+LEGACY_RUNS = {
+    "certify": ["--n0", "20", "--n", "200", "--max", "6"],
+    "planned": ["--n0", "20", "--n", "400", "--max", "4", "--target", "radius"],
+    "grid": ["--n0", "20", "--n", "400", "--max", "4", "--target", "grid", "--radii", "0.1", "0.2", "--stages", "100"],
+    "twoclass": ["--n0", "20", "--n", "200", "--max", "4", "--two-class"],
+}
+
+
+def _rows_without_time(path: Path) -> list[list[str]]:
+    header, *rows = [line.split("\t") for line in path.read_text().splitlines()]
+    keep = [i for i, c in enumerate(header) if c != "time" and "seconds" not in c]
+    return [[header[i] for i in keep]] + [[r[i] for i in keep] for r in rows]
+
+
+@pytest.mark.parametrize("name", sorted(LEGACY_RUNS))
+def test_legacy_result_files_are_reproduced_and_resumed(name, tmp_path):
+    # Same checkpoint, seed and batch: the engine and certify layer give the very rows (counts,
+    # bounds, radii, n used per input) written before the refactor, and a copy of the old file
+    # resumes with nothing left to do.
+    from smoothcert.cli import main
+
+    args = ["certify", "--checkpoint", str(LEGACY / "model.pt"), "--alpha", "0.01", "--batch", "100", "--quiet",
+            *LEGACY_RUNS[name]]
+    out = tmp_path / f"{name}.tsv"
+    assert main([*args, "--out", str(out)]) == 0
+    assert _rows_without_time(out) == _rows_without_time(LEGACY / f"{name}.tsv")
+    old = tmp_path / "old.tsv"
+    shutil.copy(LEGACY / f"{name}.tsv", old)
+    shutil.copy(LEGACY / f"{name}.tsv.json", tmp_path / "old.tsv.json")
+    before = old.read_text()
+    assert main([*args, "--out", str(old)]) == 0
+    assert old.read_text() == before

@@ -29,8 +29,8 @@ from .models import MODELS, CheckpointMeta, build_model, list_models, load_check
 from .noise import get_noise, list_noises
 from .results import ConfigMismatchError
 from .robustness import ATTACKS, attack_dataset, summary_table
-from .sampling import PRECISIONS
-from .smooth import COMPILE_MODES, SmoothedClassifier
+from .engine import COMPILE_MODES, PRECISIONS
+from .smooth import SmoothedClassifier
 from .train import RandomCropFlip, TrainConfig, TrainingMethod, get_method, list_methods, train
 
 #: Radii of the certified-accuracy tables (Cohen et al. 2019 report 0, 0.25, ..., in l2).
