@@ -1,5 +1,6 @@
 """SmoothedClassifier against exact answers from linear classifiers, plus its error handling."""
 
+import ast
 import math
 import shutil
 import warnings
@@ -10,7 +11,9 @@ import torch
 from linear import LinearBinary
 from scipy.stats import norm as normal
 
+import smoothcert
 from smoothcert import ABSTAIN, SmoothedClassifier, get_noise
+from smoothcert.checks import as_batch
 from smoothcert.engine import sample_counts, sample_mean_probs
 
 
@@ -251,6 +254,59 @@ def test_predict_warns_when_n_can_never_answer(smoothed):
     # two-sided p-value of n agreeing draws is 2 * 0.5^n: at alpha = 0.001 n must be >= 11
     with pytest.warns(UserWarning, match="n >= 11"):
         smoothed.predict(torch.rand(1, 4), n=10, alpha=0.001, batch_size=8)
+
+
+def test_a_batch_without_its_channel_axis_is_refused_when_the_input_shape_is_known():
+    # [B, H, W] = 5 MNIST-sized images without their channel axis: without an input shape this
+    # would be one 5-channel image; with it, it is refused with the fix in the message.
+    x = torch.rand(5, 28, 28)
+    with pytest.raises(ValueError, match=r"\(5, 28, 28\).*\[1, 28, 28\].*unsqueeze\(1\)"):
+        as_batch(x, input_shape=(1, 28, 28))
+    assert as_batch(x[:1], input_shape=(1, 28, 28)).shape == (1, 1, 28, 28)  # one [C, H, W] image
+    assert as_batch(x[:, None], input_shape=(1, 28, 28)).shape == (5, 1, 28, 28)
+    assert as_batch(x[:, None], input_shape=(1, None, None)).shape == (5, 1, 28, 28)  # any size
+    assert as_batch(torch.rand(4), input_shape=(4,)).shape == (1, 4)
+    assert as_batch(torch.rand(3, 4), input_shape=(4,)).shape == (3, 4)
+    with pytest.raises(ValueError, match="shape"):
+        as_batch(torch.rand(3, 1, 28, 28), input_shape=(3, 28, 28))
+    assert as_batch(torch.rand(3, 4, 4)).shape == (1, 3, 4, 4)  # no shape given: one [C, H, W] image
+    # Through the classifier, which takes the model's input shape.
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 2)).eval()
+    s = SmoothedClassifier(model, noise=get_noise("gaussian", sigma=0.25), num_classes=2, input_shape=(1, 28, 28))
+    with pytest.raises(ValueError, match="unsqueeze"):
+        s.certify(x, n0=10, n=100, alpha=0.01, batch_size=64)
+    with pytest.raises(ValueError, match="unsqueeze"):
+        s.certify_planned(x, n0=10, max_n=100, alpha=0.01, batch_size=64, radius_loss=0.1)
+    assert len(s.certify(x[0:1], n0=10, n=100, alpha=0.01, batch_size=64, generator=0)) == 1
+    assert len(s.certify(x[:, None], n0=10, n=100, alpha=0.01, batch_size=64, generator=0)) == 5
+
+
+#: Modules the certify layer may import: the engine, the bottom layer, noise and stats, and (for
+#: smooth.py only) adaptive and certificate: never results, analysis, runs, evaluate or the CLI.
+_ALLOWED = {
+    "engine.py": {"checks", "errors", "noise", "ops"},
+    "certificate.py": {"noise"},
+    "adaptive.py": {"certificate", "checks", "errors", "noise", "rng", "stats"},
+    "smooth.py": {"adaptive", "certificate", "checks", "engine", "errors", "noise", "rng", "stats"},
+}
+
+
+@pytest.mark.parametrize("module", sorted(_ALLOWED))
+def test_the_certify_layer_imports_only_downwards(module):
+    tree = ast.parse((Path(smoothcert.__file__).parent / module).read_text())
+    own = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            own |= {node.module} if node.module else {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("smoothcert"):
+            own.add(node.module.split(".")[1] if "." in node.module else "smoothcert")
+        elif isinstance(node, ast.Import):
+            own |= {a.name.split(".")[1] for a in node.names if a.name.startswith("smoothcert.")}
+    assert own <= _ALLOWED[module], own - _ALLOWED[module]
+    # Every import at module level: none hidden in a function or behind TYPE_CHECKING.
+    top = {id(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
+    nested = [n.lineno for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in top]
+    assert nested == []
 
 
 # ---------------------------------------------------------------- rows written before the refactor

@@ -22,6 +22,7 @@ from torch import nn
 from . import analysis
 from .data import get_dataset, list_datasets
 from .distributed import DEFAULT_TIMEOUT, find_parts, merge_result_parts, process_group, rank_device
+from .engine import COMPILE_MODES, PRECISIONS
 from .errors import InputError
 from .evaluate import certify_dataset, predict_dataset, select_indices
 from .files import file_sha256
@@ -29,7 +30,6 @@ from .models import MODELS, CheckpointMeta, build_model, list_models, load_check
 from .noise import get_noise, list_noises
 from .results import ConfigMismatchError
 from .robustness import ATTACKS, attack_dataset, summary_table
-from .engine import COMPILE_MODES, PRECISIONS
 from .smooth import SmoothedClassifier
 from .train import RandomCropFlip, TrainConfig, TrainingMethod, get_method, list_methods, train
 

@@ -24,12 +24,12 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .certificate import ABSTAIN, CertifyAtResult, PlannedCertificate
 from .checks import check_int, check_sample_sizes
 from .distributed import Shard, result_rows
 from .errors import InputError
 from .results import ResultWriter, format_time
 from .rng import input_seed
-from .certificate import ABSTAIN, CertifyAtResult, PlannedCertificate
 from .smooth import SmoothedClassifier
 from .stats import check_alpha
 
