@@ -29,7 +29,7 @@ from smoothcert.distributed import (
     rank_device,
     shard_from_env,
 )
-from smoothcert.evaluate import certify_dataset
+from smoothcert.runs.certify import certify_dataset
 from smoothcert.results import COLUMNS, ConfigMismatchError, ResultWriter, format_time
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -271,7 +271,7 @@ FAILING = """
     import torch
     from smoothcert import SmoothedClassifier, get_noise
     from smoothcert.distributed import process_group
-    from smoothcert.evaluate import certify_dataset
+    from smoothcert.runs.certify import certify_dataset
 
     class Data(torch.utils.data.Dataset):
         def __len__(self):

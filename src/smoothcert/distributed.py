@@ -13,7 +13,7 @@ split round-robin over the ranks; rank ``r`` appends its rows to its own part fi
 When every rank is through, rank 0 folds the part files into ``run.tsv``: sorted by ``idx``,
 one row per input, the same header and the same ``.json`` sidecar as a single-process run.
 
-A row depends only on ``(seed, idx)`` (see :func:`smoothcert.evaluate.input_seed`), so a
+A row depends only on ``(seed, idx)`` (see :func:`smoothcert.rng.input_seed`), so a
 sharded run writes the same rows as one process with the same batch size and device type.
 Interrupted runs resume with any number of processes, one included: a run first folds the
 part files it finds into ``--out`` and then does only the missing inputs.
@@ -223,7 +223,7 @@ class _Piece:
 
 
 def _default_ignore() -> tuple[str, ...]:
-    from .evaluate import _MAY_CHANGE  # settings a resumed run may change; imported late (cycle)
+    from .runs.certify import _MAY_CHANGE  # settings a resumed run may change; imported late (cycle)
 
     return tuple(_MAY_CHANGE)
 
@@ -246,7 +246,7 @@ def merge_result_parts(
 
     Every file holding rows must have been made with the same configuration (its ``.json``
     sidecar), apart from the keys in ``ignore`` (default: those a resumed run may change, as listed in
-    :mod:`smoothcert.evaluate`: batch size, device type and the speed-only engine settings), and with the same columns; ``config`` and ``columns``, when
+    :mod:`smoothcert.runs.certify`: batch size, device type and the speed-only engine settings), and with the same columns; ``config`` and ``columns``, when
     given, must match too. Otherwise :class:`~smoothcert.results.ConfigMismatchError` is raised
     before anything is touched. The merged sidecar is ``config`` if given, else the most recent
     sidecar of the files merged (as a single-process resume records its own settings).
