@@ -30,8 +30,8 @@ from .classifier import (
     smoothing_noise,
     wire_denoiser,
 )
+from .demo import QuickstartResult, quickstart
 from .launch import run_attack, run_certify, run_predict
-from .quickstart import QuickstartResult, quickstart
 from .settings import (
     DEFAULT_RADII,
     AttackRun,

@@ -1,4 +1,4 @@
-"""The quickstart: train LeNet on the embedded MNIST subset with Gaussian noise, certify test images,
+"""The quickstart demo: train LeNet on the embedded MNIST subset with Gaussian noise, certify test images,
 and report the certified accuracy as a table and a curve (CPU, minutes)."""
 
 from __future__ import annotations
