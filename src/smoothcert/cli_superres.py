@@ -1,12 +1,12 @@
 """``smoothcert sr train|attack|certify``: argument parsing for the super-resolution runs only; each
-command builds one typed run (:mod:`smoothcert.sr_runs`), calls its function and prints where the
+command builds one typed run (:mod:`smoothcert.runs.superres`), calls its function and prints where the
 result went. Added to the main parser by :func:`add_sr_parser`."""
 
 from __future__ import annotations
 
 import argparse
 
-from .sr_runs import SRAttackRun, SRCertifyRun, SRTrainRun, run_sr_attack, run_sr_certify, run_sr_train
+from .runs.superres import SRAttackRun, SRCertifyRun, SRTrainRun, run_sr_attack, run_sr_certify, run_sr_train
 from .train.superres import SR_METHODS, SRTrainConfig
 
 __all__ = ["add_sr_parser"]

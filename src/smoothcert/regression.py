@@ -36,10 +36,10 @@ from scipy.stats import binom, norm
 from torch import Tensor, nn
 
 from .checks import as_batch, check_float, check_int, check_sample_sizes, ensure_eval, model_device
+from .engine import Engine
 from .errors import InputError, InputTypeError
 from .noise import Gaussian, Noise
 from .rng import make_generator
-from .sampling import _logits_per_chunk, check_precision
 
 __all__ = [
     "CenterCertificate",
@@ -146,45 +146,39 @@ class SmoothedRegressor:
             for every input); switched to eval mode when sampled.
         noise: the smoothing distribution (:func:`smoothcert.noise.get_noise`); the certificates
             (:meth:`median_bounds`, :meth:`center`) need :class:`~smoothcert.noise.Gaussian` noise.
-        precision: arithmetic of f (fp32, tf32, bf16, fp16): part of the smoothed model; the
-            guarantees hold for f as evaluated.
-        channels_last: draw image batches channels-last (same values, faster convolutions).
+        engine: how f is evaluated on noisy copies (:class:`~smoothcert.engine.Engine`: precision,
+            layout, compilation, automatic batch sizes); default ``Engine()`` (fp32). The precision
+            is part of the smoothed model: the guarantees hold for f as evaluated.
 
     Inputs ``y`` are ``[B, C, H, W]`` or ``[B, D]`` (a single ``[C, H, W]``/``[D]`` is promoted),
     finite and in [0, 1]. Every method takes ``generator`` (a ``torch.Generator`` or an int seed;
-    None: torch's global RNG) and ``batch_size`` (rows per forward pass; draws of several inputs
-    may share one).
+    None: torch's global RNG) and ``batch_size`` (rows per forward pass, or ``"auto"``; draws of
+    several inputs may share one).
     """
 
-    def __init__(self, model: nn.Module, *, noise: Noise, precision: str = "fp32", channels_last: bool = True) -> None:
+    def __init__(self, model: nn.Module, *, noise: Noise, engine: Engine | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise InputTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(noise, Noise):
             raise InputTypeError(f"noise must be a smoothcert Noise (get_noise(...)), got {type(noise).__name__}")
+        if engine is not None and not isinstance(engine, Engine):
+            raise InputTypeError(f"engine must be a smoothcert Engine, got {type(engine).__name__}")
         self.model = model
         self.noise = noise
-        self.precision = check_precision(precision)
-        self.channels_last = bool(channels_last)
+        self.engine = Engine() if engine is None else engine
 
     def __repr__(self) -> str:
-        return (f"SmoothedRegressor({type(self.model).__name__}, noise={self.noise!r}, "
-                f"precision={self.precision!r})")
+        return f"SmoothedRegressor({type(self.model).__name__}, noise={self.noise!r}, engine={self.engine!r})"
 
     # ---- sampling ----
 
-    def _chunks(self, y: Tensor, *, n: int, batch_size: int, generator: torch.Generator | None
+    def _chunks(self, y: Tensor, *, n: int, batch_size: int | str, generator: torch.Generator | None
                 ) -> Iterator[tuple[Tensor, Tensor]]:
-        """``(owner [b], outputs [b, D])`` per chunk of noisy rows, in row order (input 0's n draws
-        first); padding rows, if any, have owner B."""
-        model = self.model
-
-        def forward(batch: Tensor) -> Tensor:
-            return model(batch).flatten(1)  # the engine yields [b, D] rows whatever f's output shape
-
-        yield from _logits_per_chunk(
-            model, y, noise=self.noise, n=n, batch_size=batch_size, generator=generator,
-            precision=self.precision, channels_last=self.channels_last, forward=forward,
-        )
+        """``(owner [b], outputs [b, D])`` per chunk of noisy rows from the engine, in row order (input
+        0's n draws first); padding rows of a fixed-shape engine come last, with owner B."""
+        for owner, out in self.engine.outputs(self.model, y, self.noise, n=n, batch_size=batch_size,
+                                              generator=generator):
+            yield owner, out.flatten(1)
 
     def _prepare(self, y: Tensor, generator: int | torch.Generator | None) -> tuple[Tensor, torch.Generator | None]:
         y = as_batch(y, name="y")
@@ -196,13 +190,13 @@ class SmoothedRegressor:
             out = self.model(y[:1].to(model_device(self.model)))
         return tuple(out.shape[1:])
 
-    def samples(self, y: Tensor, *, n: int, batch_size: int, generator: int | torch.Generator | None = None) -> Tensor:
+    def samples(self, y: Tensor, *, n: int, batch_size: int | str, generator: int | torch.Generator | None = None) -> Tensor:
         """All n outputs f(y_b + delta_j): float32 ``[B, n, *output_shape]`` on the model's device
         (memory B·n·d floats: meant for the median and for tests, not for large n)."""
         y, gen = self._prepare(y, generator)
         return self._samples(y, n=n, batch_size=batch_size, generator=gen)
 
-    def _samples(self, y: Tensor, *, n: int, batch_size: int, generator: torch.Generator | None) -> Tensor:
+    def _samples(self, y: Tensor, *, n: int, batch_size: int | str, generator: torch.Generator | None) -> Tensor:
         check_sample_sizes(n=n, batch_size=batch_size)
         shape = self._output_shape(y)
         count = y.shape[0]
@@ -214,7 +208,7 @@ class SmoothedRegressor:
             offset += real
         return store.view(count, n, *shape)
 
-    def mean(self, y: Tensor, *, n: int, batch_size: int, generator: int | torch.Generator | None = None) -> Tensor:
+    def mean(self, y: Tensor, *, n: int, batch_size: int | str, generator: int | torch.Generator | None = None) -> Tensor:
         """The thesis's smoothed estimate ĝ(y) = (1/n) Σ_j f(y + delta_j), delta_j i.i.d. from the noise
         (eq. 8): an unbiased Monte Carlo estimate of g(y) = E f(y + delta), accumulated in float64.
 
@@ -244,7 +238,7 @@ class SmoothedRegressor:
         eps: float,
         n: int,
         alpha: float,
-        batch_size: int,
+        batch_size: int | str,
         generator: int | torch.Generator | None = None,
     ) -> MedianBounds:
         """Certified per-coordinate bounds on the median-smoothed output (Chiang et al. 2020).
@@ -285,7 +279,7 @@ class SmoothedRegressor:
         n0: int,
         n: int,
         alpha: float,
-        batch_size: int,
+        batch_size: int | str,
         generator: int | torch.Generator | None = None,
         delta: float = 0.05,
         beta: float = 2.0,

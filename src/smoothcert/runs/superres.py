@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 
-from .attacks_regression import eot_pgd_regression, pgd_regression, relative_eps
-from .checks import check_float, check_int
-from .errors import InputError
-from .models.unet import UNet, load_unet
-from .noise import get_noise
-from .regression import (
+from ..attacks_regression import eot_pgd_regression, pgd_regression, relative_eps
+from ..checks import check_float, check_int
+from ..errors import InputError
+from ..models.unet import UNet, load_unet
+from ..noise import get_noise
+from ..regression import (
     SmoothedRegressor,
     center_from_draws,
     median_bounds_from_draws,
@@ -38,11 +38,11 @@ from .regression import (
     worst_mse_ball,
     worst_mse_box,
 )
-from .results.superres import sr_attack_schema, sr_certify_schema
-from .results.writer import ResultWriter
-from .rng import input_seed
-from .superres_data import center_crop, degrade, load_folder, skimage_photos
-from .train.superres import SRTrainConfig, train_superres
+from ..results.superres import sr_attack_schema, sr_certify_schema
+from ..results.writer import ResultWriter
+from ..rng import input_seed
+from ..superres_data import center_crop, degrade, load_folder, skimage_photos
+from ..train.superres import SRTrainConfig, train_superres
 
 __all__ = ["SRAttackRun", "SRCertifyRun", "SRTrainRun", "run_sr_attack", "run_sr_certify", "run_sr_train"]
 
