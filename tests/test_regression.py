@@ -169,3 +169,18 @@ def test_bad_input():
         SmoothedRegressor(nn.Identity().eval(), noise="gaussian")
     with pytest.raises(InputError, match="shapes differ"):
         mse(torch.zeros(1, 3), torch.zeros(1, 4))
+
+
+def test_fixed_shape_engine_padding_rows_are_dropped():
+    # A fixed-shape engine pads the last pass with rows of owner B: none may enter the draws.
+    from smoothcert.engine import Engine
+    y = torch.rand(3, 5)
+    sr = SmoothedRegressor(nn.Identity().eval(), noise=get_noise("gaussian", sigma=0.1),
+                           engine=Engine(fixed_shape=True, channels_last=False))
+    draws = sr.samples(y, n=7, batch_size=8, generator=0)
+    assert draws.shape == (3, 7, 5)
+    # Each input's draws are its own: within 6 sigma of it, and not all equal.
+    assert ((draws - y[:, None]).abs() < 0.6).all()
+    assert (draws.std(dim=1) > 0).all()
+    with pytest.raises(InputTypeError, match="Engine"):
+        SmoothedRegressor(nn.Identity(), noise=get_noise("gaussian", sigma=0.1), engine="fp32")
