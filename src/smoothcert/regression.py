@@ -465,8 +465,10 @@ def worst_mse_box(
     """Certified worst-case MSE ``[B]`` over the box lower <= out <= upper: per coordinate the
     farther of the two ends from the reference, max((x − l)², (u − x)²) (the box's worst point).
 
-    ``value_range``: intersect the box with it first; pass it only when f's outputs are known to
-    lie in it (e.g. the model ends in a clamp), since the median of bounded draws is bounded too.
+    ``value_range``: intersect the box with it first. Valid when f's outputs lie in it, and always
+    as the certificate of the clamped model clamp(f) (what is saved as an image): clamping is monotone,
+    so it commutes with quantiles and order statistics, and clamp(lower), clamp(upper) bound the
+    median of clamp(f).
     """
     _same_shape(lower, reference)
     _same_shape(upper, reference)
