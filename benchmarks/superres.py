@@ -294,7 +294,7 @@ def plot_certified(rows, work: Path) -> Path:
 
     eps = [r["eps"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(eps, [r["median_cert_psnr_clipped01"] for r in rows], "o-", label="median: certified worst case")
+    ax.plot(eps, [r["median_cert_psnr_clipped01"] for r in rows], "o-", label="median of clamp(f): certified worst case")
     ax.plot(eps, [r["center_cert_psnr"] for r in rows], "s-", label="center: certified worst case")
     ax.plot(eps[1:], [r["median_attacked_psnr"] for r in rows[1:]], "o--", label="median under EOT-PGD")
     ax.plot(eps[1:], [r["center_attacked_psnr"] for r in rows[1:]], "s--", label="center under EOT-PGD")
