@@ -350,6 +350,8 @@ def main(argv: list[str] | None = None) -> None:
                         "budget a plain one was still at MSE 0.027 after 120 of 200 steps, a residual one at 0.0011")
     p.add_argument("--eval-models", nargs="*", default=None,
                    help="evaluate only these models (e.g. noise0.25), then stop (parts may run in parallel)")
+    p.add_argument("--report-only", action="store_true",
+                   help="write tables, grid and curve from the results in --workdir (no training or evaluation)")
     p.add_argument("--train-only", action="store_true", help="stop after training (parts may train in parallel)")
     p.add_argument("--cert-only", default=None, metavar="WORKDIR",
                    help="run only the certified part, on the model of WORKDIR (a full run's), writing into --workdir")
@@ -378,6 +380,15 @@ def main(argv: list[str] | None = None) -> None:
         name = f"noise{args.cert_sigma:g}"
         rows = certified(args, {name: load_unet(Path(args.cert_only) / f"{name}.pt")[0]}, test, store, work)
         emit({"kind": "certified_plot", "path": str(plot_certified(rows, work))})
+        return
+    if args.report_only:
+        # Tables, grid and curve from the results already in --workdir, with the checkpoints as they are.
+        models = {name: load_unet(work / f"{name}.pt")[0] for name, _ in model_specs(args)}
+        (work / "tables.md").write_text(tables(args, store, {"bilinear": None, **models}))
+        emit({"kind": "grid", "path": str(grid(args, models, store, test, work))})
+        rows = [store.get(f"cert/noise{args.cert_sigma:g}/{e:g}") for e in args.cert_eps]
+        if all(r is not None for r in rows):
+            emit({"kind": "certified_plot", "path": str(plot_certified(rows, work))})
         return
     models = train_all(args, train_images, work)
     if args.train_only:
