@@ -46,7 +46,7 @@ from smoothcert.regression import (
     worst_mse_ball,
     worst_mse_box,
 )
-from smoothcert.superres_data import center_crop, degrade, load_folder, random_crops, skimage_photos
+from smoothcert.data.superres import center_crop, degrade, load_folder, random_crops, skimage_photos
 from smoothcert.train.superres import SRTrainConfig, train_superres
 
 BUDGETS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)

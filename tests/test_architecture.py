@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     # distributions, statistics, process groups
     "noise": 1, "stats": 1, "distributed": 1,
     # the checkpoint core, architectures and their checkpoints, datasets, off-the-shelf models
-    "checkpoints": 2, "models": 2, "data": 2, "pretrained": 2, "superres_data": 2,
+    "checkpoints": 2, "models": 2, "data": 2, "pretrained": 2,
     # methods: attacks, training, denoisers
     "attacks": 3, "train": 3, "denoise": 3, "attacks_regression": 3,
     # sampling f(x + noise)

@@ -13,7 +13,7 @@ from smoothcert.errors import CheckpointError, InputError
 from smoothcert.models.unet import UNet, load_unet, save_unet
 from smoothcert.noise import get_noise
 from smoothcert.regression import SmoothedRegressor, center_from_draws, median_bounds_from_draws
-from smoothcert.superres_data import center_crop, degrade, load_folder, random_crops
+from smoothcert.data.superres import center_crop, degrade, load_folder, random_crops
 from smoothcert.train.superres import SRTrainConfig, train_superres
 
 

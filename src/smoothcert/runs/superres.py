@@ -41,7 +41,7 @@ from ..regression import (
 from ..results.superres import sr_attack_schema, sr_certify_schema
 from ..results.writer import ResultWriter
 from ..rng import input_seed
-from ..superres_data import center_crop, degrade, load_folder, skimage_photos
+from ..data.superres import center_crop, degrade, load_folder, skimage_photos
 from ..train.superres import SRTrainConfig, train_superres
 
 __all__ = ["SRAttackRun", "SRCertifyRun", "SRTrainRun", "run_sr_attack", "run_sr_certify", "run_sr_train"]

@@ -36,7 +36,7 @@ from ..files import atomic_write
 from ..models.unet import UNet, load_unet, save_unet
 from ..noise import get_noise
 from ..rng import sub_seed
-from ..superres_data import degrade, random_crops
+from ..data.superres import degrade, random_crops
 
 __all__ = ["SR_METHODS", "SRTrainConfig", "train_superres"]
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import InputError, MissingFileError
+from ..errors import InputError, MissingFileError
 
 __all__ = [
     "IMAGE_SUFFIXES",
