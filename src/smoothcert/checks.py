@@ -18,13 +18,14 @@ __all__ = [
 ]
 
 
-def as_batch(x: Tensor, *, allow_unbounded: bool = False, name: str = "x") -> Tensor:
+def as_batch(x: Tensor, *, allow_unbounded: bool = False, bounded: bool = True, name: str = "x") -> Tensor:
     """Validate inputs and return them batch-first.
 
     Accepted: ``[B, C, H, W]`` images, a single ``[C, H, W]`` image (promoted to ``[1, C, H, W]``),
     ``[B, D]`` vectors, or a single ``[D]`` vector (promoted to ``[1, D]``). Inputs must be
     floating point, finite and — the toolkit's convention — in [0, 1]; with
-    ``allow_unbounded=True`` values outside [0, 1] only warn.
+    ``allow_unbounded=True`` values outside [0, 1] only warn. ``bounded=False`` is for inputs that
+    are unbounded by design (backbone features): no range check at all.
     """
     if not isinstance(x, Tensor):
         raise InputTypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -44,6 +45,8 @@ def as_batch(x: Tensor, *, allow_unbounded: bool = False, name: str = "x") -> Te
         raise InputError(f"{name} is an empty batch")
     if not torch.isfinite(x).all():
         raise InputError(f"{name} contains NaN or inf")
+    if not bounded:
+        return x
     lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
         msg = (

@@ -165,6 +165,9 @@ class SmoothedClassifier:
             this and at most 70% of the free device memory; elsewhere this (default 56 MiB,
             which gives LeNet 256 rows, the fastest measured on 2 CPU cores).
         allow_unbounded: accept inputs outside [0, 1] with a warning instead of an error.
+        bounded_inputs: False for a base whose inputs are unbounded vectors by design rather than
+            images in [0, 1] (a head over a backbone's features, :mod:`smoothcert.lipschitz`):
+            no range check and no warning; NaN/inf are still refused.
 
     Batch sizes: ``predict``/``certify`` take ``batch_size`` as rows per forward pass or
     ``"auto"`` (see :meth:`resolve_batch_size`); the rows used last are in
@@ -184,6 +187,7 @@ class SmoothedClassifier:
         fixed_shape: bool | None = None,
         max_batch_bytes: int | None = None,
         allow_unbounded: bool = False,
+        bounded_inputs: bool = True,
     ) -> None:
         if not isinstance(base, nn.Module):
             raise InputTypeError(f"base must be a torch.nn.Module, got {type(base).__name__}")
@@ -209,6 +213,7 @@ class SmoothedClassifier:
         self.fixed_shape = self.compile if fixed_shape is None else bool(fixed_shape)
         self.max_batch_bytes = None if max_batch_bytes is None else int(max_batch_bytes)
         self.allow_unbounded = allow_unbounded
+        self.bounded_inputs = bool(bounded_inputs)
         if self.compile and not self.fixed_shape:
             warnings.warn(
                 "compile=True with fixed_shape=False: every distinct last-chunk size compiles a new "
@@ -313,7 +318,7 @@ class SmoothedClassifier:
         also added to :attr:`compile_seconds`. Raises :class:`CompileError` if torch.compile
         fails on a model that runs uncompiled.
         """
-        x = as_batch(x_example, allow_unbounded=self.allow_unbounded)
+        x = as_batch(x_example, allow_unbounded=self.allow_unbounded, bounded=self.bounded_inputs)
         rows = self.resolve_batch_size(x, batch_size)
         key = (rows, tuple(x.shape[1:]), str(self.device))
         if self.compile and key in self._warm:
@@ -392,7 +397,7 @@ class SmoothedClassifier:
 
     def _prepare(self, x: Tensor, seed: int | torch.Generator | None) -> tuple[Tensor, torch.Generator | None]:
         ensure_eval(self.base)
-        x = as_batch(x, allow_unbounded=self.allow_unbounded)
+        x = as_batch(x, allow_unbounded=self.allow_unbounded, bounded=self.bounded_inputs)
         return x, make_generator(seed, self.device)
 
     def predict(

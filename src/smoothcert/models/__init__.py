@@ -25,6 +25,7 @@ from .lenet import LeNet, lenet, lenet_small
 from .normalize import Normalize
 from .resnet import BasicBlock, CifarResNet, resnet20, resnet56, resnet110
 from .resnet_imagenet import Bottleneck, ImageNetResNet, resnet50
+from .sll import BackboneHead, LipschitzModule, sll_small
 
 MODELS: Registry[nn.Module] = Registry("model")
 _INPUT_SIZES: dict[str, int] = {}
@@ -104,6 +105,7 @@ register_model("resnet20", input_size=32)(resnet20)
 register_model("resnet56", input_size=32)(resnet56)
 register_model("resnet110", input_size=32)(resnet110)
 register_model("resnet50", input_size=224)(resnet50)
+register_model("sll-small", input_size=28)(sll_small)
 
 # Imported last: checkpoint.py rebuilds models through the functions defined above.
 from .checkpoint import (  # noqa: E402
@@ -120,6 +122,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "MODELS",
+    "BackboneHead",
     "BasicBlock",
     "Bottleneck",
     "CheckpointError",
@@ -127,6 +130,7 @@ __all__ = [
     "CifarResNet",
     "ImageNetResNet",
     "LeNet",
+    "LipschitzModule",
     "Normalize",
     "build_model",
     "get_model",
@@ -143,4 +147,5 @@ __all__ = [
     "resnet56",
     "resnet110",
     "save_checkpoint",
+    "sll_small",
 ]
