@@ -241,7 +241,7 @@ def test_margin_certificate_is_never_broken_by_pgd():
         _, expected = margin_radius(split_model(model).features(x), model[1].head, lipschitz=1 / 0.3081)
     assert torch.allclose(cert.radius, expected)
     assert cert.lipschitz == pytest.approx(1 / 0.3081)
-    adv = pgd_l2(model, x, cert.prediction, eps=(cert.radius * 0.999).float(), steps=30, generator=0)
+    adv = pgd_l2(model, x, cert.prediction, eps=(cert.radius * 0.999).float(), steps=10, generator=0)
     with torch.no_grad():
         assert torch.equal(model(adv).argmax(1), cert.prediction)
     with pytest.raises(InputTypeError, match="linear head"):
@@ -269,7 +269,7 @@ def test_feature_smoothing_stays_below_the_exact_radius_and_pgd_fails_inside_it(
     head_only = fs.smoothed.certify(fs.features(x)[0], n0=64, n=2000, alpha=0.001, batch_size=1000, generator=0)
     assert torch.allclose(cert.radius, head_only.radius / fs.lipschitz)
     assert bool((cert.seconds > head_only.seconds * 0).all()) and fs.settings()["space"] == "features"
-    adv = pgd_l2(model, x[kept], cert.prediction[kept], eps=cert.radius[kept].float(), steps=30, generator=0)
+    adv = pgd_l2(model, x[kept], cert.prediction[kept], eps=cert.radius[kept].float(), steps=10, generator=0)
     with torch.no_grad():
         assert torch.equal(model(adv).argmax(1), cert.prediction[kept])
 
