@@ -32,9 +32,11 @@ from smoothcert.lipschitz import (
     spectral_norm,
     split_model,
 )
-from smoothcert.models import build_model, get_model
+from smoothcert.data import get_dataset
+from smoothcert.models import CheckpointMeta, build_model
 from smoothcert.noise import get_noise
 from smoothcert.smooth import ABSTAIN
+from smoothcert.train import TrainConfig, get_method, head_lipschitz, margin_logits, train
 
 # float64 everywhere below: the bounds are exact, so 1e-9 absorbs only the rounding of the products.
 TOL = 1e-9
@@ -321,3 +323,46 @@ def test_the_fars_sparsemax_certificate_is_unsound():
     step = (w[1] - w[0]) / (w[1] - w[0]).norm() * 0.02  # ||step|| = 0.02 << the claimed radii
     flipped = head(z + step).detach()
     assert int(flipped.argmax()) == 1 and int(_sparsemax(flipped, r=2.0).argmax()) == 1
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+def test_margin_logits_add_the_certifying_margin_to_non_targets():
+    head = _linear(4, 6, seed=3)
+    logits = torch.randn(5, 4, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    out = margin_logits(logits, y, head, epsilon=0.5, lipschitz=2.0)
+    w = head.weight.detach()
+    for i in range(5):
+        for j in range(4):
+            expected = 0.0 if j == y[i] else 0.5 * 2.0 * float((w[y[i]] - w[j]).norm())
+            assert float((out - logits).detach()[i, j]) == pytest.approx(expected, rel=1e-12)
+    # A margin-augmented logit gap > 0 certifies epsilon: (l_y - l_j) / ||w_y - w_j|| / L > epsilon.
+    mlp = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4)).double()
+    bound = head_lipschitz(mlp)
+    expected = torch.linalg.matrix_norm(mlp[0].weight, ord=2) * torch.linalg.matrix_norm(mlp[2].weight, ord=2)
+    assert float(bound) == pytest.approx(float(expected), rel=1e-9)
+    out = margin_logits(logits, y, mlp, epsilon=0.5, lipschitz=1.0)
+    assert float((out - logits).detach()[0, 1]) == pytest.approx(2**0.5 * 0.5 * float(expected), rel=1e-9)
+    assert float((out - logits).detach()[0, 0]) == 0.0
+    with pytest.raises(InputTypeError, match="nn.Linear and nn.ReLU"):
+        head_lipschitz(nn.Sequential(nn.Linear(6, 4), nn.Tanh()))
+
+
+def test_head_only_training_leaves_the_backbone_untouched(tmp_path):
+    data = get_dataset("embedded", split="train").subset(range(64))
+    model = _tiny_sll(seed=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    meta = CheckpointMeta(arch="sll-small", arch_kwargs={"width": 8, "features": 16}, dataset="embedded",
+                          num_classes=10, in_channels=1, input_size=28, mean=[0.1307], std=[0.3081],
+                          noise="none", sigma=0.0)
+    method = get_method("lipschitz-margin", epsilon=0.1, freeze_backbone=True)
+    train(model, data, method=method, noise=get_noise("gaussian", sigma=0.25), meta=meta,
+          checkpoint=tmp_path / "m.pt", config=TrainConfig(epochs=1, batch_size=32, lr=0.05, seed=0), progress=False)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"1.head.weight", "1.head.bias"}
+    with pytest.raises(InputTypeError, match="declares no Lipschitz backbone"):
+        method.loss(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), torch.rand(2, 1, 28, 28), torch.tensor([0, 1]),
+                    noise=get_noise("gaussian", sigma=0.25), generator=None)

@@ -41,7 +41,6 @@ from torch import Tensor, nn
 
 from .checks import as_batch, ensure_eval, model_device
 from .errors import ConfigMismatchError, InputError, InputTypeError
-from .models import Normalize
 from .models.sll import (
     BackboneHead,
     LipschitzFlatten,
@@ -54,8 +53,10 @@ from .models.sll import (
     SLLConv2d,
     SLLLinear,
     SpaceToDepth,
+    Split,
     sll_small,
     spectral_norm,
+    split_model,
 )
 from .noise import Noise
 from .smooth import Certificate, SmoothedClassifier
@@ -83,46 +84,6 @@ __all__ = [
     "spectral_norm",
     "split_model",
 ]
-
-
-@dataclass(frozen=True)
-class Split:
-    """A model cut into ``features`` (x in [0,1] -> z ``[B, D]``, Normalize included) and ``head``
-    (z -> logits ``[B, K]``), with ``lipschitz``: a proven upper bound on the l2 Lipschitz constant
-    of ``features`` as a function of x."""
-
-    features: nn.Module
-    head: nn.Module
-    lipschitz: float
-
-
-def split_model(model: nn.Module) -> Split:
-    """The FaRS split of ``model``: a :class:`BackboneHead`, or ``nn.Sequential(Normalize, BackboneHead)``
-    as built by :func:`smoothcert.models.build_model` / loaded from a checkpoint.
-
-    Raises:
-        InputTypeError: for any other model — a Lipschitz bound must be declared by the
-            architecture (its backbone a :class:`LipschitzModule`), it is not inferred.
-        InputError: if the declared bound is not a positive finite number.
-    """
-    normalize: Normalize | None = None
-    net = model
-    if isinstance(model, nn.Sequential) and len(model) == 2 and isinstance(model[0], Normalize):
-        normalize, net = model[0], model[1]
-    if not isinstance(net, BackboneHead):
-        raise InputTypeError(
-            f"{type(net).__name__} declares no Lipschitz backbone: the FaRS certificates need a "
-            "smoothcert.models.sll.BackboneHead (e.g. build_model('sll-small', ...)), optionally behind "
-            "a Normalize layer; a Lipschitz bound is never guessed for an arbitrary network"
-        )
-    bound = net.backbone_lipschitz()
-    if normalize is not None:
-        # (x - mean) / std is max_c(1/std_c)-Lipschitz in l2.
-        bound *= float((1.0 / normalize.std.double()).max())
-    if not (bound > 0 and bound < float("inf")):
-        raise InputError(f"the backbone's Lipschitz bound must be positive and finite, got {bound}")
-    features: nn.Module = net.backbone if normalize is None else nn.Sequential(normalize, net.backbone)
-    return Split(features=features, head=net.head, lipschitz=bound)
 
 
 def margin_radius(features: Tensor, head: nn.Linear, *, lipschitz: float = 1.0) -> tuple[Tensor, Tensor]:

@@ -28,12 +28,14 @@ bounds) and an unconstrained ``head`` l. :mod:`smoothcert.lipschitz` certifies s
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError, InputTypeError
+from .normalize import Normalize
 
 __all__ = [
     "BackboneHead",
@@ -47,8 +49,10 @@ __all__ = [
     "SLLLinear",
     "ScaledAvgPool2d",
     "SpaceToDepth",
+    "Split",
     "sll_small",
     "spectral_norm",
+    "split_model",
 ]
 
 # Added to T's diagonal before dividing: a zero column of W gives T_ii = 0 and a zero numerator,
@@ -305,7 +309,7 @@ class BackboneHead(nn.Module):
     :meth:`backbone_lipschitz`; ``head`` l maps ``[B, D]`` to logits ``[B, K]`` and is unconstrained
     (a ``nn.Linear`` gets the exact margin certificate, anything else feature-space smoothing).
     The bound is with respect to *this* module's input; a ``Normalize`` layer in front multiplies it
-    by 1/min(std) (:func:`smoothcert.lipschitz.split_model` accounts for that).
+    by 1/min(std) (:func:`split_model` accounts for that).
     """
 
     def __init__(self, backbone: LipschitzModule, head: nn.Module) -> None:
@@ -330,6 +334,46 @@ class BackboneHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.backbone(x))
+
+
+@dataclass(frozen=True)
+class Split:
+    """A model cut into ``features`` (x in [0,1] -> z ``[B, D]``, Normalize included) and ``head``
+    (z -> logits ``[B, K]``), with ``lipschitz``: a proven upper bound on the l2 Lipschitz constant
+    of ``features`` as a function of x."""
+
+    features: nn.Module
+    head: nn.Module
+    lipschitz: float
+
+
+def split_model(model: nn.Module) -> Split:
+    """The FaRS split of ``model``: a :class:`BackboneHead`, or ``nn.Sequential(Normalize, BackboneHead)``
+    as built by :func:`smoothcert.models.build_model` / loaded from a checkpoint.
+
+    Raises:
+        InputTypeError: for any other model — a Lipschitz bound must be declared by the
+            architecture (its backbone a :class:`LipschitzModule`), it is not inferred.
+        InputError: if the declared bound is not a positive finite number.
+    """
+    normalize: Normalize | None = None
+    net = model
+    if isinstance(model, nn.Sequential) and len(model) == 2 and isinstance(model[0], Normalize):
+        normalize, net = model[0], model[1]
+    if not isinstance(net, BackboneHead):
+        raise InputTypeError(
+            f"{type(net).__name__} declares no Lipschitz backbone: the FaRS certificates need a "
+            "smoothcert.models.sll.BackboneHead (e.g. build_model('sll-small', ...)), optionally behind "
+            "a Normalize layer; a Lipschitz bound is never guessed for an arbitrary network"
+        )
+    bound = net.backbone_lipschitz()
+    if normalize is not None:
+        # (x - mean) / std is max_c(1/std_c)-Lipschitz in l2.
+        bound *= float((1.0 / normalize.std.double()).max())
+    if not (bound > 0 and bound < float("inf")):
+        raise InputError(f"the backbone's Lipschitz bound must be positive and finite, got {bound}")
+    features: nn.Module = net.backbone if normalize is None else nn.Sequential(normalize, net.backbone)
+    return Split(features=features, head=net.head, lipschitz=bound)
 
 
 def sll_small(

@@ -2,6 +2,7 @@
 
 # Importing a method's module registers it (gaussian lives in methods.py).
 from .augment import RandomCropFlip, random_crop_flip
+from .lipschitz_margin import LipschitzMargin, head_lipschitz, margin_logits
 from .loop import TrainConfig, learning_rate, noisy_accuracy, train
 from .macer import Macer, macer_terms, soft_margin
 from .methods import GaussianAugmentation, TrainingMethod, get_method, list_methods, register_method
@@ -10,6 +11,7 @@ from .stability import StabilityTraining, consistency_loss, stability_loss
 
 __all__ = [
     "GaussianAugmentation",
+    "LipschitzMargin",
     "Macer",
     "RandomCropFlip",
     "SmoothAdv",
@@ -18,9 +20,11 @@ __all__ = [
     "TrainingMethod",
     "consistency_loss",
     "get_method",
+    "head_lipschitz",
     "learning_rate",
     "list_methods",
     "macer_terms",
+    "margin_logits",
     "noisy_accuracy",
     "random_crop_flip",
     "register_method",

@@ -7,7 +7,7 @@ scalar loss for the optimiser; the training loop (:mod:`smoothcert.train.loop`) 
 MACER's deferred start) are functions of the epoch and survive a resume.
 
 Registered: ``gaussian`` (here), ``stability`` (:mod:`.stability`), ``smoothadv``
-(:mod:`.smoothadv`), ``macer`` (:mod:`.macer`).
+(:mod:`.smoothadv`), ``macer`` (:mod:`.macer`), ``lipschitz-margin`` (:mod:`.lipschitz_margin`).
 """
 
 from __future__ import annotations
