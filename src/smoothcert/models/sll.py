@@ -28,6 +28,7 @@ bounds) and an unconstrained ``head`` l. :mod:`smoothcert.lipschitz` certifies s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +68,21 @@ class LipschitzModule(nn.Module):
         """An upper bound L on ``||m(x) - m(x')||_2 / ||x - x'||_2`` over all inputs, per sample."""
         raise NotImplementedError(f"{type(self).__name__} must define lipschitz_bound()")
 
+    def _weight_cached(self, compute: Callable[[], Tensor]) -> Tensor:
+        """``compute()`` (a function of this module's parameters only: T's diagonal, a normalized
+        weight), reused while no gradient is recorded and the parameters are unchanged — every
+        smoothing draw and every certified input would otherwise redo it. The key holds each
+        parameter's storage, version counter (bumped by optimiser steps and ``load_state_dict``),
+        device and dtype."""
+        if torch.is_grad_enabled() or self.training:
+            return compute()
+        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.parameters())
+        cached = self.__dict__.get("_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, compute())
+            self.__dict__["_cache"] = cached  # outside nn.Module's registries: not in state_dict
+        return cached[1]
+
 
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
@@ -100,7 +116,7 @@ class SLLLinear(LipschitzModule):
         if x.dim() != 2 or x.shape[1] != self.features:
             raise InputError(f"SLLLinear({self.features}) expects [B, {self.features}], got {list(x.shape)}")
         w = self.weight
-        t = _sll_scale((w.T @ w).abs(), self.log_q)
+        t = self._weight_cached(lambda: _sll_scale((w.T @ w).abs(), self.log_q))
         return x - 2 * (F.relu(x @ w + self.bias) / t) @ w.T
 
     def lipschitz_bound(self) -> float:
@@ -139,7 +155,7 @@ class SLLConv2d(LipschitzModule):
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise InputError(f"SLLConv2d({self.channels}) expects [B, {self.channels}, H, W], got {list(x.shape)}")
         pad = self.kernel_size // 2
-        t = self.scale()
+        t = self._weight_cached(self.scale)
         inner = F.relu(F.conv2d(x, self.weight, self.bias, padding=pad)) / t[None, :, None, None]
         return x - 2 * F.conv_transpose2d(inner, self.weight, padding=pad)
 
@@ -244,7 +260,8 @@ class NormalizedLinear(LipschitzModule):
         self.linear = nn.Linear(in_features, out_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, _spectral_cap(self.linear.weight), self.linear.bias)
+        weight = self._weight_cached(lambda: _spectral_cap(self.linear.weight))
+        return F.linear(x, weight, self.linear.bias)
 
     def lipschitz_bound(self) -> float:
         return 1.0
@@ -265,7 +282,7 @@ class NormalizedConv1x1(LipschitzModule):
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.conv.weight
-        capped = _spectral_cap(w.flatten(1)).view_as(w)
+        capped = self._weight_cached(lambda: _spectral_cap(w.flatten(1)).view_as(w))
         return F.conv2d(x, capped, self.conv.bias)
 
     def lipschitz_bound(self) -> float:
