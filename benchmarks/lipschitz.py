@@ -128,7 +128,7 @@ def run(args: argparse.Namespace, dataset: str) -> None:
     fs = FeatureSmoothedClassifier(model_b, noise=noise, num_classes=10)
     sel_fs = idx[:: max(1, len(idx) // args.smooth_images)][: args.smooth_images]
     xf, yf = xs[sel_fs], ys[sel_fs]
-    fs.smoothed.warmup(fs.features(xf[:1])[0], batch_size=args.batch)
+    fs.warmup(xf[:1], batch_size=args.batch)
     certs = [fs.certify(xf[i:i + 1], n0=N0, n=args.n, alpha=ALPHA, batch_size=args.batch, generator=1000 + i)
              for i in range(len(xf))]
     fpred = torch.cat([c.prediction for c in certs])

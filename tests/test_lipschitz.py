@@ -35,7 +35,7 @@ from smoothcert.lipschitz import (
 from smoothcert.data import get_dataset
 from smoothcert.models import CheckpointMeta, build_model
 from smoothcert.noise import get_noise
-from smoothcert.smooth import ABSTAIN
+from smoothcert.smooth import ABSTAIN, SmoothedClassifier
 from smoothcert.train import TrainConfig, get_method, head_lipschitz, margin_logits, train
 
 # float64 everywhere below: the bounds are exact, so 1e-9 absorbs only the rounding of the products.
@@ -268,7 +268,8 @@ def test_feature_smoothing_stays_below_the_exact_radius_and_pgd_fails_inside_it(
     assert torch.equal(cert.prediction[kept], exact.prediction[kept])
     assert bool((cert.radius[kept] <= exact.radius[kept]).all())
     # The transferred radius is the head's feature-space radius over L.
-    head_only = fs.smoothed.certify(fs.features(x)[0], n0=64, n=2000, alpha=0.001, batch_size=1000, generator=0)
+    head_only = SmoothedClassifier(model[1].head, noise=fs.noise, num_classes=2, bounded_inputs=False).certify(
+        fs.features(x)[0], n0=64, n=2000, alpha=0.001, batch_size=1000, generator=0)
     assert torch.allclose(cert.radius, head_only.radius / fs.lipschitz)
     assert bool((cert.seconds > head_only.seconds * 0).all()) and fs.settings()["space"] == "features"
     adv = pgd_l2(model, x[kept], cert.prediction[kept], eps=cert.radius[kept].float(), steps=10, generator=0)
@@ -285,6 +286,10 @@ def test_feature_smoothing_with_an_mlp_head_refuses_engine_overrides():
     x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     pred = fs.predict(x, n=200, alpha=0.01, batch_size=200, generator=0)
     assert pred.shape == (2,)
+    with pytest.raises(InputError, match="l2 only"):
+        fs.certify(x, n0=10, n=100, alpha=0.01, batch_size=100, norm="l1")
+    with pytest.raises(InputError, match="certify_at"):
+        fs.certify_at(x, 0.1, n0=10, alpha=0.01, batch_size=100)
 
 
 # -- the sparsemax variant: unsound -------------------------------------------------------------

@@ -23,8 +23,9 @@ from . import analysis
 from .data import get_dataset, list_datasets
 from .distributed import DEFAULT_TIMEOUT, process_group, rank_device
 from .errors import InputError
-from .evaluate import certify_dataset, predict_dataset, select_indices
+from .evaluate import certify_dataset, certify_margin_dataset, predict_dataset, select_indices
 from .files import file_sha256
+from .lipschitz import FeatureSmoothedClassifier
 from .models import MODELS, CheckpointMeta, build_model, list_models, load_checkpoint, model_kwargs
 from .noise import get_noise, list_noises
 from .results import ConfigMismatchError, find_parts, merge_result_parts
@@ -414,13 +415,20 @@ def _smoothed_from_checkpoint(
         raise SystemExit("error: the checkpoint was trained without noise; pass --noise and --sigma")
     dataset = _dataset_for(args, meta)
     noise = get_noise(noise_name, sigma=sigma)
+    engine = {"precision": args.precision, "compile": args.compile, "compile_mode": args.compile_mode,
+              "fixed_shape": args.fixed_shape, "max_batch_bytes": args.max_batch_bytes}
+    if getattr(args, "certificate", "smoothing") == "feature-smoothing":
+        if getattr(args, "denoiser", None):
+            raise SystemExit("error: --denoiser does not combine with --certificate feature-smoothing")
+        # The noise is added to the backbone's features; the radius is transferred to input space.
+        args.denoiser_record = None
+        smoothed: SmoothedClassifier = FeatureSmoothedClassifier(model, noise=noise, num_classes=meta.num_classes,
+                                                                 **engine)
+        return smoothed, meta, dataset
     base, args.denoiser_record = _wrap_denoiser(args, model, noise, meta.in_channels, device)
     smoothed = SmoothedClassifier(base, noise=noise, num_classes=meta.num_classes,
-                                  precision=args.precision, channels_last=not args.no_channels_last,
-                                  compile=args.compile, compile_mode=args.compile_mode,
-                                  fixed_shape=args.fixed_shape,
-                                  max_batch_bytes=args.max_batch_bytes,
-                                  allow_unbounded=args.allow_unbounded)
+                                  channels_last=not args.no_channels_last, allow_unbounded=args.allow_unbounded,
+                                  **engine)
     return smoothed, meta, dataset
 
 
@@ -450,7 +458,27 @@ def _sharded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     return run
 
 
+def cmd_certify_margin(args: argparse.Namespace) -> int:
+    """``certify --certificate lipschitz-margin``: the deterministic FaRS margin certificate."""
+    model, meta, args.checkpoint_sha256 = _load_classifier(args.checkpoint, _device(args.device))
+    dataset = _dataset_for(args, meta)
+    indices = select_indices(len(dataset), skip=args.skip, max_count=args.max, start=args.start)
+    batch = args.batch if isinstance(args.batch, int) else 256
+    print(f"margin certificate of {len(indices)} inputs of {args.dataset}/{args.split} -> {args.out}", file=sys.stderr)
+    try:
+        certify_margin_dataset(model, dataset, args.out, batch_size=batch, indices=indices,
+                               config=_run_facts(args, meta), progress=not args.quiet)
+    except ConfigMismatchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_certify(args: argparse.Namespace) -> int:
+    if args.certificate == "lipschitz-margin":
+        if args.shard is not None and args.shard.world_size > 1:
+            raise SystemExit("error: the margin certificate is one forward pass per batch; run it without torchrun")
+        return cmd_certify_margin(args)
     smoothed, meta, dataset = _smoothed_from_checkpoint(args)
     indices = select_indices(len(dataset), skip=args.skip, max_count=args.max, start=args.start)
     if args.shard is None or args.shard.rank == 0:
@@ -692,6 +720,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--noise", default=None, choices=list_noises(), help="default: the checkpoint's")
         p.add_argument("--sigma", type=float, default=None, help="default: the checkpoint's")
         if name == "certify":
+            p.add_argument("--certificate", choices=["smoothing", "feature-smoothing", "lipschitz-margin"],
+                           default="smoothing",
+                           help="smoothing: noise on the input (default); for models with a 1-Lipschitz backbone "
+                                "(sll-small): feature-smoothing (noise on the features, sampling through the head "
+                                "only) or lipschitz-margin (linear head: deterministic, one forward pass)")
             p.add_argument("--n0", type=int, default=100, help="selection draws")
             p.add_argument("--norm", default=None, help="l1, l2 or linf (default: the noise's own)")
             p.add_argument("--two-class", action="store_true", help="(pA, pB) certificate, Bonferroni split")

@@ -55,6 +55,7 @@ from .models.sll import (
     SpaceToDepth,
     Split,
     sll_small,
+    sll_small_mlp,
     spectral_norm,
     split_model,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "jacobian_norm",
     "margin_radius",
     "sll_small",
+    "sll_small_mlp",
     "spectral_norm",
     "split_model",
 ]
@@ -128,7 +130,8 @@ class MarginCertificate:
     f(x') = prediction[i] for all ||x' - x_i||_2 < radius[i] (no probability, no abstain)."""
 
     prediction: Tensor  #: int64 [B]
-    radius: Tensor  #: float64 [B], input-space l2 radius
+    radius: Tensor  #: float64 [B], input-space l2 radius (feature_radius / lipschitz)
+    feature_radius: Tensor  #: float64 [B], distance of the features to the head's nearest boundary
     lipschitz: float  #: the bound L the feature-space margin was divided by
     seconds: Tensor  #: float64 [B], the batch's wall time split evenly
 
@@ -153,26 +156,30 @@ def certify_margin(model: nn.Module, x: Tensor) -> MarginCertificate:
     start = time.perf_counter()
     with torch.no_grad():  # not inference_mode: callers may attack the results
         z = split.features(x)
-        prediction, radius = margin_radius(z, split.head, lipschitz=split.lipschitz)
+        prediction, feature_radius = margin_radius(z, split.head)
     seconds = time.perf_counter() - start
-    return MarginCertificate(prediction=prediction.cpu(), radius=radius, lipschitz=split.lipschitz,
+    return MarginCertificate(prediction=prediction.cpu(), radius=feature_radius / split.lipschitz,
+                             feature_radius=feature_radius, lipschitz=split.lipschitz,
                              seconds=torch.full((len(x),), seconds / len(x), dtype=torch.float64))
 
 
-class FeatureSmoothedClassifier:
+class FeatureSmoothedClassifier(SmoothedClassifier):
     """FaRS with a smoothed head: g(x) = argmax_c P(l(e(x) + delta) = c), delta from ``noise``.
 
-    The backbone runs once per input; PREDICT and CERTIFY sample the head only, through a
-    :class:`~smoothcert.smooth.SmoothedClassifier` on the head over the (unbounded) features, so
-    the statistics, abstentions and :class:`~smoothcert.smooth.Certificate` fields are those of
-    input-space smoothing. Radii are l2 and transferred to input space (divided by the backbone's
-    bound L, :func:`split_model`); ``p_lower``/counts are the head's.
+    A :class:`~smoothcert.smooth.SmoothedClassifier` whose base is the head and whose inputs are
+    images: :meth:`certify` and :meth:`predict` run the backbone once per input, then the engine's
+    PREDICT/CERTIFY on the head over the (unbounded) features z = e(x), so the statistics,
+    abstentions and :class:`~smoothcert.smooth.Certificate` fields are those of input-space
+    smoothing and :func:`smoothcert.evaluate.certify_dataset` writes the same rows. Radii are l2,
+    transferred to input space (divided by the backbone's bound L, :func:`split_model`);
+    ``p_lower`` and the counts are the head's.
 
     Args:
         model: a :class:`BackboneHead` (optionally behind Normalize); any head.
         noise: the feature-space noise; its l2 radius is used (Gaussian: sigma Phi^-1(pA_lower)).
         num_classes: K.
-        **engine: other :class:`SmoothedClassifier` settings (precision, batching, compile).
+        **engine: other :class:`SmoothedClassifier` settings (precision, batching, compile);
+            ``channels_last`` defaults to False (features are vectors).
     """
 
     def __init__(self, model: nn.Module, *, noise: Noise, num_classes: int, **engine: Any) -> None:
@@ -181,25 +188,20 @@ class FeatureSmoothedClassifier:
                 raise InputError(f"{key} is set by FeatureSmoothedClassifier (features are unbounded)")
         self.split = split_model(model)
         self.model = ensure_eval(model)
-        # Features are vectors: channels-last does not apply to them.
         engine.setdefault("channels_last", False)
-        self.smoothed = SmoothedClassifier(self.split.head, noise=noise, num_classes=num_classes,
-                                           bounded_inputs=False, **engine)
+        super().__init__(self.split.head, noise=noise, num_classes=num_classes, bounded_inputs=False, **engine)
 
     @property
     def lipschitz(self) -> float:
+        """The backbone's proven l2 bound L (input to features) the radii are divided by."""
         return self.split.lipschitz
 
-    @property
-    def noise(self) -> Noise:
-        return self.smoothed.noise
-
     def __repr__(self) -> str:
-        return f"FeatureSmoothedClassifier(lipschitz={self.lipschitz:.6g}, smoothed={self.smoothed!r})"
+        return f"FeatureSmoothedClassifier(lipschitz={self.lipschitz:.6g}, head={super().__repr__()})"
 
     def settings(self) -> dict[str, Any]:
-        """The engine settings of the head's sampler, plus the backbone bound."""
-        return {**self.smoothed.settings(), "lipschitz": self.lipschitz, "space": "features"}
+        """The engine settings of the head's sampler, plus where the noise is added and L."""
+        return {**super().settings(), "space": "features", "lipschitz": self.lipschitz}
 
     def features(self, x: Tensor) -> tuple[Tensor, float]:
         """``(z [B, D], seconds)``: the backbone's features of x in [0, 1], one pass."""
@@ -213,28 +215,38 @@ class FeatureSmoothedClassifier:
             torch.cuda.synchronize(x.device)
         return z, time.perf_counter() - start
 
+    def warmup(self, x_example: Tensor, *, batch_size: int | str) -> float:
+        """The engine's warm-up on the features of ``x_example`` (images)."""
+        return super().warmup(self.features(x_example)[0], batch_size=batch_size)
+
     def predict(self, x: Tensor, *, n: int, alpha: float, batch_size: int | str,
                 generator: int | torch.Generator | None = None) -> Tensor:
         """PREDICT on the head at z = e(x): with probability at least 1 - alpha the returned class
         (or ABSTAIN) equals g(x)."""
         z, _ = self.features(x)
-        return self.smoothed.predict(z, n=n, alpha=alpha, batch_size=batch_size, generator=generator)
+        return super().predict(z, n=n, alpha=alpha, batch_size=batch_size, generator=generator)
 
     def certify(self, x: Tensor, *, n0: int, n: int, alpha: float, batch_size: int | str,
-                generator: int | torch.Generator | None = None, two_class: bool = False) -> Certificate:
+                generator: int | torch.Generator | None = None, norm: str | None = "l2",
+                two_class: bool = False, target: str = "fixed", max_n: int | None = None,
+                radius_loss: float = 0.02) -> Certificate:
         """CERTIFY on the head at z = e(x), radius transferred to input space.
 
         Guarantee: for each input, with probability at least 1 - alpha over the draws, either the
-        answer is ABSTAIN or g(x') = prediction for every ``||x' - x||_2 < radius``.
-        ``seconds`` includes the input's share of the backbone pass.
+        answer is ABSTAIN or g(x') = prediction for every ``||x' - x||_2 < radius``. ``norm`` must
+        be l2 (the transfer is an l2 statement); the other arguments are
+        :meth:`SmoothedClassifier.certify`'s. ``seconds`` includes the input's share of the
+        backbone pass.
         """
+        if norm not in (None, "l2"):
+            raise InputError(f"feature-space certificates transfer in l2 only, got norm={norm!r}")
         z, backbone_seconds = self.features(x)
-        cert = self.smoothed.certify(z, n0=n0, n=n, alpha=alpha, batch_size=batch_size, generator=generator,
-                                     norm="l2", two_class=two_class)
-        if cert.norm != "l2":  # the transfer is an l2 statement
-            raise ConfigMismatchError(f"feature-space certificates transfer in l2 only, got {cert.norm}")
-        return replace(cert, radius=cert.radius / self.lipschitz,
-                       seconds=cert.seconds + backbone_seconds / len(z))
+        cert = super().certify(z, n0=n0, n=n, alpha=alpha, batch_size=batch_size, generator=generator, norm="l2",
+                               two_class=two_class, target=target, max_n=max_n, radius_loss=radius_loss)
+        return replace(cert, radius=cert.radius / self.lipschitz, seconds=cert.seconds + backbone_seconds / len(z))
+
+    def certify_at(self, *args: Any, **kwargs: Any) -> Any:
+        raise InputError("certify_at is not available for feature-space smoothing; use certify")
 
 
 def jacobian_norm(module: nn.Module | Callable[[Tensor], Tensor], x: Tensor, *, iters: int = 30,

@@ -25,7 +25,7 @@ from .lenet import LeNet, lenet, lenet_small
 from .normalize import Normalize
 from .resnet import BasicBlock, CifarResNet, resnet20, resnet56, resnet110
 from .resnet_imagenet import Bottleneck, ImageNetResNet, resnet50
-from .sll import BackboneHead, LipschitzModule, sll_small
+from .sll import BackboneHead, LipschitzModule, sll_small, sll_small_mlp
 
 MODELS: Registry[nn.Module] = Registry("model")
 _INPUT_SIZES: dict[str, int] = {}
@@ -106,6 +106,7 @@ register_model("resnet56", input_size=32)(resnet56)
 register_model("resnet110", input_size=32)(resnet110)
 register_model("resnet50", input_size=224)(resnet50)
 register_model("sll-small", input_size=28)(sll_small)
+register_model("sll-small-mlp", input_size=28)(sll_small_mlp)
 
 # Imported last: checkpoint.py rebuilds models through the functions defined above.
 from .checkpoint import (  # noqa: E402
@@ -148,4 +149,5 @@ __all__ = [
     "resnet110",
     "save_checkpoint",
     "sll_small",
+    "sll_small_mlp",
 ]

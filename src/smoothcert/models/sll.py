@@ -52,6 +52,7 @@ __all__ = [
     "SpaceToDepth",
     "Split",
     "sll_small",
+    "sll_small_mlp",
     "spectral_norm",
     "split_model",
 ]
@@ -438,3 +439,9 @@ def sll_small(
     else:
         raise InputError(f"sll-small head must be 'linear' or 'mlp', got {head!r}")
     return BackboneHead(backbone, head_module)
+
+
+def sll_small_mlp(*, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, **kwargs: object) -> BackboneHead:
+    """``sll-small`` with the MLP head (``head="mlp"``): the architecture for feature-space smoothing."""
+    return sll_small(num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+                     **{"head": "mlp", **kwargs})  # type: ignore[arg-type]
