@@ -60,7 +60,8 @@ from .models.sll import (
     split_model,
 )
 from .noise import Noise
-from .smooth import Certificate, SmoothedClassifier
+from .certificate import Certificate, PlannedCertificate
+from .smooth import SmoothedClassifier
 
 __all__ = [
     "BackboneHead",
@@ -183,13 +184,20 @@ class FeatureSmoothedClassifier(SmoothedClassifier):
     """
 
     def __init__(self, model: nn.Module, *, noise: Noise, num_classes: int, **engine: Any) -> None:
-        for key in ("bounded_inputs", "allow_unbounded"):
+        for key in ("allow_unbounded", "input_shape"):
             if key in engine:
-                raise InputError(f"{key} is set by FeatureSmoothedClassifier (features are unbounded)")
+                raise InputError(f"{key} is set by FeatureSmoothedClassifier (its inputs are images, the "
+                                 "head's are unbounded feature vectors)")
         self.split = split_model(model)
         self.model = ensure_eval(model)
-        engine.setdefault("channels_last", False)
-        super().__init__(self.split.head, noise=noise, num_classes=num_classes, bounded_inputs=False, **engine)
+        if "engine" not in engine:
+            engine.setdefault("channels_last", False)  # features are vectors
+        super().__init__(self.split.head, noise=noise, num_classes=num_classes, **engine)
+
+    def as_batch(self, x: Tensor) -> Tensor:
+        """The head's inputs, features ``[B, D]``: finite, batch-first, unbounded by design (no
+        [0, 1] check, no warning)."""
+        return as_batch(x, bounded=False, name="features")
 
     @property
     def lipschitz(self) -> float:
@@ -229,7 +237,7 @@ class FeatureSmoothedClassifier(SmoothedClassifier):
     def certify(self, x: Tensor, *, n0: int, n: int, alpha: float, batch_size: int | str,
                 generator: int | torch.Generator | None = None, norm: str | None = "l2",
                 two_class: bool = False, target: str = "fixed", max_n: int | None = None,
-                radius_loss: float = 0.02) -> Certificate:
+                radius_loss: float = 0.02) -> Certificate | PlannedCertificate:
         """CERTIFY on the head at z = e(x), radius transferred to input space.
 
         Guarantee: for each input, with probability at least 1 - alpha over the draws, either the
@@ -240,6 +248,8 @@ class FeatureSmoothedClassifier(SmoothedClassifier):
         """
         if norm not in (None, "l2"):
             raise InputError(f"feature-space certificates transfer in l2 only, got norm={norm!r}")
+        if target != "fixed":
+            raise InputError(f"feature-space smoothing certifies with target='fixed' only, got {target!r}")
         z, backbone_seconds = self.features(x)
         cert = super().certify(z, n0=n0, n=n, alpha=alpha, batch_size=batch_size, generator=generator, norm="l2",
                                two_class=two_class, target=target, max_n=max_n, radius_loss=radius_loss)
@@ -247,6 +257,9 @@ class FeatureSmoothedClassifier(SmoothedClassifier):
 
     def certify_at(self, *args: Any, **kwargs: Any) -> Any:
         raise InputError("certify_at is not available for feature-space smoothing; use certify")
+
+    def certify_planned(self, *args: Any, **kwargs: Any) -> Any:
+        raise InputError("certify_planned is not available for feature-space smoothing; use certify")
 
 
 def jacobian_norm(module: nn.Module | Callable[[Tensor], Tensor], x: Tensor, *, iters: int = 30,
