@@ -60,7 +60,7 @@ def certified_accuracy(correct: torch.Tensor, radius: torch.Tensor) -> dict[str,
 def train_models(args: argparse.Namespace, dataset: str, out: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
     train_set = get_dataset(dataset, split="train", root=args.data_root).subset(range(args.train_size))
     kw = {"width": args.width, "features": args.features}
-    common = dict(dataset=dataset, num_classes=10, in_channels=1, input_size=28, mean=[0.0], std=[1.0])
+    common = {"dataset": dataset, "num_classes": 10, "in_channels": 1, "input_size": 28, "mean": [0.0], "std": [1.0]}
     path_a = out / f"{dataset}-linear.pt"
     torch.manual_seed(0)
     model_a = build_model("sll-small", num_classes=10, in_channels=1, mean=(0.0,), std=(1.0,), head="linear", **kw)
@@ -189,7 +189,8 @@ def main() -> None:
     p.add_argument("--pgd-images", type=int, default=100)
     p.add_argument("--pgd-steps", type=int, default=20)
     args = p.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            check=False).stdout.strip()
     emit(step="start", args=vars(args), commit=commit, device="cpu", threads=torch.get_num_threads(),
          machine=platform.machine(), torch=torch.__version__)
     for dataset in args.datasets:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from smoothcert.attacks import pgd_l2
+from smoothcert.data import get_dataset
 from smoothcert.errors import ConfigMismatchError, InputError, InputTypeError
 from smoothcert.lipschitz import (
     BackboneHead,
@@ -32,7 +33,6 @@ from smoothcert.lipschitz import (
     spectral_norm,
     split_model,
 )
-from smoothcert.data import get_dataset
 from smoothcert.models import CheckpointMeta, build_model
 from smoothcert.noise import get_noise
 from smoothcert.smooth import ABSTAIN, SmoothedClassifier

@@ -26,9 +26,9 @@ from .noise import list_noises
 from .results import find_parts, merge_result_parts
 from .runs import (
     ATTACKS,
+    CERTIFICATES,
     DEFAULT_RADII,
     AttackRun,
-    CERTIFICATES,
     CertifyRun,
     ClassifierSpec,
     DataSpec,

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .certificate import Certificate, PlannedCertificate
 from .checks import as_batch, ensure_eval, model_device
 from .errors import ConfigMismatchError, InputError, InputTypeError
 from .models.sll import (
@@ -60,7 +61,6 @@ from .models.sll import (
     split_model,
 )
 from .noise import Noise
-from .certificate import Certificate, PlannedCertificate
 from .smooth import SmoothedClassifier
 
 __all__ = [
@@ -171,7 +171,7 @@ class FeatureSmoothedClassifier(SmoothedClassifier):
     images: :meth:`certify` and :meth:`predict` run the backbone once per input, then the engine's
     PREDICT/CERTIFY on the head over the (unbounded) features z = e(x), so the statistics,
     abstentions and :class:`~smoothcert.smooth.Certificate` fields are those of input-space
-    smoothing and :func:`smoothcert.evaluate.certify_dataset` writes the same rows. Radii are l2,
+    smoothing and :func:`smoothcert.runs.certify_dataset` writes the same rows. Radii are l2,
     transferred to input space (divided by the backbone's bound L, :func:`split_model`);
     ``p_lower`` and the counts are the head's.
 

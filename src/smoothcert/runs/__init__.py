@@ -19,7 +19,14 @@ Example::
 """
 
 from .attack import ATTACKS, attack_columns, attack_dataset, l2_radius
-from .certify import PREDICT_COLUMNS, certify_dataset, certify_margin_dataset, check_pack, predict_dataset, select_indices
+from .certify import (
+    PREDICT_COLUMNS,
+    certify_dataset,
+    certify_margin_dataset,
+    check_pack,
+    predict_dataset,
+    select_indices,
+)
 from .classifier import (
     load_classifier,
     load_dataset,

@@ -29,7 +29,16 @@ from ..checks import check_int, check_sample_sizes
 from ..distributed import Shard
 from ..errors import InputError
 from ..lipschitz import certify_margin
-from ..results import MARGIN, MAY_CHANGE, PREDICT_COLUMNS, ResultWriter, certify_row, margin_row, predict_row, result_rows
+from ..results import (
+    MARGIN,
+    MAY_CHANGE,
+    PREDICT_COLUMNS,
+    ResultWriter,
+    certify_row,
+    margin_row,
+    predict_row,
+    result_rows,
+)
 from ..rng import input_seed
 from ..smooth import SmoothedClassifier
 from ..stats import check_alpha

@@ -21,9 +21,9 @@ from torch.utils.data import Dataset
 from ..analysis import AttackSummary
 from ..distributed import Shard, process_group, rank_device
 from ..errors import InputError
+from ..lipschitz import FeatureSmoothedClassifier
 from ..models import CheckpointMeta
 from ..noise import get_noise
-from ..lipschitz import FeatureSmoothedClassifier
 from ..smooth import SmoothedClassifier
 from .attack import attack_dataset
 from .certify import certify_dataset, certify_margin_dataset, predict_dataset
