@@ -8,8 +8,10 @@ import torch
 
 from smoothcert.analysis import load_results
 from smoothcert.cli import main
+from smoothcert.errors import InputError
 from smoothcert.models import CheckpointMeta, build_model, save_checkpoint
 from smoothcert.results import CERTIFY, MARGIN, read_table
+from smoothcert.runs import CertifyRun, ClassifierSpec
 
 TRAIN = ["train", "--dataset", "embedded", "--batch", "64", "--lr", "0.05", "--limit", "128", "--quiet",
          "--device", "cpu", "--epochs", "1", "--method", "lipschitz-margin", "--hparam", "epsilon=0.1"]
@@ -88,3 +90,13 @@ def test_margin_and_feature_smoothing_rows(tmp_path, capsys):
                      "--out", str(tmp_path / f"{certificate}.tsv")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert "declares no Lipschitz backbone" in err[-1]
+
+
+def test_certify_run_checks_the_certificate_settings(tmp_path):
+    spec = ClassifierSpec(checkpoint="m.pt")
+    with pytest.raises(InputError, match="certificate"):
+        CertifyRun(model=spec, out=tmp_path / "r.tsv", certificate="sparsemax")
+    with pytest.raises(InputError, match="target='fixed'"):
+        CertifyRun(model=spec, out=tmp_path / "r.tsv", certificate="lipschitz-margin", target="radius")
+    with pytest.raises(InputError, match="l2 only"):
+        CertifyRun(model=spec, out=tmp_path / "r.tsv", certificate="feature-smoothing", norm="linf")
