@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 
 from ..analysis.attack import AttackSummary, find_violations, summarize_attack, summary_table
 from ..attacks import SmoothedSoft, ddn, l2_norms, pgd_l2, smoothed_log_probs
+from ..certificate import ABSTAIN
 from ..checks import as_batch, check_sample_sizes, ensure_eval, model_device
 from ..errors import InputError, InputTypeError
 from ..noise import Noise
@@ -70,7 +71,7 @@ from ..results import (
     format_time,
 )
 from ..rng import input_seed, sub_seed
-from ..smooth import ABSTAIN, SmoothedClassifier
+from ..smooth import SmoothedClassifier
 from ..stats import check_alpha
 
 __all__ = [

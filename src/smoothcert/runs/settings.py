@@ -26,11 +26,10 @@ from ..checks import AUTO, check_batch_size, check_float, check_int, check_sampl
 from ..data import list_datasets
 from ..denoise import DENOISE_MODES, denoiser_kind, list_denoiser_losses
 from ..distributed import DEFAULT_TIMEOUT
-from ..engine import PRECISIONS
+from ..engine import COMPILE_MODES, PRECISIONS
 from ..errors import InputError, InputTypeError
 from ..models import list_models
 from ..noise import list_noises
-from ..smooth import COMPILE_MODES
 from ..stats import check_alpha
 from ..train import TrainConfig, TrainingMethod, get_method
 from .attack import ATTACKS
