@@ -92,15 +92,9 @@ def train_models(args: argparse.Namespace, dataset: str, out: Path) -> tuple[tor
     return load_checkpoint(path_a)[0].eval(), load_checkpoint(path_b)[0].eval()
 
 
-def run(args: argparse.Namespace, dataset: str) -> None:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model_a, model_b = train_models(args, dataset, out)
-    test = get_dataset(dataset, split="test", root=args.data_root)
-    xs, ys = test.tensors()
-    idx = torch.arange(0, len(xs), args.skip)
-    x, y = xs[idx], ys[idx]
-
+def margin_report(args: argparse.Namespace, dataset: str, model_a: torch.nn.Module, x: torch.Tensor,
+                  y: torch.Tensor) -> None:
+    """Margin certificate of ``model_a`` on ``x`` (batches of 500) and the PGD check at each radius."""
     # -- margin certificate: one forward pass per batch.
     preds, radii, seconds = [], [], 0.0
     for start in range(0, len(x), 500):
@@ -122,6 +116,18 @@ def run(args: argparse.Namespace, dataset: str) -> None:
             broken = int((model_a(adv).argmax(1) != y[sel]).sum())
     emit(dataset=dataset, certificate="lipschitz-margin", pgd_checked=len(sel), pgd_steps=args.pgd_steps,
          pgd_successes_inside_radius=broken)
+
+
+def run(args: argparse.Namespace, dataset: str) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_a, model_b = train_models(args, dataset, out)
+    test = get_dataset(dataset, split="test", root=args.data_root)
+    xs, ys = test.tensors()
+    idx = torch.arange(0, len(xs), args.skip)
+    x, y = xs[idx], ys[idx]
+
+    margin_report(args, dataset, model_a, x, y)
 
     # -- feature-space smoothing of model 2.
     noise = get_noise("gaussian", sigma=args.sigma)
@@ -188,11 +194,20 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--pgd-images", type=int, default=100)
     p.add_argument("--pgd-steps", type=int, default=20)
+    p.add_argument("--margin-only", metavar="CKPT", default=None,
+                   help="only the margin certificate and PGD check of this checkpoint (first --datasets entry)")
     args = p.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             check=False).stdout.strip()
     emit(step="start", args=vars(args), commit=commit, device="cpu", threads=torch.get_num_threads(),
          machine=platform.machine(), torch=torch.__version__)
+    if args.margin_only:
+        model, meta = load_checkpoint(args.margin_only)
+        xs, ys = get_dataset(args.datasets[0], split="test", root=args.data_root).tensors()
+        idx = torch.arange(0, len(xs), args.skip)
+        emit(checkpoint=args.margin_only, epoch=meta.epoch, training=meta.training.get("hparams"))
+        margin_report(args, args.datasets[0], model.eval(), xs[idx], ys[idx])
+        return
     for dataset in args.datasets:
         run(args, dataset)
 
