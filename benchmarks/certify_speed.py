@@ -83,7 +83,7 @@ from smoothcert.noise import get_noise
 from smoothcert.smooth import ABSTAIN, SmoothedClassifier
 from smoothcert.stats import clopper_pearson_lower
 
-#: Arithmetic smoothcert is run in (see smoothcert.sampling.PRECISIONS); the reference is fp32.
+#: Arithmetic smoothcert is run in (see smoothcert.engine.PRECISIONS); the reference is fp32.
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 FLOPS_CONVENTION = (

@@ -8,7 +8,7 @@ import torch
 from linear import LinearBinary
 from scipy.stats import norm as normal
 
-from smoothcert import SmoothedClassifier, get_noise
+from smoothcert import Certificate, CertifyAtResult, PlannedCertificate, SmoothedClassifier, get_noise
 from smoothcert.adaptive import (
     certify_at,
     certify_planned,
@@ -127,15 +127,37 @@ def test_certify_at_checks_its_arguments():
 def test_methods_on_the_smoothed_classifier():
     model, x = _copies(0.4, 3)
     smoothed = SmoothedClassifier(model, noise=get_noise("gaussian", sigma=0.5), num_classes=2)
-    cert = smoothed.certify(x, n0=50, n=5000, alpha=0.01, batch_size=4096, generator=0, target="radius",
-                            radius_loss=0.05)
-    assert cert.n == 5000 and cert.n_used.shape == (3,) and torch.all(cert.n_used <= 5000)
+    cert = smoothed.certify_planned(x, n0=50, max_n=5000, alpha=0.01, batch_size=4096, generator=0, radius_loss=0.05)
+    assert isinstance(cert, PlannedCertificate) and len(cert) == 3
+    assert cert.max_n == 5000 and cert.n_used.shape == (3,) and torch.all(cert.n_used <= 5000)
+    assert torch.equal(cert.counts.sum(1), cert.n_used)
+    same = certify_planned(smoothed, x, n0=50, max_n=5000, alpha=0.01, batch_size=4096, generator=0, radius_loss=0.05)
+    assert torch.equal(same.counts, cert.counts)  # the method is the function
     at = smoothed.certify_at(x, [0.1, 0.3], n0=50, alpha=0.01, batch_size=4096, stages=(500, 5000), generator=0)
-    assert at.certified.shape == (3, 2) and at.certified[:, 0].all()
+    assert isinstance(at, CertifyAtResult) and at.certified.shape == (3, 2) and at.certified[:, 0].all()
     with pytest.raises(ValueError, match="target"):
         smoothed.certify(x, n0=50, n=5000, alpha=0.01, batch_size=64, target="speed")
     fixed = smoothed.certify(x, n0=50, n=5000, alpha=0.01, batch_size=4096, generator=0)
-    assert fixed.n_used.tolist() == [5000] * 3
+    assert isinstance(fixed, Certificate) and fixed.n == 5000 and fixed.counts.sum(1).tolist() == [5000] * 3
+    assert not hasattr(fixed, "n_used")  # n is the estimation draws of every input, nothing else
+
+
+def test_certify_target_radius_is_deprecated_and_forwards_to_certify_planned():
+    model, x = _copies(0.4, 3)
+    smoothed = SmoothedClassifier(model, noise=get_noise("gaussian", sigma=0.5), num_classes=2)
+    with pytest.warns(DeprecationWarning, match="certify_planned"):
+        old = smoothed.certify(x, n0=50, n=5000, alpha=0.01, batch_size=4096, generator=0, target="radius",
+                               radius_loss=0.05)
+    new = smoothed.certify_planned(x, n0=50, max_n=5000, alpha=0.01, batch_size=4096, generator=0, radius_loss=0.05)
+    assert isinstance(old, PlannedCertificate)
+    assert torch.equal(old.counts, new.counts) and torch.equal(old.radius, new.radius)
+    assert torch.equal(old.n_used, new.n_used) and old.max_n == 5000
+    with pytest.warns(DeprecationWarning):
+        capped = smoothed.certify(x, n0=50, n=5000, max_n=2000, alpha=0.01, batch_size=4096, generator=0,
+                                  target="radius", radius_loss=0.05)
+    assert capped.max_n == 2000 and torch.all(capped.n_used <= 2000)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="two_class"):
+        smoothed.certify(x, n0=50, n=5000, alpha=0.01, batch_size=64, target="radius", two_class=True)
 
 
 def test_certify_at_splits_alpha_over_the_stages(monkeypatch):

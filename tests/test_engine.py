@@ -12,16 +12,19 @@ from scipy.stats import norm as normal
 from torch import nn
 
 from smoothcert import ABSTAIN, SmoothedClassifier, get_noise
-from smoothcert.noise import list_noises
-from smoothcert.sampling import (
+from smoothcert.engine import (
     CPU_BATCH_BYTES,
+    Engine,
     auto_batch_size,
     check_batch_size,
+    fixed_rows,
     measure_row_bytes,
+    noisy_outputs,
     sample_counts,
     sample_mean_probs,
 )
 from smoothcert.errors import CompileError
+from smoothcert.noise import list_noises
 
 # ---------------------------------------------------------------- helpers
 
@@ -433,8 +436,6 @@ def test_torch_compile_on_cpu_certifies_like_the_plain_model():
 
 
 def test_fixed_rows_divide_the_work():
-    from smoothcert.sampling import fixed_rows
-
     assert fixed_rows(100_000, 16_384) == 14_288  # 7 passes, 16 padding rows in all
     assert fixed_rows(100, 16_384) == 104
     assert fixed_rows(64, 64) == 64 and fixed_rows(7, 3) == 3
@@ -442,3 +443,142 @@ def test_fixed_rows_divide_the_work():
         rows = fixed_rows(total, batch)
         passes = -(-total // rows)
         assert rows <= batch and passes * rows - total < 8 * passes
+
+
+# ---------------------------------------------------------------- the Engine object
+
+
+def test_engine_settings_record_and_repr():
+    engine = Engine(precision="bf16", channels_last=False, max_batch_bytes=2**20)
+    settings = engine.settings()
+    assert json.loads(json.dumps(settings)) == settings
+    assert set(settings) == {"precision", "channels_last", "compile", "compile_mode", "fixed_shape", "max_batch_bytes",
+                             "auto_batch_memory_fraction", "auto_batch_multiple", "auto_batch_max_rows"}
+    assert settings["precision"] == "bf16" and settings["max_batch_bytes"] == 2**20 and not settings["fixed_shape"]
+    assert repr(engine) == "Engine(precision='bf16', channels_last=False, max_batch_bytes=1048576)"
+    s = SmoothedClassifier(nn.Linear(4, 2).eval(), noise=get_noise("gaussian", sigma=0.25), num_classes=2,
+                           engine=engine)
+    assert s.engine is engine and s.settings() == settings and s.precision == "bf16" and not s.channels_last
+    # The old keywords build the same engine.
+    old = SmoothedClassifier(nn.Linear(4, 2).eval(), noise=get_noise("gaussian", sigma=0.25), num_classes=2,
+                             precision="bf16", channels_last=False, max_batch_bytes=2**20)
+    assert old.settings() == settings and repr(old) == repr(s)
+    for bad, match in [({"precision": "fp8"}, "precision"), ({"compile_mode": "fast"}, "compile_mode"),
+                       ({"max_batch_bytes": 0}, "max_batch_bytes")]:
+        with pytest.raises(ValueError, match=match):
+            Engine(**bad)
+
+
+def test_engine_and_engine_keywords_together_are_refused():
+    noise = get_noise("gaussian", sigma=0.25)
+    model = nn.Linear(4, 2).eval()
+    with pytest.raises(ValueError, match="not both.*precision, compile"):
+        SmoothedClassifier(model, noise=noise, num_classes=2, engine=Engine(), precision="fp32", compile=False)
+    with pytest.raises(TypeError, match="Engine"):
+        SmoothedClassifier(model, noise=noise, num_classes=2, engine={"precision": "fp32"})
+
+
+def test_an_injected_engine_does_the_sampling(monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(torch, "compile", _fake_compile(calls, delay=0.0))
+    model, x, _ = _image_model_and_inputs(0.25)
+    recorder = ShapeRecorder(model)
+    noise = get_noise("gaussian", sigma=0.25)
+    engine = Engine(compile=True)
+    s = SmoothedClassifier(recorder, noise=noise, num_classes=2, engine=engine)
+    cert = s.certify(x, n0=50, n=1000, alpha=0.01, batch_size=256, generator=4)
+    assert calls == [False] and engine.last_batch_size == s.last_batch_size == 256
+    assert engine.compile_seconds == s.compile_seconds > 0
+    # fixed shapes: the warm-up passes (one row of each shape) then the certify passes, all one of two shapes
+    assert set(recorder.rows) == {fixed_rows(4 * 50, 256), fixed_rows(4 * 1000, 256)}
+    # Same draws as the engine's own functions with the same settings.
+    plain = SmoothedClassifier(model, noise=noise, num_classes=2, fixed_shape=True)
+    assert torch.equal(plain.certify(x, n0=50, n=1000, alpha=0.01, batch_size=256, generator=4).counts, cert.counts)
+    # One engine, two models: each gets its own compiled function.
+    other = SmoothedClassifier(nn.Sequential(nn.Flatten(), nn.Linear(48, 2)).eval(), noise=noise, num_classes=2,
+                               engine=engine)
+    other.certify(x, n0=50, n=1000, alpha=0.01, batch_size=256, generator=4)
+    assert calls == [False, False] and engine.forward(recorder) is not engine.forward(other.base)
+
+
+def test_prepare_runs_no_forward_pass_without_compile():
+    model = ShapeRecorder(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)))
+    s = SmoothedClassifier(model, noise=get_noise("gaussian", sigma=0.25), num_classes=3)
+    x = torch.rand(2, 3, 2, 2)
+    assert s.prepare(x, batch_size=64, draws=(10, 100)) == 64 and model.rows == []
+    assert s.counts(x, n=100, batch_size=64, generator=torch.Generator().manual_seed(0)).sum().item() == 200
+
+
+def test_noisy_outputs_serve_models_that_return_images():
+    # f = identity: the outputs are the noisy images themselves, so each input's mean output is x.
+    x = torch.rand(3, 2, 4, 4)
+    identity = nn.Identity().eval()
+    engine = Engine()
+    total = torch.zeros(4, 2, 4, 4, dtype=torch.float64)
+    seen = torch.zeros(4, dtype=torch.long)
+    with torch.inference_mode():
+        for owner, out in engine.outputs(identity, x, get_noise("gaussian", sigma=0.1), n=2000, batch_size=700,
+                                         generator=torch.Generator().manual_seed(0)):
+            assert out.shape == (len(owner), 2, 4, 4)
+            total.index_add_(0, owner, out.double())
+            seen += torch.bincount(owner, minlength=4)
+    assert seen[:3].tolist() == [2000] * 3 and engine.last_batch_size == 700
+    mean = total[:3] / 2000
+    assert (mean - x.double()).abs().max() < 5 * 0.1 / math.sqrt(2000)
+
+
+# ---------------------------------------------------------------- bugs fixed in the refactor
+
+
+class Float64Probe(nn.Module):
+    """A float64 model: logits (0, m) with a margin m far below float32 resolution, and a record
+    of the input dtype and of whether the input carries more than float32's 24 bits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.m = nn.Parameter(torch.tensor(1e-9, dtype=torch.float64), requires_grad=False)
+        self.dtypes: list[torch.dtype] = []
+        self.wide: list[bool] = []
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.dtypes.append(x.dtype)
+        self.wide.append(bool((x.float().double() != x).any()))
+        zeros = torch.zeros(x.shape[0], dtype=x.dtype)
+        return torch.stack([zeros, zeros + self.m], dim=1)
+
+
+def test_a_float64_model_gets_float64_noise_and_softmax():
+    model = Float64Probe()
+    x = torch.full((2, 3), 1 / 3, dtype=torch.float64)
+    probs = sample_mean_probs(model, x, noise=get_noise("gaussian", sigma=0.25), n=50, num_classes=2,
+                              batch_size=64, generator=torch.Generator().manual_seed(0))
+    assert set(model.dtypes) == {torch.float64} and all(model.wide)
+    # softmax(0, 1e-9)[1] = 1/2 + 2.5e-10 in float64; a float32 softmax rounds it to exactly 1/2.
+    assert probs[:, 1].tolist() == pytest.approx([0.5 + 2.5e-10] * 2, abs=1e-12)
+    assert (probs[:, 1] > 0.5).all()
+    counts = sample_counts(model, x, noise=get_noise("gaussian", sigma=0.25), n=50, num_classes=2, batch_size=64)
+    assert counts[:, 1].tolist() == [50, 50]  # the tiny margin decides in float64
+    assert measure_row_bytes(model, x, noise=get_noise("gaussian", sigma=0.25)) > 0  # the probe runs float64 too
+
+
+@pytest.mark.parametrize("precision", ["tf32", "fp32", "bf16"])
+def test_precision_is_scoped_to_each_forward_pass(precision):
+    # The TF32 switches are process-wide and autocast is thread-wide: while the chunk generator is
+    # suspended between yields, the consumer's code must see them as they were.
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    inside: list = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            inside.append((torch.backends.cuda.matmul.allow_tf32, torch.is_autocast_enabled("cpu")))
+            return torch.stack([x.sum(1), -x.sum(1)], dim=1)
+
+    chunks = 0
+    for _, out in noisy_outputs(Spy().eval(), torch.rand(2, 3), noise=get_noise("gaussian", sigma=0.25), n=10,
+                                batch_size=4, precision=precision):
+        chunks += 1
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+        assert not torch.is_autocast_enabled("cpu") and not torch.is_inference_mode_enabled()
+    assert chunks == 5
+    assert inside == [(precision == "tf32", precision == "bf16")] * 5

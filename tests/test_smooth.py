@@ -1,15 +1,20 @@
 """SmoothedClassifier against exact answers from linear classifiers, plus its error handling."""
 
+import ast
 import math
+import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from linear import LinearBinary
 from scipy.stats import norm as normal
 
+import smoothcert
 from smoothcert import ABSTAIN, SmoothedClassifier, get_noise
-from smoothcert.sampling import sample_counts, sample_mean_probs
+from smoothcert.checks import as_batch
+from smoothcert.engine import sample_counts, sample_mean_probs
 
 
 def _model_and_inputs(d: int = 10, count: int = 12, seed: int = 0):
@@ -249,3 +254,94 @@ def test_predict_warns_when_n_can_never_answer(smoothed):
     # two-sided p-value of n agreeing draws is 2 * 0.5^n: at alpha = 0.001 n must be >= 11
     with pytest.warns(UserWarning, match="n >= 11"):
         smoothed.predict(torch.rand(1, 4), n=10, alpha=0.001, batch_size=8)
+
+
+def test_a_batch_without_its_channel_axis_is_refused_when_the_input_shape_is_known():
+    # [B, H, W] = 5 MNIST-sized images without their channel axis: without an input shape this
+    # would be one 5-channel image; with it, it is refused with the fix in the message.
+    x = torch.rand(5, 28, 28)
+    with pytest.raises(ValueError, match=r"\(5, 28, 28\).*\[1, 28, 28\].*unsqueeze\(1\)"):
+        as_batch(x, input_shape=(1, 28, 28))
+    assert as_batch(x[:1], input_shape=(1, 28, 28)).shape == (1, 1, 28, 28)  # one [C, H, W] image
+    assert as_batch(x[:, None], input_shape=(1, 28, 28)).shape == (5, 1, 28, 28)
+    assert as_batch(x[:, None], input_shape=(1, None, None)).shape == (5, 1, 28, 28)  # any size
+    assert as_batch(torch.rand(4), input_shape=(4,)).shape == (1, 4)
+    assert as_batch(torch.rand(3, 4), input_shape=(4,)).shape == (3, 4)
+    with pytest.raises(ValueError, match="shape"):
+        as_batch(torch.rand(3, 1, 28, 28), input_shape=(3, 28, 28))
+    assert as_batch(torch.rand(3, 4, 4)).shape == (1, 3, 4, 4)  # no shape given: one [C, H, W] image
+    # Through the classifier, which takes the model's input shape.
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 2)).eval()
+    s = SmoothedClassifier(model, noise=get_noise("gaussian", sigma=0.25), num_classes=2, input_shape=(1, 28, 28))
+    with pytest.raises(ValueError, match="unsqueeze"):
+        s.certify(x, n0=10, n=100, alpha=0.01, batch_size=64)
+    with pytest.raises(ValueError, match="unsqueeze"):
+        s.certify_planned(x, n0=10, max_n=100, alpha=0.01, batch_size=64, radius_loss=0.1)
+    assert len(s.certify(x[0:1], n0=10, n=100, alpha=0.01, batch_size=64, generator=0)) == 1
+    assert len(s.certify(x[:, None], n0=10, n=100, alpha=0.01, batch_size=64, generator=0)) == 5
+
+
+#: Modules the certify layer may import: the engine, the bottom layer, noise and stats, and (for
+#: smooth.py only) adaptive and certificate: never results, analysis, runs, evaluate or the CLI.
+_ALLOWED = {
+    "engine.py": {"checks", "errors", "noise", "ops"},
+    "certificate.py": {"noise"},
+    "adaptive.py": {"certificate", "checks", "errors", "noise", "rng", "stats"},
+    "smooth.py": {"adaptive", "certificate", "checks", "engine", "errors", "noise", "rng", "stats"},
+}
+
+
+@pytest.mark.parametrize("module", sorted(_ALLOWED))
+def test_the_certify_layer_imports_only_downwards(module):
+    tree = ast.parse((Path(smoothcert.__file__).parent / module).read_text())
+    own = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            own |= {node.module} if node.module else {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("smoothcert"):
+            own.add(node.module.split(".")[1] if "." in node.module else "smoothcert")
+        elif isinstance(node, ast.Import):
+            own |= {a.name.split(".")[1] for a in node.names if a.name.startswith("smoothcert.")}
+    assert own <= _ALLOWED[module], own - _ALLOWED[module]
+    # Every import at module level: none hidden in a function or behind TYPE_CHECKING.
+    top = {id(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
+    nested = [n.lineno for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in top]
+    assert nested == []
+
+
+# ---------------------------------------------------------------- rows written before the refactor
+
+LEGACY = Path(__file__).parent / "data" / "legacy"
+#: The commands of tests/data/legacy/README.md that exercise the certify layer (without --out).
+LEGACY_RUNS = {
+    "certify": ["--n0", "20", "--n", "200", "--max", "6"],
+    "planned": ["--n0", "20", "--n", "400", "--max", "4", "--target", "radius"],
+    "grid": ["--n0", "20", "--n", "400", "--max", "4", "--target", "grid", "--radii", "0.1", "0.2", "--stages", "100"],
+    "twoclass": ["--n0", "20", "--n", "200", "--max", "4", "--two-class"],
+}
+
+
+def _rows_without_time(path: Path) -> list[list[str]]:
+    header, *rows = [line.split("\t") for line in path.read_text().splitlines()]
+    keep = [i for i, c in enumerate(header) if c != "time" and "seconds" not in c]
+    return [[header[i] for i in keep]] + [[r[i] for i in keep] for r in rows]
+
+
+@pytest.mark.parametrize("name", sorted(LEGACY_RUNS))
+def test_legacy_result_files_are_reproduced_and_resumed(name, tmp_path):
+    # Same checkpoint, seed and batch: the engine and certify layer give the very rows (counts,
+    # bounds, radii, n used per input) written before the refactor, and a copy of the old file
+    # resumes with nothing left to do.
+    from smoothcert.cli import main
+
+    args = ["certify", "--checkpoint", str(LEGACY / "model.pt"), "--alpha", "0.01", "--batch", "100", "--quiet",
+            *LEGACY_RUNS[name]]
+    out = tmp_path / f"{name}.tsv"
+    assert main([*args, "--out", str(out)]) == 0
+    assert _rows_without_time(out) == _rows_without_time(LEGACY / f"{name}.tsv")
+    old = tmp_path / "old.tsv"
+    shutil.copy(LEGACY / f"{name}.tsv", old)
+    shutil.copy(LEGACY / f"{name}.tsv.json", tmp_path / "old.tsv.json")
+    before = old.read_text()
+    assert main([*args, "--out", str(old)]) == 0
+    assert old.read_text() == before

@@ -26,20 +26,23 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .certificate import ABSTAIN, CertifyAtResult, PlannedCertificate, decide, split_counts
 from .checks import check_int, check_sample_sizes
 from .errors import InputError
 from .noise import Noise
-from .smooth import ABSTAIN, Certificate, SmoothedClassifier, decide, split_counts
+from .rng import make_generator
 from .stats import check_alpha, clopper_pearson_lower, clopper_pearson_upper
 
 __all__ = [
     "CertifyAtResult",
+    "PlannedCertificate",
+    "Smoothed",
     "certify_at",
     "certify_planned",
     "grid_stages",
@@ -47,6 +50,29 @@ __all__ = [
     "required_p_lower",
     "sample_size_grid",
 ]
+
+
+class Smoothed(Protocol):
+    """What the adaptive modes need from a smoothed classifier (:class:`smoothcert.smooth.SmoothedClassifier`
+    has it): its noise and classes, input checks, and class counts of fresh draws."""
+
+    noise: Noise
+    num_classes: int
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def as_batch(self, x: Tensor) -> Tensor:
+        """Validated inputs ``[B, ...]``."""
+        ...
+
+    def prepare(self, x: Tensor, *, batch_size: int | str, draws: Sequence[int] = ()) -> int:
+        """Rows per forward pass, after any untimed probing and compiling."""
+        ...
+
+    def counts(self, x: Tensor, *, n: int, batch_size: int | str, generator: torch.Generator | None) -> Tensor:
+        """int64 ``[B, num_classes]`` class counts of n fresh draws per input."""
+        ...
 
 
 def required_p_lower(
@@ -157,7 +183,7 @@ def plan_sample_size(
 
 
 def certify_planned(
-    smoothed: SmoothedClassifier,
+    smoothed: Smoothed,
     x: Tensor,
     *,
     n0: int,
@@ -169,7 +195,7 @@ def certify_planned(
     norm: str | None = None,
     plan_alpha: float = 0.05,
     grid: Sequence[int] | None = None,
-) -> Certificate:
+) -> PlannedCertificate:
     """CERTIFY with a sample size planned per input from an n0-draw pilot (see module docstring).
 
     The planning value of pA is the pilot's one-sided upper Clopper–Pearson bound at level
@@ -178,8 +204,8 @@ def certify_planned(
     are taken, never the guarantee.
 
     Guarantee (per input): with probability at least 1 - alpha, either ABSTAIN or g(x') =
-    prediction within ``radius``. ``Certificate.n_used`` holds n* for each input (the pilot's n0
-    draws come on top); ``Certificate.n`` is max_n.
+    prediction within ``radius``. ``n_used`` holds n* for each input (the pilot's n0 draws come
+    on top).
     """
     alpha = check_alpha(alpha)
     check_alpha(plan_alpha)
@@ -187,12 +213,13 @@ def certify_planned(
     if not radius_loss >= 0:
         raise InputError(f"radius_loss must be >= 0, got {radius_loss}")
     norm = smoothed.noise.check_norm(norm)
-    x, gen = smoothed._prepare(x, generator)
+    x = smoothed.as_batch(x)
+    gen = make_generator(generator, smoothed.device)
     dim = math.prod(x.shape[1:])
     # Pilot shape warmed here; planned sizes vary per input and compile (if on) when first met.
-    batch_size = smoothed._start_engine(x, batch_size, draws=(n0,))  # probe and compile: not timed
+    batch_size = smoothed.prepare(x, batch_size=batch_size, draws=(n0,))  # probe and compile: not timed
     start = time.perf_counter()
-    pilot = smoothed._counts(x, n0, batch_size, gen).cpu()
+    pilot = smoothed.counts(x, n=n0, batch_size=batch_size, generator=gen).cpu()
     c_a = pilot.argmax(dim=1)
     pilot_a = pilot.gather(1, c_a[:, None]).squeeze(1).numpy()
     p_plan = clopper_pearson_upper(pilot_a, n0, plan_alpha)
@@ -202,61 +229,30 @@ def certify_planned(
     counts = torch.zeros(b, k, dtype=torch.long)
     for n_i in np.unique(n_star):  # inputs sharing a sample size share batches
         rows = torch.from_numpy(np.flatnonzero(n_star == n_i))
-        counts[rows] = smoothed._counts(x[rows], int(n_i), batch_size, gen).cpu()
+        counts[rows] = smoothed.counts(x[rows], n=int(n_i), batch_size=batch_size, generator=gen).cpu()
     n_used = torch.from_numpy(n_star)
     count_a, count_b, _ = split_counts(counts, c_a)
     p_lower = torch.from_numpy(clopper_pearson_lower(count_a.numpy(), n_star, alpha))
     prediction, radius = decide(smoothed.noise, c_a, p_lower, norm=norm, dim=dim)
     elapsed = time.perf_counter() - start
-    return Certificate(
+    return PlannedCertificate(
         prediction=prediction,
         radius=radius,
         p_lower=p_lower,
         counts=counts,
         count_a=count_a,
         count_b=count_b,
-        n=max_n,
+        n_used=n_used,
+        max_n=max_n,
         n0=n0,
         alpha=alpha,
         norm=norm,
         seconds=torch.full((b,), elapsed / b, dtype=torch.float64),
-        n_used=n_used,
     )
 
 
-@dataclass
-class CertifyAtResult:
-    """Decisions of :func:`certify_at` for B inputs and R radii (tensors on the CPU).
-
-    With probability at least 1 - alpha per input, every ``certified[i, j]`` that is True is
-    right: g(x') = prediction[i] for all x' with ||x' - x_i|| < radii[j].
-    """
-
-    prediction: Tensor  #: int64 [B], the class tested (cA from the pilot); ABSTAIN if nothing certified
-    certified: Tensor  #: bool [B, R]
-    radii: Tensor  #: float64 [R]
-    p_lower: Tensor  #: float64 [B], the lower bound at the stage each input stopped
-    n_used: Tensor  #: int64 [B], estimation draws each input used (the pilot's n0 come on top)
-    count_a: Tensor  #: int64 [B], of those draws, how many gave the tested class
-    n0: int
-    alpha: float
-    norm: str
-    seconds: Tensor  #: float64 [B]
-
-    def largest_certified_radius(self) -> Tensor:
-        """float64 [B]: the largest radius of the grid certified for each input (0 where none).
-
-        Decisions are monotone in the radius (a certified radius implies every smaller one), so
-        ``largest >= r`` holds exactly when r is certified: result rows written with this radius
-        give the right certified accuracy at every grid radius. It is only a lower bound on the
-        radius CERTIFY would report, so averages of it (ACR) understate.
-        """
-        masked = torch.where(self.certified, self.radii[None, :], torch.zeros_like(self.radii)[None, :])
-        return masked.max(dim=1).values
-
-
 def certify_at(
-    smoothed: SmoothedClassifier,
+    smoothed: Smoothed,
     x: Tensor,
     radius: float | Sequence[float] | Tensor,
     *,
@@ -283,7 +279,8 @@ def certify_at(
         raise InputError(f"stages must be sample sizes or 'auto' (with max_n), got {stages!r}")
     if not isinstance(stages, str) and max_n is not None:
         raise InputError("max_n goes with stages='auto'; with explicit stages the last one is the maximum")
-    x, gen = smoothed._prepare(x, generator)
+    x = smoothed.as_batch(x)
+    gen = make_generator(generator, smoothed.device)
     dim = math.prod(x.shape[1:])
     if isinstance(stages, str):  # "auto", checked above
         stages = grid_stages(smoothed.noise, torch.as_tensor(radius, dtype=torch.float64).reshape(-1),
@@ -292,7 +289,7 @@ def certify_at(
     if not stages or stages[0] < 1 or len(set(stages)) != len(stages):
         raise InputError(f"stages must be distinct positive sample sizes, got {stages}")
     check_sample_sizes(n=stages[-1], n0=n0, batch_size=batch_size)
-    batch_size = smoothed._start_engine(x, batch_size, draws=(n0, stages[0], *np.diff(stages)))
+    batch_size = smoothed.prepare(x, batch_size=batch_size, draws=(n0, stages[0], *np.diff(stages)))
     radii = torch.as_tensor(radius, dtype=torch.float64).reshape(-1).cpu()
     if radii.numel() == 0:
         raise InputError("certify_at needs at least one radius")
@@ -301,7 +298,7 @@ def certify_at(
     b, r_count = x.shape[0], len(radii)
     start = time.perf_counter()
 
-    c_a = smoothed._counts(x, n0, batch_size, gen).argmax(dim=1).cpu()
+    c_a = smoothed.counts(x, n=n0, batch_size=batch_size, generator=gen).argmax(dim=1).cpu()
     certified = np.zeros((b, r_count), dtype=bool)
     decided = np.zeros((b, r_count), dtype=bool)
     count_a = np.zeros(b, dtype=np.int64)
@@ -313,7 +310,7 @@ def certify_at(
         if active.size == 0:
             break
         rows = torch.from_numpy(active)
-        counts = smoothed._counts(x[rows], n_s - done_before, batch_size, gen).cpu()
+        counts = smoothed.counts(x[rows], n=n_s - done_before, batch_size=batch_size, generator=gen).cpu()
         count_a[active] += counts.gather(1, c_a[rows][:, None]).squeeze(1).numpy()
         n_used[active] = n_s
         lo = clopper_pearson_lower(count_a[active], n_s, a_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -18,13 +19,21 @@ __all__ = [
 ]
 
 
-def as_batch(x: Tensor, *, allow_unbounded: bool = False, name: str = "x") -> Tensor:
+def as_batch(
+    x: Tensor, *, allow_unbounded: bool = False, name: str = "x", input_shape: Sequence[int | None] | None = None
+) -> Tensor:
     """Validate inputs and return them batch-first.
 
     Accepted: ``[B, C, H, W]`` images, a single ``[C, H, W]`` image (promoted to ``[1, C, H, W]``),
     ``[B, D]`` vectors, or a single ``[D]`` vector (promoted to ``[1, D]``). Inputs must be
     floating point, finite and — the toolkit's convention — in [0, 1]; with
     ``allow_unbounded=True`` values outside [0, 1] only warn.
+
+    ``input_shape``: the shape of one input the model takes (``(C, H, W)`` or ``(D,)``; a None
+    entry matches any size). Given, it decides what ``x`` is: exactly that shape is one input, a
+    leading batch axis before it is a batch, anything else is refused; a 3-D ``[B, H, W]`` batch
+    of single-channel images without its channel axis is then an error, never read as one
+    ``[C, H, W]`` image. Without it a 3-D tensor is one ``[C, H, W]`` image.
     """
     if not isinstance(x, Tensor):
         raise InputTypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -33,7 +42,9 @@ def as_batch(x: Tensor, *, allow_unbounded: bool = False, name: str = "x") -> Te
             f"{name} must be a floating-point tensor with values in [0, 1], got dtype {x.dtype}; "
             "convert uint8 images with x.float() / 255"
         )
-    if x.ndim in (1, 3):
+    if input_shape is not None:
+        x = _batch_of_shape(x, tuple(input_shape), name)
+    elif x.ndim in (1, 3):
         x = x.unsqueeze(0)
     elif x.ndim not in (2, 4):
         raise InputError(
@@ -54,6 +65,26 @@ def as_batch(x: Tensor, *, allow_unbounded: bool = False, name: str = "x") -> Te
             raise InputError(msg + "; pass allow_unbounded=True (CLI: --allow-unbounded) to proceed")
         warnings.warn(msg, stacklevel=3)
     return x
+
+
+def _batch_of_shape(x: Tensor, shape: tuple[int | None, ...], name: str) -> Tensor:
+    """``x`` as ``[B, *shape]``: one input of ``shape`` is promoted, a batch of them kept."""
+
+    def fits(dims: tuple[int, ...]) -> bool:
+        return len(dims) == len(shape) and all(s is None or s == d for d, s in zip(dims, shape))
+
+    if fits(tuple(x.shape)):
+        return x.unsqueeze(0)
+    if x.ndim >= 1 and fits(tuple(x.shape[1:])):
+        return x
+    want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+    hint = ""
+    if x.ndim == len(shape) == 3 and fits((1, *x.shape[1:])):
+        hint = f"; a batch of {x.shape[0]} single-channel images? add the channel axis: {name}.unsqueeze(1)"
+    raise InputError(
+        f"{name} has shape {tuple(x.shape)} but the model takes inputs of shape {want}: "
+        f"give one input {want} or a batch [B, {want[1:]}{hint}"
+    )
 
 
 def ensure_eval(model: nn.Module) -> nn.Module:
@@ -77,7 +108,7 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 #: ``batch_size="auto"``: rows per forward pass chosen from memory (see
-#: :func:`smoothcert.sampling.auto_batch_size`).
+#: :func:`smoothcert.engine.auto_batch_size`).
 AUTO = "auto"
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from . import analysis
 from .data import get_dataset, list_datasets
 from .distributed import DEFAULT_TIMEOUT, find_parts, merge_result_parts, process_group, rank_device
+from .engine import COMPILE_MODES, PRECISIONS
 from .errors import InputError
 from .evaluate import certify_dataset, predict_dataset, select_indices
 from .files import file_sha256
@@ -29,8 +30,7 @@ from .models import MODELS, CheckpointMeta, build_model, list_models, load_check
 from .noise import get_noise, list_noises
 from .results import ConfigMismatchError
 from .robustness import ATTACKS, attack_dataset, summary_table
-from .sampling import PRECISIONS
-from .smooth import COMPILE_MODES, SmoothedClassifier
+from .smooth import SmoothedClassifier
 from .train import RandomCropFlip, TrainConfig, TrainingMethod, get_method, list_methods, train
 
 #: Radii of the certified-accuracy tables (Cohen et al. 2019 report 0, 0.25, ..., in l2).

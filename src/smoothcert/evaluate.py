@@ -24,13 +24,13 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .adaptive import CertifyAtResult
+from .certificate import ABSTAIN, CertifyAtResult, PlannedCertificate
 from .checks import check_int, check_sample_sizes
 from .distributed import Shard, result_rows
 from .errors import InputError
 from .results import ResultWriter, format_time
 from .rng import input_seed
-from .smooth import ABSTAIN, Certificate, SmoothedClassifier
+from .smooth import SmoothedClassifier
 from .stats import check_alpha
 
 __all__ = ["input_seed", "select_indices", "check_pack", "certify_dataset", "predict_dataset", "PREDICT_COLUMNS"]
@@ -120,7 +120,7 @@ def certify_dataset(
     """CERTIFY every selected input of ``dataset`` and append one row each to ``out``.
 
     ``target``: "fixed" (n draws), "radius" (draws planned per input, at most n; see
-    :meth:`SmoothedClassifier.certify`) or "grid": :meth:`SmoothedClassifier.certify_at` on
+    :meth:`SmoothedClassifier.certify_planned`) or "grid": :meth:`SmoothedClassifier.certify_at` on
     ``radii`` with ``stages`` (default 1k, 10k; n is always the last; ``"auto"``: where unanimous
     draws first certify each grid radius, see :func:`smoothcert.adaptive.grid_stages`), whose row
     holds as ``radius`` the largest grid
@@ -171,10 +171,14 @@ def certify_dataset(
                 cert = _grid_certificate(smoothed.certify_at(
                     x, radii, n0=n0, alpha=alpha, batch_size=batch_size, stages=stages,
                     max_n=n if isinstance(stages, str) else None, generator=input_seed(seed, group[0]), norm=norm))
+            elif target == "radius":
+                cert = smoothed.certify_planned(x, n0=n0, max_n=n, alpha=alpha, batch_size=batch_size,
+                                                radius_loss=radius_loss, generator=input_seed(seed, group[0]),
+                                                norm=norm)
             else:
                 cert = smoothed.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
-                                        generator=input_seed(seed, group[0]), norm=norm, two_class=two_class,
-                                        target=target, radius_loss=radius_loss)
+                                        generator=input_seed(seed, group[0]), norm=norm, two_class=two_class)
+            draws = cert.n_used if isinstance(cert, PlannedCertificate) else torch.full((len(group),), cert.n)
             for j, i in enumerate(group):
                 if i not in missing:
                     continue
@@ -184,7 +188,7 @@ def certify_dataset(
                     "idx": i, "label": label, "predict": pred, "radius": float(cert.radius[j]),
                     "correct": int(pred == label), "time": format_time(seconds),
                     "p_lower": float(cert.p_lower[j]), "count_a": int(cert.count_a[j]),
-                    "count_b": int(cert.count_b[j]), "n": int(cert.n_used[j]), "n0": n0, "alpha": alpha,
+                    "count_b": int(cert.count_b[j]), "n": int(draws[j]), "n0": n0, "alpha": alpha,
                     "noise": smoothed.noise.name, "sigma": smoothed.noise.sigma, "norm": norm,
                     "precision": smoothed.precision, "seconds": seconds,
                 })  # fmt: skip
@@ -193,13 +197,13 @@ def certify_dataset(
     return writer
 
 
-def _grid_certificate(res: CertifyAtResult) -> Certificate:
+def _grid_certificate(res: CertifyAtResult) -> PlannedCertificate:
     """A row-shaped view of certify_at decisions (see :func:`certify_dataset`, target "grid")."""
-    n = int(res.n_used.max())
-    return Certificate(prediction=res.prediction, radius=res.largest_certified_radius(), p_lower=res.p_lower,
-                       counts=torch.empty(len(res.prediction), 0, dtype=torch.long), count_a=res.count_a,
-                       count_b=torch.full_like(res.count_a, -1), n=n, n0=res.n0, alpha=res.alpha, norm=res.norm,
-                       seconds=res.seconds, n_used=res.n_used)
+    return PlannedCertificate(prediction=res.prediction, radius=res.largest_certified_radius(), p_lower=res.p_lower,
+                              counts=torch.empty(len(res.prediction), 0, dtype=torch.long), count_a=res.count_a,
+                              count_b=torch.full_like(res.count_a, -1), n_used=res.n_used,
+                              max_n=int(res.n_used.max()), n0=res.n0, alpha=res.alpha, norm=res.norm,
+                              seconds=res.seconds)
 
 
 def predict_dataset(

@@ -1,7 +1,10 @@
 """The smoothed classifier g(x) = argmax_c P(f(x + delta) = c), with PREDICT and CERTIFY.
 
 Follows Cohen, Rosenfeld, Kolter 2019 (Algorithms "PREDICT" and "CERTIFY"), batch-first, on the
-model's device, with any noise from :mod:`smoothcert.noise`.
+model's device, with any noise from :mod:`smoothcert.noise`. How f is evaluated on the noisy
+copies (precision, layout, compilation, batch sizes) is an :class:`~smoothcert.engine.Engine`;
+sample sizes planned per input and decisions at given radii are in :mod:`smoothcert.adaptive`,
+reached through :meth:`SmoothedClassifier.certify_planned` and :meth:`SmoothedClassifier.certify_at`.
 """
 
 from __future__ import annotations
@@ -9,32 +12,20 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import adaptive
+from .certificate import ABSTAIN, Certificate, CertifyAtResult, PlannedCertificate, decide, split_counts
 from .checks import as_batch, check_sample_sizes, ensure_eval, model_device
+from .engine import COMPILE_MODES, Engine
 from .errors import CompileError, InputError, InputTypeError
 from .noise import Noise, NoiseAware
 from .rng import make_generator
-from .sampling import (
-    AUTO,
-    AUTO_MAX_ROWS,
-    AUTO_MEMORY_FRACTION,
-    AUTO_MULTIPLE,
-    CPU_BATCH_BYTES,
-    auto_batch_size,
-    check_batch_size,
-    check_precision,
-    fixed_rows,
-    free_device_bytes,
-    measure_row_bytes,
-    sample_counts,
-)
 from .stats import (
     binomial_test_pvalue,
     bonferroni,
@@ -44,88 +35,22 @@ from .stats import (
     min_samples_to_certify,
 )
 
-if TYPE_CHECKING:
-    from .adaptive import CertifyAtResult
+__all__ = [
+    "ABSTAIN",
+    "COMPILE_MODES",
+    "Certificate",
+    "CertifyAtResult",
+    "CompileError",
+    "Engine",
+    "PlannedCertificate",
+    "SmoothedClassifier",
+    "decide",
+    "make_generator",
+    "split_counts",
+]
 
-__all__ = ["ABSTAIN", "COMPILE_MODES", "Certificate", "CompileError", "SmoothedClassifier", "make_generator"]
-
-#: Label returned when the smoothed classifier declines to answer.
-ABSTAIN = -1
-
-
-@dataclass
-class Certificate:
-    """Result of :meth:`SmoothedClassifier.certify` for a batch of B inputs (tensors on the CPU).
-
-    With probability at least 1 - alpha (over the Monte Carlo draws, for each input separately),
-    every input whose ``prediction`` is not ABSTAIN has g(x') = prediction for all x' with
-    ||x' - x||_norm < radius[i].
-    """
-
-    prediction: Tensor  #: int64 [B], ABSTAIN (-1) where nothing is certified
-    radius: Tensor  #: float64 [B], 0 where abstaining
-    p_lower: Tensor  #: float64 [B], lower confidence bound on pA
-    counts: Tensor  #: int64 [B, K], class counts of the n estimation draws
-    count_a: Tensor  #: int64 [B], draws (of n) that gave the selected class
-    count_b: Tensor  #: int64 [B], draws (of n) that gave the most frequent other class
-    n: int
-    n0: int
-    alpha: float
-    norm: str
-    seconds: Tensor  #: float64 [B], wall time per input (a shared batch's time split evenly)
-    p_upper_b: Tensor | None = None  #: float64 [B], upper bound on pB (two-class certificates)
-    n_used: Tensor | None = None  #: int64 [B], estimation draws per input when they vary (adaptive)
-
-    def __post_init__(self) -> None:
-        if self.n_used is None:
-            self.n_used = torch.full_like(self.prediction, self.n)
-
-    def __len__(self) -> int:
-        return int(self.prediction.shape[0])
-
-    @property
-    def abstained(self) -> Tensor:
-        return self.prediction == ABSTAIN
-
-
-#: Modes of torch.compile the engine accepts (``compile_mode``); "reduce-overhead" uses CUDA graphs.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def _graph_steps(compiled: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """``compiled`` preceded by ``torch.compiler.cudagraph_mark_step_begin()``: each pass is a new
-    CUDA-graph step, so replaying a graph may overwrite the previous pass's output (the engine
-    has consumed it by then) instead of raising that it is still in use."""
-
-    def run(batch: Tensor) -> Tensor:
-        torch.compiler.cudagraph_mark_step_begin()
-        return compiled(batch)
-
-    return run
-
-
-def split_counts(counts: Tensor, c_a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(count_a, count_b, others)`` from class counts ``[B, K]`` and the tested classes ``[B]``:
-    the count of cA, the largest count of any other class, and the counts with cA's set to -1."""
-    count_a = counts.gather(1, c_a[:, None]).squeeze(1)
-    others = counts.scatter(1, c_a[:, None], -1)
-    return count_a, others.max(dim=1).values.clamp_min(0), others
-
-
-def decide(
-    noise: Noise, c_a: Tensor, p_lower: Tensor, *, p_upper_b: Tensor | None = None, norm: str, dim: int
-) -> tuple[Tensor, Tensor]:
-    """``(prediction, radius)``: cA where pA_lower > 1/2 (or > pB_upper), else ABSTAIN; the
-    noise's radius there and 0 elsewhere (:meth:`Noise.radius` already returns 0 where the bounds
-    certify nothing)."""
-    certified = p_lower > (0.5 if p_upper_b is None else p_upper_b)
-    prediction = torch.where(certified, c_a, torch.full_like(c_a, ABSTAIN))
-    return prediction, noise.radius(p_lower, norm=norm, p_upper_b=p_upper_b, dim=dim)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+#: The engine keywords SmoothedClassifier still takes itself (they build its Engine).
+_ENGINE_KEYWORDS = ("precision", "channels_last", "compile", "compile_mode", "fixed_shape", "max_batch_bytes")
 
 
 class SmoothedClassifier:
@@ -138,37 +63,22 @@ class SmoothedClassifier:
             UserWarning with its ``noise_mismatch(noise)`` message when it is not empty.
         noise: the smoothing distribution (see :func:`smoothcert.noise.get_noise`).
         num_classes: number of classes K.
-        precision: arithmetic of f (fp32, tf32, bf16, fp16); part of the certified classifier.
-        channels_last: feed image batches in channels-last memory layout (same values, faster
-            convolutions); turn off for models that cannot take it.
-        compile: evaluate f through ``torch.compile(base, dynamic=False)``, built once and kept.
-            Each batch shape compiles once, on first use, in :meth:`warmup` (which certify and
-            predict call themselves); warm-up time goes to :attr:`compile_seconds`, never into
-            ``Certificate.seconds``. Needs a C++ compiler on CPU (5-20 s for LeNet) and Triton on
-            GPU; a failure raises :class:`CompileError`. Meant for GPUs: on 2 CPU cores the
-            compiled LeNet ran 1.5x *slower* than the eager channels-last one (84 vs 57 ms per
-            256 rows; inductor's weight prepacking needs ``freezing``, which would bake the
-            weights in and is not used).
-        compile_mode: torch.compile's ``mode`` (:data:`COMPILE_MODES`); implies ``compile``.
-            ``"reduce-overhead"`` replays each shape's kernels as one CUDA graph (GPU only; on
-            CPU it compiles like ``"default"``), which saves the per-kernel launch cost that
-            dominates small models at large batches; the engine marks a new graph step before
-            every pass and uses each pass's output before the next (the graph reuses its output
-            buffer). Recorded in :meth:`settings`.
-        fixed_shape: all forward passes of a sampling call get the same number of rows
-            (:func:`~smoothcert.sampling.fixed_rows`: the work split into equal passes of at most
-            ``batch_size`` rows, padded by under 8 rows per pass with rows that are evaluated but
-            never counted), so one compiled graph serves every pass of the call; CERTIFY uses two
-            shapes (n0 and n draws), both compiled during the untimed warm-up. Default: on when
-            ``compile`` is on.
-        max_batch_bytes: memory budget of ``batch_size="auto"``: on CUDA the batch uses at most
-            this and at most 70% of the free device memory; elsewhere this (default 56 MiB,
-            which gives LeNet 256 rows, the fastest measured on 2 CPU cores).
+        engine: how f is evaluated on noisy copies (:class:`~smoothcert.engine.Engine`: precision,
+            channels-last layout, compilation, fixed shapes, memory budget of ``batch_size="auto"``);
+            default ``Engine()`` (fp32, channels-last, eager).
         allow_unbounded: accept inputs outside [0, 1] with a warning instead of an error.
+        input_shape: the shape of one input f takes, e.g. ``(1, 28, 28)`` (None entries match any
+            size). With it a 3-D tensor is read unambiguously: ``[C, H, W]`` of this shape is one
+            image, anything else (a ``[B, H, W]`` batch without its channel axis) is refused.
+            Without it a 3-D tensor is one ``[C, H, W]`` image.
+        precision, channels_last, compile, compile_mode, fixed_shape, max_batch_bytes: the
+            :class:`~smoothcert.engine.Engine` settings, accepted here for compatibility: they
+            build the engine (giving them together with ``engine`` is an error).
 
     Batch sizes: ``predict``/``certify`` take ``batch_size`` as rows per forward pass or
-    ``"auto"`` (see :meth:`resolve_batch_size`); the rows used last are in
-    :attr:`last_batch_size`. :meth:`settings` lists every engine setting for the run record.
+    ``"auto"`` (see :meth:`resolve_batch_size`). The engine's settings and measurements are
+    readable here too (:attr:`precision`, :meth:`settings`, :attr:`last_batch_size`,
+    :attr:`compile_seconds`, :attr:`auto_batch_sizes`).
     """
 
     def __init__(
@@ -177,13 +87,15 @@ class SmoothedClassifier:
         *,
         noise: Noise,
         num_classes: int,
-        precision: str = "fp32",
-        channels_last: bool = True,
-        compile: bool = False,
+        engine: Engine | None = None,
+        allow_unbounded: bool = False,
+        input_shape: Sequence[int | None] | None = None,
+        precision: str | None = None,
+        channels_last: bool | None = None,
+        compile: bool | None = None,
         compile_mode: str | None = None,
         fixed_shape: bool | None = None,
         max_batch_bytes: int | None = None,
-        allow_unbounded: bool = False,
     ) -> None:
         if not isinstance(base, nn.Module):
             raise InputTypeError(f"base must be a torch.nn.Module, got {type(base).__name__}")
@@ -191,8 +103,17 @@ class SmoothedClassifier:
             raise InputTypeError("noise must be a smoothcert Noise; build one with get_noise(name, sigma=...)")
         if int(num_classes) != num_classes or num_classes < 2:
             raise InputError(f"num_classes must be an integer >= 2, got {num_classes}")
-        if max_batch_bytes is not None and (int(max_batch_bytes) != max_batch_bytes or max_batch_bytes < 1):
-            raise InputError(f"max_batch_bytes must be a positive integer (bytes), got {max_batch_bytes}")
+        given = {k: v for k, v in zip(_ENGINE_KEYWORDS, (precision, channels_last, compile, compile_mode,
+                                                         fixed_shape, max_batch_bytes)) if v is not None}
+        if engine is None:
+            engine = Engine(**given)
+        elif not isinstance(engine, Engine):
+            raise InputTypeError(f"engine must be a smoothcert Engine, got {type(engine).__name__}")
+        elif given:
+            raise InputError(
+                f"give the engine settings either as engine=Engine(...) or as keywords, not both "
+                f"(got engine= and {', '.join(given)})"
+            )
         self.base = ensure_eval(base)
         self.noise = noise
         # A NoiseAware base (smoothcert.denoise.Denoised) says when it is made for another noise or sigma.
@@ -200,200 +121,104 @@ class SmoothedClassifier:
         if problem:
             warnings.warn(problem, UserWarning, stacklevel=2)
         self.num_classes = int(num_classes)
-        self.precision = check_precision(precision)
-        self.channels_last = bool(channels_last)
-        if compile_mode is not None and compile_mode not in COMPILE_MODES:
-            raise InputError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
-        self.compile_mode = compile_mode
-        self.compile = bool(compile) or compile_mode is not None
-        self.fixed_shape = self.compile if fixed_shape is None else bool(fixed_shape)
-        self.max_batch_bytes = None if max_batch_bytes is None else int(max_batch_bytes)
+        self.engine = engine
         self.allow_unbounded = allow_unbounded
-        if self.compile and not self.fixed_shape:
-            warnings.warn(
-                "compile=True with fixed_shape=False: every distinct last-chunk size compiles a new "
-                "graph during the timed calls (torch stops recompiling after 8); keep fixed_shape on",
-                stacklevel=2,
-            )
-        #: Seconds spent in :meth:`warmup` passes (torch.compile included), excluded from timings.
-        self.compile_seconds = 0.0
-        #: Rows per forward pass of the last sampling call (None before the first).
-        self.last_batch_size: int | None = None
-        #: ``batch_size="auto"`` choices, keyed by input shape and device ("1x28x28@cpu": 256).
-        self.auto_batch_sizes: dict[str, int] = {}
-        self._compiled: Callable[[Tensor], Tensor] | None = None
-        self._warm: set[tuple[Any, ...]] = set()
+        self.input_shape = None if input_shape is None else tuple(input_shape)
 
     def __repr__(self) -> str:
-        extra = ", compile=True" if self.compile else ""
-        extra += f", compile_mode={self.compile_mode!r}" if self.compile_mode is not None else ""
-        extra += f", fixed_shape={self.fixed_shape}" if self.fixed_shape != self.compile else ""
-        extra += f", max_batch_bytes={self.max_batch_bytes}" if self.max_batch_bytes is not None else ""
+        e = self.engine
+        extra = ", compile=True" if e.compile else ""
+        extra += f", compile_mode={e.compile_mode!r}" if e.compile_mode is not None else ""
+        extra += f", fixed_shape={e.fixed_shape}" if e.fixed_shape != e.compile else ""
+        extra += f", max_batch_bytes={e.max_batch_bytes}" if e.max_batch_bytes is not None else ""
         return (
             f"SmoothedClassifier(base={type(self.base).__name__}, noise={self.noise!r}, "
-            f"num_classes={self.num_classes}, precision={self.precision!r}, "
-            f"channels_last={self.channels_last}{extra})"
+            f"num_classes={self.num_classes}, precision={e.precision!r}, "
+            f"channels_last={e.channels_last}{extra})"
         )
 
     @property
     def device(self) -> torch.device:
         return model_device(self.base)
 
-    def settings(self) -> dict[str, Any]:
-        """Every engine setting, as a plain JSON-ready dict for a run's record. These decide the
-        classifier evaluated (precision) or only the speed; measurements (the rows an automatic
-        batch chose, compile time) are in :attr:`auto_batch_sizes`, :attr:`last_batch_size` and
-        :attr:`compile_seconds`."""
-        return {
-            "precision": self.precision,
-            "channels_last": self.channels_last,
-            "compile": self.compile,
-            "compile_mode": self.compile_mode,
-            "fixed_shape": self.fixed_shape,
-            "max_batch_bytes": self.max_batch_bytes,
-            "auto_batch_memory_fraction": AUTO_MEMORY_FRACTION,
-            "auto_batch_multiple": AUTO_MULTIPLE,
-            "auto_batch_max_rows": AUTO_MAX_ROWS,
-        }
+    # ---- the engine, read through (settings and measurements live on self.engine) ----
 
-    # ---- engine ----
+    @property
+    def precision(self) -> str:
+        return self.engine.precision
+
+    @property
+    def channels_last(self) -> bool:
+        return self.engine.channels_last
+
+    @property
+    def compile(self) -> bool:
+        return self.engine.compile
+
+    @property
+    def compile_mode(self) -> str | None:
+        return self.engine.compile_mode
+
+    @property
+    def fixed_shape(self) -> bool:
+        return self.engine.fixed_shape
+
+    @property
+    def max_batch_bytes(self) -> int | None:
+        return self.engine.max_batch_bytes
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds spent warming up (torch.compile included), excluded from every timing."""
+        return self.engine.compile_seconds
+
+    @property
+    def last_batch_size(self) -> int | None:
+        """Rows per forward pass of the last sampling call (None before the first)."""
+        return self.engine.last_batch_size
+
+    @property
+    def auto_batch_sizes(self) -> dict[str, int]:
+        """``batch_size="auto"`` choices, keyed by input shape and device ("1x28x28@cpu": 256)."""
+        return self.engine.auto_batch_sizes
+
+    def settings(self) -> dict[str, Any]:
+        """Every engine setting, as a plain JSON-ready dict for a run's record
+        (:meth:`Engine.settings <smoothcert.engine.Engine.settings>`)."""
+        return self.engine.settings()
+
+    def as_batch(self, x: Tensor) -> Tensor:
+        """``x`` validated and batch-first (:func:`smoothcert.checks.as_batch` with this
+        classifier's ``allow_unbounded`` and ``input_shape``)."""
+        return as_batch(x, allow_unbounded=self.allow_unbounded, input_shape=self.input_shape, name="x")
 
     def resolve_batch_size(self, x: Tensor, batch_size: int | str) -> int:
-        """Rows per forward pass for inputs shaped like ``x`` (``[B, ...]``, validated).
-
-        An integer is returned as is. ``"auto"``: on CUDA, :func:`smoothcert.sampling.auto_batch_size`
-        of the per-row peak memory measured by two probe passes and of the free device memory
-        (at most 70% of it, and at most ``max_batch_bytes``); elsewhere of an estimate of the
-        noisy row plus activations and ``max_batch_bytes`` (default 56 MiB). A multiple of 64
-        (when at least 64), at most 16,384, at least 1. Chosen once per input shape and device,
-        then kept (:attr:`auto_batch_sizes`). The probes draw from their own generator.
-        """
-        batch_size = check_batch_size(batch_size)
-        if batch_size != AUTO:
-            return int(batch_size)
-        device = self.device
-        key = "x".join(str(d) for d in x.shape[1:]) + f"@{device}"
-        if key not in self.auto_batch_sizes:
-            per_row = measure_row_bytes(self.base, x, noise=self.noise, precision=self.precision,
-                                        channels_last=self.channels_last)
-            free = free_device_bytes(device)
-            budget = self.max_batch_bytes
-            if free is None and budget is None:
-                budget = CPU_BATCH_BYTES
-            self.auto_batch_sizes[key] = auto_batch_size(per_row, free_bytes=free, budget_bytes=budget)
-        return self.auto_batch_sizes[key]
-
-    def _forward(self) -> Callable[[Tensor], Tensor] | None:
-        """The compiled base model (built on first use), or None for the plain one."""
-        if not self.compile:
-            return None
-        if self._compiled is None:
-            try:
-                mode = {} if self.compile_mode is None else {"mode": self.compile_mode}
-                compiled = torch.compile(self.base, dynamic=False, **mode)
-            except Exception as e:  # e.g. "Dynamo is not supported on Python 3.x"
-                raise CompileError(
-                    f"torch.compile cannot wrap the base model ({type(e).__name__}: {e}); "
-                    "construct the SmoothedClassifier with compile=False to run it uncompiled"
-                ) from e
-            if self.compile_mode == "reduce-overhead" and self.device.type == "cuda":
-                self._compiled = _graph_steps(compiled)
-            else:
-                self._compiled = compiled
-        return self._compiled
+        """Rows per forward pass for inputs shaped like ``x`` (``[B, ...]``, validated): an integer as
+        is, ``"auto"`` chosen from memory (:meth:`Engine.resolve_batch_size
+        <smoothcert.engine.Engine.resolve_batch_size>`) once per input shape and device."""
+        return self.engine.resolve_batch_size(self.base, x, self.noise, batch_size)
 
     def warmup(self, x_example: Tensor, *, batch_size: int | str) -> float:
-        """Run one engine pass of ``batch_size`` rows on inputs shaped like ``x_example`` (three
-        with CUDA graphs), so that torch.compile, CUDA-graph recording and cuDNN's algorithm
-        choice happen now and not inside a timed call.
+        """Run one untimed engine pass of ``batch_size`` rows on inputs shaped like ``x_example``
+        (``[B, ...]`` or one input, in [0, 1]), so that compilation happens now; returns the
+        seconds spent (0.0 for a compiled shape already warmed). See
+        :meth:`Engine.warmup <smoothcert.engine.Engine.warmup>`."""
+        x = self.as_batch(x_example)
+        return self.engine.warmup(self.base, x, self.noise, batch_size=batch_size)
 
-        ``x_example``: ``[B, ...]`` or one input, in [0, 1]; only its first input and its shape
-        are used. Draws from a private generator: no caller's random stream is advanced. With
-        compile on, a shape already warmed is skipped (returns 0.0). Returns the seconds spent,
-        also added to :attr:`compile_seconds`. Raises :class:`CompileError` if torch.compile
-        fails on a model that runs uncompiled.
-        """
-        x = as_batch(x_example, allow_unbounded=self.allow_unbounded)
-        rows = self.resolve_batch_size(x, batch_size)
-        key = (rows, tuple(x.shape[1:]), str(self.device))
-        if self.compile and key in self._warm:
-            return 0.0
-        device = self.device
-        gen = torch.Generator(device=device).manual_seed(0)
-        _sync(device)
-        start = time.perf_counter()
-        # CUDA graphs (compile_mode "reduce-overhead") are recorded on a shape's second pass and
-        # replayed from the third: all three belong to the warm-up.
-        passes = 3 if self.compile_mode == "reduce-overhead" and device.type == "cuda" else 1
-        try:
-            for _ in range(passes):
-                self._sample(x[:1], rows, rows, gen, fixed_shape=True)
-            _sync(device)
-        except CompileError:
-            raise
-        except Exception as e:
-            if not self.compile:
-                raise
-            # The plain model raising too means the error is the model's, not the compiler's.
-            self._sample(x[:1], 1, 1, gen, fixed_shape=True, compiled=False)
-            first_line = (str(e).strip().splitlines() or [""])[0]
-            raise CompileError(
-                f"torch.compile failed on the base model ({type(e).__name__}: {first_line}); "
-                "on CPU it needs a working C++ compiler (set CXX), on GPU Triton. "
-                "Construct the SmoothedClassifier with compile=False to run it uncompiled."
-            ) from e
-        seconds = time.perf_counter() - start
-        self._warm.add(key)
-        self.compile_seconds += seconds
-        return seconds
+    def prepare(self, x: Tensor, *, batch_size: int | str, draws: Sequence[int] = ()) -> int:
+        """Rows per forward pass for ``x`` (``[B, ...]``, validated), after probing memory for
+        ``"auto"`` and warming a compiled model up for the shapes of ``draws`` per input. Call it
+        before starting a clock (:meth:`Engine.prepare <smoothcert.engine.Engine.prepare>`)."""
+        return self.engine.prepare(self.base, x, self.noise, batch_size=batch_size, draws=draws)
 
-    def _start_engine(self, x: Tensor, batch_size: int | str, draws: Sequence[int] = ()) -> int:
-        """Rows per forward pass for ``x`` (resolving "auto"), after warming up a compiled model
-        for the pass shapes that ``draws`` per input will use (with fixed shapes, one per distinct
-        :func:`~smoothcert.sampling.fixed_rows`). Call it *before* starting a clock: it may probe
-        and compile."""
-        rows = self.resolve_batch_size(x, batch_size)
-        if self.compile:
-            shapes = {fixed_rows(len(x) * d, rows) if self.fixed_shape else rows for d in draws} or {rows}
-            for shape in sorted(shapes):
-                self.warmup(x, batch_size=shape)
-        return rows
+    def counts(self, x: Tensor, *, n: int, batch_size: int | str, generator: torch.Generator | None) -> Tensor:
+        """int64 ``[B, num_classes]`` class counts of n fresh draws per input of ``x`` (``[B, ...]``,
+        validated), on the model's device. Call :meth:`prepare` first to keep compiling untimed."""
+        return self.engine.counts(self.base, x, self.noise, n=n, num_classes=self.num_classes,
+                                  batch_size=batch_size, generator=generator)
 
-    def _sample(
-        self,
-        x: Tensor,
-        n: int,
-        rows: int,
-        generator: torch.Generator | None,
-        *,
-        fixed_shape: bool | None = None,
-        compiled: bool = True,
-    ) -> Tensor:
-        """Engine call: counts ``[B, K]`` of n draws per input at ``rows`` rows per pass."""
-        self.last_batch_size = rows
-        return sample_counts(
-            self.base,
-            x,
-            noise=self.noise,
-            n=n,
-            num_classes=self.num_classes,
-            batch_size=rows,
-            generator=generator,
-            precision=self.precision,
-            channels_last=self.channels_last,
-            fixed_shape=self.fixed_shape if fixed_shape is None else fixed_shape,
-            forward=self._forward() if compiled else None,
-        )
-
-    def _counts(self, x: Tensor, n: int, batch_size: int | str, generator: torch.Generator | None) -> Tensor:
-        """Class counts ``[B, K]`` (on the model's device) of n draws per input. Call
-        :meth:`_start_engine` first so that probing and compiling stay outside timings."""
-        return self._sample(x, n, self.resolve_batch_size(x, batch_size), generator)
-
-    def _prepare(self, x: Tensor, seed: int | torch.Generator | None) -> tuple[Tensor, torch.Generator | None]:
-        ensure_eval(self.base)
-        x = as_batch(x, allow_unbounded=self.allow_unbounded)
-        return x, make_generator(seed, self.device)
+    # ---- the algorithms ----
 
     def predict(
         self,
@@ -428,9 +253,10 @@ class SmoothedClassifier:
                 f"use n >= {n_min}",
                 stacklevel=2,
             )
-        x, gen = self._prepare(x, generator)
-        batch_size = self._start_engine(x, batch_size, draws=(n,))
-        counts = self._counts(x, n, batch_size, gen).cpu()
+        x = self.as_batch(x)
+        gen = make_generator(generator, self.device)
+        batch_size = self.prepare(x, batch_size=batch_size, draws=(n,))
+        counts = self.counts(x, n=n, batch_size=batch_size, generator=gen).cpu()
         top2 = counts.topk(2, dim=1)
         n_a, n_b = top2.values[:, 0], top2.values[:, 1]
         pvalue = torch.from_numpy(binomial_test_pvalue(n_a, n_a + n_b))
@@ -450,7 +276,7 @@ class SmoothedClassifier:
         target: str = "fixed",
         max_n: int | None = None,
         radius_loss: float = 0.02,
-    ) -> Certificate:
+    ) -> Certificate | PlannedCertificate:
         """CERTIFY: a prediction and a certified radius for each input.
 
         n0 selection draws pick the class cA; n *independent* estimation draws count it (nA);
@@ -472,18 +298,24 @@ class SmoothedClassifier:
             batch_size: rows per forward pass, or "auto" (:meth:`resolve_batch_size`).
             generator: a ``torch.Generator`` or int seed; None uses torch's global RNG.
             norm: l1/l2/linf, default the noise's own (l2 Gaussian, l1 Laplace/uniform).
-            target: "fixed" (n estimation draws) or "radius": an n0-draw pilot plans, per input,
-                the smallest number of fresh draws (at most ``max_n``, default n) whose radius is
-                within ``radius_loss`` of max_n's; same guarantee (see
-                :func:`smoothcert.adaptive.certify_planned`; ``Certificate.n_used`` per input).
+            target, max_n, radius_loss: deprecated. ``target="radius"`` forwards to
+                :meth:`certify_planned` (``max_n`` default n) with a DeprecationWarning and returns
+                its :class:`~smoothcert.certificate.PlannedCertificate`; call that method instead.
+        Returns:
+            a :class:`~smoothcert.certificate.Certificate`: every input used n estimation draws.
         """
         if target == "radius":
+            warnings.warn(
+                "certify(target='radius') is deprecated; call certify_planned(x, n0=..., max_n=..., "
+                "radius_loss=..., ...), which returns a PlannedCertificate",
+                DeprecationWarning,
+                stacklevel=2,
+            )
             if two_class:
                 raise InputError("target='radius' plans the one-class certificate; two_class is not supported")
-            from .adaptive import certify_planned  # adaptive builds on this module
-
-            return certify_planned(self, x, n0=n0, max_n=n if max_n is None else max_n, alpha=alpha,
-                                   batch_size=batch_size, radius_loss=radius_loss, generator=generator, norm=norm)
+            return self.certify_planned(x, n0=n0, max_n=n if max_n is None else max_n, alpha=alpha,
+                                        batch_size=batch_size, radius_loss=radius_loss, generator=generator,
+                                        norm=norm)
         if target != "fixed":
             raise InputError(f"target must be 'fixed' or 'radius', got {target!r}")
         alpha = check_alpha(alpha)
@@ -496,13 +328,14 @@ class SmoothedClassifier:
                 f"the lower bound stays <= 1/2; use n >= {min_samples_to_certify(alpha_a)}",
                 stacklevel=2,
             )
-        x, gen = self._prepare(x, generator)
+        x = self.as_batch(x)
+        gen = make_generator(generator, self.device)
         dim = math.prod(x.shape[1:])
-        batch_size = self._start_engine(x, batch_size, draws=(n0, n))  # probe and compile: not timed
+        batch_size = self.prepare(x, batch_size=batch_size, draws=(n0, n))  # probe and compile: not timed
         start = time.perf_counter()
-        selection = self._counts(x, n0, batch_size, gen)
+        selection = self.counts(x, n=n0, batch_size=batch_size, generator=gen)
         c_a = selection.argmax(dim=1)
-        counts = self._counts(x, n, batch_size, gen)
+        counts = self.counts(x, n=n, batch_size=batch_size, generator=gen)
         # One host transfer for the whole batch, after all sampling is queued.
         counts, c_a = counts.cpu(), c_a.cpu()
         count_a, count_b, others = split_counts(counts, c_a)
@@ -530,6 +363,28 @@ class SmoothedClassifier:
             p_upper_b=p_upper_b,
         )
 
+    def certify_planned(
+        self,
+        x: Tensor,
+        *,
+        n0: int,
+        max_n: int,
+        alpha: float,
+        batch_size: int | str,
+        radius_loss: float,
+        generator: int | torch.Generator | None = None,
+        norm: str | None = None,
+        plan_alpha: float = 0.05,
+        grid: Sequence[int] | None = None,
+    ) -> PlannedCertificate:
+        """CERTIFY with the number of estimation draws planned per input: an n0-draw pilot picks
+        cA and, per input, the fewest fresh draws (at most ``max_n``) whose radius is within
+        ``radius_loss`` of max_n's. Same guarantee as :meth:`certify`; ``n_used`` per input. See
+        :func:`smoothcert.adaptive.certify_planned`."""
+        return adaptive.certify_planned(self, x, n0=n0, max_n=max_n, alpha=alpha, batch_size=batch_size,
+                                        radius_loss=radius_loss, generator=generator, norm=norm,
+                                        plan_alpha=plan_alpha, grid=grid)
+
     def certify_at(
         self,
         x: Tensor,
@@ -548,7 +403,5 @@ class SmoothedClassifier:
         1 - alpha per input every "certified" answer is right. ``stages="auto"`` with ``max_n``
         places the stages where unanimous draws first certify each radius. See
         :func:`smoothcert.adaptive.certify_at`."""
-        from .adaptive import certify_at
-
-        return certify_at(self, x, radius, n0=n0, alpha=alpha, batch_size=batch_size, stages=stages,
-                          max_n=max_n, generator=generator, norm=norm)
+        return adaptive.certify_at(self, x, radius, n0=n0, alpha=alpha, batch_size=batch_size, stages=stages,
+                                   max_n=max_n, generator=generator, norm=norm)
