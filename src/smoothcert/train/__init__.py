@@ -3,6 +3,7 @@
 # Importing a method's module registers it (gaussian lives in methods.py).
 from .augment import RandomCropFlip, random_crop_flip
 from .loop import TrainConfig, learning_rate, noisy_accuracy, train
+from .heat import HeatSmoothing, heat_terms
 from .macer import Macer, macer_terms, soft_margin
 from .methods import GaussianAugmentation, TrainingMethod, get_method, list_methods, register_method
 from .smoothadv import SmoothAdv, smoothadv_examples
@@ -10,6 +11,7 @@ from .stability import StabilityTraining, consistency_loss, stability_loss
 
 __all__ = [
     "GaussianAugmentation",
+    "HeatSmoothing",
     "Macer",
     "RandomCropFlip",
     "SmoothAdv",
@@ -18,6 +20,7 @@ __all__ = [
     "TrainingMethod",
     "consistency_loss",
     "get_method",
+    "heat_terms",
     "learning_rate",
     "list_methods",
     "macer_terms",
