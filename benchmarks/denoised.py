@@ -261,7 +261,7 @@ def paired_claims(rows: list[dict[str, Any]], work: Path) -> list[dict[str, Any]
             psnr = None if ra["psnr_db"] is None or rb["psnr_db"] is None else round(ra["psnr_db"] - rb["psnr_db"], 3)
             out.append({"comparison": f"{a} - {b}", "dataset": dataset, "noise": noise, "sigma": sigma, "a": a,
                         "b": b, "claim": claim, **{k: round(v, 4) if isinstance(v, float) else v
-                                                   for k, v in diff.items()}, "psnr_difference_db": psnr})
+                                                   for k, v in asdict(diff).items()}, "psnr_difference_db": psnr})
     return out
 
 

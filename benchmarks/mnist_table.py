@@ -113,9 +113,9 @@ def _attack_check(ckpt: Path, test_set, out: Path, sigma: float, args, device: t
         return {f"{float(k):g}": round(float(v), 4) for k, v in d.items()}
 
     return {"attack_inputs": len(indices), "attack_n": args.attack_n, "attack_m": args.attack_m,
-            "attack_steps": args.attack_steps, "empirical_accuracy": by_eps(s["adversarial_accuracy"]),
-            "attack_certified_accuracy": by_eps(s["certified_accuracy"]), "violations": len(s["violations"]),
-            "confirmed_violations": len(s["confirmed_violations"])}
+            "attack_steps": args.attack_steps, "empirical_accuracy": by_eps(s.adversarial_accuracy),
+            "attack_certified_accuracy": by_eps(s.certified_accuracy or {}), "violations": len(s.violations),
+            "confirmed_violations": len(s.confirmed_violations)}
 
 
 def _commit() -> str:

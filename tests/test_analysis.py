@@ -9,12 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from smoothcert.analysis import (
     ABSTAIN,
+    AccuracyTable,
     Results,
     ResultsWarning,
     abstain_rate,
+    accuracy_table,
     acr,
     certified_accuracy,
     clean_accuracy,
@@ -25,7 +28,9 @@ from smoothcert.analysis import (
     paired_acr_difference,
     parse_time,
     plot_certified_accuracy,
+    summarize_attack,
     summary,
+    summary_table,
 )
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
@@ -404,14 +409,27 @@ def test_paired_acr_difference_exact_on_matched_rows() -> None:
     b.idx = np.array([3, 2, 1, 0])  # rows in another order: matched by idx, not position
     out = paired_acr_difference(a, b)
     d = np.array([0.5 - 0.0, 0.25 - 0.3, 0.0 - 0.75, 0.0 - 0.5])  # idx 0, 1, 2, 3
-    assert out["inputs"] == 4
-    assert out["difference"] == pytest.approx(d.mean())
-    assert out["standard_error"] == pytest.approx(d.std(ddof=1) / 2)
-    assert out["low"] == pytest.approx(d.mean() - 1.96 * d.std(ddof=1) / 2)
-    assert (out["a_better"], out["b_better"], out["ties"]) == (1, 3, 0)
-    # Against itself: no difference, every image a tie.
+    assert out.inputs == 4
+    assert out.difference == pytest.approx(d.mean())
+    assert out.standard_error == pytest.approx(d.std(ddof=1) / 2)
+    # Student's t with n - 1 = 3 degrees of freedom, by hand: the 97.5% quantile times the standard error.
+    half = scipy.stats.t.ppf(0.975, df=3) * d.std(ddof=1) / math.sqrt(4)
+    assert (out.low, out.high) == pytest.approx((d.mean() - half, d.mean() + half))
+    lo, hi = scipy.stats.ttest_rel(np.array([0.5, 0.25, 0.0, 0.0]), np.array([0.0, 0.3, 0.75, 0.5])).confidence_interval()
+    assert (out.low, out.high) == pytest.approx((lo, hi))  # SciPy's own paired t interval agrees
+    assert out.confidence == 0.95 and half > 1.96 * d.std(ddof=1) / 2  # wider than the normal interval
+    ninety = paired_acr_difference(a, b, confidence=0.9)
+    assert ninety.high - ninety.low == pytest.approx(2 * scipy.stats.t.ppf(0.95, df=3) * d.std(ddof=1) / 2)
+    assert (out.a_better, out.b_better, out.ties) == (1, 3, 0)
+    # Against itself: no difference, every image a tie, an interval of one point.
     same = paired_acr_difference(a, a)
-    assert same["difference"] == 0.0 and same["standard_error"] == 0.0 and same["ties"] == 5
+    assert same.difference == 0.0 and same.standard_error == 0.0 and same.ties == 5
+    assert same.low == same.high == 0.0
+    # One common input: no spread to estimate, the interval is the whole line.
+    single = paired_acr_difference(make_results([0.5], [1]), make_results([0.25], [1]))
+    assert single.difference == 0.25 and (single.low, single.high) == (-math.inf, math.inf)
+    with pytest.raises(ValueError, match="confidence"):
+        paired_acr_difference(a, b, confidence=1.0)
 
 
 def test_paired_acr_difference_refuses_unrelated_runs() -> None:
@@ -424,3 +442,88 @@ def test_paired_acr_difference_refuses_unrelated_runs() -> None:
     b.label = np.array([0, 3])
     with pytest.raises(ValueError, match="different labels"):
         paired_acr_difference(a, b)
+
+
+# --------------------------------------------------------------------------- one table builder
+
+
+def test_markdown_and_latex_tables_come_from_one_builder() -> None:
+    runs = _two_runs()
+    table = accuracy_table(runs, [0.0, 0.5, 1.0], digits=3)
+    assert isinstance(table, AccuracyTable)
+    assert table.markdown() == markdown_table(runs, [0.0, 0.5, 1.0], digits=3)
+    assert table.latex() == latex_table(runs, [0.0, 0.5, 1.0], digits=3)
+    # The same cells in both notations: numbers, bold places and the envelope row.
+    md = [[c.strip() for c in line.strip("|").split("|")][1:] for line in table.markdown().splitlines()[2:]]
+    tex = [[c.strip() for c in line.removesuffix(" \\\\").split("&")][1:]
+           for line in table.latex().splitlines()[4:-2] if line != "\\midrule"]
+    unbold = {"**0.750**": "0.750", "**0.500**": "0.500", "\\textbf{0.750}": "0.750", "\\textbf{0.500}": "0.500"}
+    assert [[unbold.get(c, c) for c in r] for r in md][:2] == [[unbold.get(c, c) for c in r] for r in tex][:2]
+    assert md[2][:3] == tex[2][:3] and (md[2][3:], tex[2][3:]) == (["–", "–"], ["--", "--"])
+    assert [j for j, c in enumerate(md[0]) if c.startswith("**")] == [
+        j for j, c in enumerate(tex[0]) if c.startswith("\\textbf")] == [0]
+    np.testing.assert_allclose(table.accuracy, [[0.75, 0.25, 0.0], [0.5, 0.5, 0.0]])
+    assert table.acr == pytest.approx((0.3, 0.35)) and table.envelope.tolist() == [0.75, 0.5, 0.0]
+
+
+# --------------------------------------------------------------------------- files of earlier versions
+
+LEGACY = Path(__file__).parent / "data" / "legacy"
+LEGACY_CERTIFY = ["certify.tsv", "denoised.tsv", "grid.tsv", "planned.tsv", "twoclass.tsv"]
+
+
+def _plain_rows(path: Path) -> list[dict[str, str]]:
+    """The rows by plain splitting, independently of smoothcert's reader."""
+    header, *rows = (line.split("\t") for line in path.read_text().splitlines())
+    return [dict(zip(header, r, strict=True)) for r in rows]
+
+
+@pytest.mark.parametrize("name", LEGACY_CERTIFY)
+def test_legacy_certification_files_analyse_to_the_numbers_in_them(name: str) -> None:
+    rows = _plain_rows(LEGACY / name)
+    res = load_results(LEGACY / name)
+    certified = [float(r["radius"]) * int(r["correct"]) for r in rows]
+    radii = [0.0, 0.1, 0.2, 0.25, 0.5]
+    expected = [sum(int(r["correct"]) == 1 and float(r["radius"]) >= t for r in rows) / len(rows) for t in radii]
+    np.testing.assert_allclose(certified_accuracy(res, radii), expected, rtol=0, atol=0)
+    assert acr(res) == pytest.approx(sum(certified) / len(rows), rel=1e-15)
+    assert abstain_rate(res) == sum(r["predict"] == "-1" for r in rows) / len(rows)
+    assert res.idx.tolist() == [int(r["idx"]) for r in rows]
+    assert res.sigma == 0.25 and res.noise == "gaussian"
+    # seconds from the time column (0:00:SS.ffffff); the seconds column keeps them unrounded
+    np.testing.assert_array_equal(res.seconds, [float(r["time"].rsplit(":", 1)[1]) for r in rows])
+    assert res.extra["seconds"].tolist() == [float(r["seconds"]) for r in rows]
+    assert res.extra["count_b"].tolist() == [int(r["count_b"]) for r in rows]  # -1 in grid.tsv: not tracked
+    assert res.extra["p_lower"].tolist() == [float(r["p_lower"]) for r in rows]
+    assert res.extra["precision"].tolist() == ["fp32"] * len(rows)
+
+
+def test_legacy_predict_and_plain_attack_files_are_no_certification_runs() -> None:
+    with pytest.raises(ValueError, match=r"predict.tsv: missing required column\(s\) radius"):
+        load_results(LEGACY / "predict.tsv")
+    with pytest.raises(ValueError, match=r"attack_base.tsv, line 2: radius must be a number >= 0, got nan"):
+        load_results(LEGACY / "attack_base.tsv")  # the base network certifies nothing
+
+
+@pytest.mark.parametrize("name", ["attack.tsv", "attack_base.tsv"])
+def test_legacy_attack_files_summarise_to_the_numbers_in_them(name: str) -> None:
+    rows = _plain_rows(LEGACY / name)
+    s = summarize_attack(LEGACY / name)
+    eps = [float(h[4:]) for h in rows[0] if h.startswith("pgd@")]
+    assert s.inputs == len(rows) and s.eps == tuple(eps)
+    assert s.clean_accuracy == sum(r["correct"] == "1" for r in rows) / len(rows)
+    smoothed = name == "attack.tsv"
+    assert s.smoothed == smoothed
+    for e in eps:
+        robust = [r["correct"] == "1" and int(r[f"pgd@{e!r}"]) == int(r["label"])
+                  and min(float(r["min_l2"]), float(r["ddn_abstain_l2"])) > e for r in rows]
+        assert s.adversarial_accuracy[e] == sum(robust) / len(rows)
+        if smoothed:
+            assert s.certified_accuracy[e] == sum(r["correct"] == "1" and float(r["radius"]) >= e
+                                                  for r in rows) / len(rows)
+    found = [float(r["min_l2"]) for r in rows if math.isfinite(float(r["min_l2"]))]
+    assert s.ddn_found == len(found) / len(rows) and s.mean_l2 == pytest.approx(sum(found) / len(found))
+    assert s.violations == () and s.confirmed_violations == ()
+    if smoothed:  # 2 certified inputs x (CERTIFY + 2 PGD + DDN's 6 PREDICTs) x alpha 0.01
+        assert s.false_alarm_bound == pytest.approx(sum(r["predict"] != "-1" for r in rows) * 9 * 0.01)
+    assert s.table() == summary_table(s)

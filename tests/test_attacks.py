@@ -28,8 +28,9 @@ from smoothcert.attacks import (
     pgd_l2,
     smoothed_log_probs,
 )
+from smoothcert.analysis import Violation, summarize_attack, summary_table
 from smoothcert.cli import main
-from smoothcert.robustness import attack_columns, attack_dataset, l2_radius, summarize_attack, summary_table
+from smoothcert.robustness import attack_columns, attack_dataset, l2_radius
 from smoothcert.smooth import ABSTAIN
 
 ATTACKS = ["pgd", "ddn"]
@@ -297,13 +298,13 @@ def test_attack_dataset_on_a_plain_linear_model_is_exact(tmp_path):
     assert float((d[:, None] - torch.tensor(eps)).abs().min()) > 0.02  # no distance sits on the grid
     out = tmp_path / "plain.tsv"
     summary = attack_dataset(model, list(zip(x, y)), out, eps=eps, steps=100, attack_batch=5, progress=False)
-    assert summary["inputs"] == 12 and summary["clean_accuracy"] == 1.0 and not summary["smoothed"]
+    assert summary.inputs == 12 and summary.clean_accuracy == 1.0 and not summary.smoothed
     for e in eps:  # a linear model is robust at eps exactly when its distance exceeds eps
-        assert summary["adversarial_accuracy"][e] == pytest.approx(float((d > e).float().mean()))
-    assert summary["ddn_found"] == 1.0
-    assert summary["median_l2"] == pytest.approx(statistics.median(d.tolist()), rel=0.01)
-    assert summary["mean_l2"] == pytest.approx(float(d.mean()), rel=0.01)
-    assert summary["violations"] == []
+        assert summary.adversarial_accuracy[e] == pytest.approx(float((d > e).float().mean()))
+    assert summary.ddn_found == 1.0
+    assert summary.median_l2 == pytest.approx(statistics.median(d.tolist()), rel=0.01)
+    assert summary.mean_l2 == pytest.approx(float(d.mean()), rel=0.01)
+    assert summary.violations == ()
     lines = out.read_text().splitlines()
     assert lines[0].split("\t") == list(attack_columns(eps, "both")) and len(lines) == 13
 
@@ -317,10 +318,10 @@ def test_attack_dataset_smoothed_has_no_violations_and_dominates_certified_accur
           "attack_batch": 4, "progress": False}
     out = tmp_path / "smoothed.tsv"
     summary = attack_dataset(smoothed, data, out, **kw)
-    assert summary["smoothed"] and summary["inputs"] == 10
-    assert summary["violations"] == []
+    assert summary.smoothed and summary.inputs == 10
+    assert summary.violations == ()
     for e in eps:
-        assert summary["adversarial_accuracy"][e] >= summary["certified_accuracy"][e]
+        assert summary.adversarial_accuracy[e] >= summary.certified_accuracy[e]
     # The attacks really attack: PGD breaks every input whose distance is below eps.
     rows = [line.split("\t") for line in out.read_text().splitlines()]
     col = {name: k for k, name in enumerate(rows[0])}
@@ -336,10 +337,10 @@ def test_attack_dataset_smoothed_has_no_violations_and_dominates_certified_accur
         assert float(r[col["ddn_abstain_l2"]]) >= dist - 0.1
         assert r[col["norm"]] == "l2" and r[col["native_norm"]] == "l2"
         assert float(r[col["radius_native"]]) == float(r[col["radius"]])  # Gaussian: l2 is native
-    assert summary["ddn_found"] == 1.0 and summary["confirmed_violations"] == []
+    assert summary.ddn_found == 1.0 and summary.confirmed_violations == ()
     # The bound on spurious violations: 10 inputs x (1 CERTIFY + 3 PGD + 6 DDN PREDICTs) x alpha.
     certified = sum(int(r[col["predict"]]) != ABSTAIN for r in rows[1:])
-    assert summary["false_alarm_bound"] == pytest.approx(certified * 10 * 0.001)
+    assert summary.false_alarm_bound == pytest.approx(certified * 10 * 0.001)
     # Re-running resumes (nothing recomputed, same summary); another configuration is refused.
     assert attack_dataset(smoothed, data, out, **kw) == summary
     with pytest.raises(ValueError, match="different configuration"):
@@ -362,7 +363,7 @@ def test_inputs_certified_with_another_class_are_attacked_away_from_that_class(t
         assert int(r[col[f"pgd@{0.6!r}"]]) == label  # PGD crossed g's boundary away from it
         assert int(r[col["ddn"]]) == label  # so did DDN
         assert float(r[col["min_l2"]]) == 0.0  # the clean answer is already not the label
-    assert summary["clean_accuracy"] == 0.0 and summary["violations"] == []
+    assert summary.clean_accuracy == 0.0 and summary.violations == ()
 
 
 def test_summary_reports_violations_and_abstentions():
@@ -377,12 +378,12 @@ def test_summary_reports_violations_and_abstentions():
         row(3, 1, 0.8, 1, 0.5),  # robust
     ]
     summary = summarize_attack(rows)
-    assert [v["idx"] for v in summary["violations"]] == [0]
-    assert summary["violations"][0] == {"idx": 0, "attack": "pgd", "eps": 0.5, "l2": 0.5, "radius": 0.8,
-                                        "certified": 1, "predicted": 0, "confirmed": False}
-    assert summary["confirmed_violations"] == []
-    assert summary["adversarial_accuracy"][0.5] == 0.25 and summary["certified_accuracy"][0.5] == 0.75
-    assert summary["certified_abstained"][0.5] == 1
+    assert [v.idx for v in summary.violations] == [0]
+    assert summary.violations[0] == Violation(idx=0, attack="pgd", eps=0.5, l2=0.5, radius=0.8, certified=1,
+                                              predicted=0, confirmed=False)
+    assert summary.confirmed_violations == ()
+    assert summary.adversarial_accuracy[0.5] == 0.25 and summary.certified_accuracy[0.5] == 0.75
+    assert summary.certified_abstained[0.5] == 1
     assert "violations (another class inside the certified radius): 1" in summary_table(summary)
     with pytest.raises(ValueError, match="no attack was run at eps"):
         summarize_attack(rows, eps=[0.25])
@@ -390,9 +391,9 @@ def test_summary_reports_violations_and_abstentions():
     rechecked = [{**r, "alpha": 0.01, "recheck_radius": math.nan, "confirmed": "-"} for r in rows]
     rechecked[0].update(recheck_radius=0.7, confirmed=f"pgd@{0.5!r}")
     summary = summarize_attack(rechecked)
-    assert [v["idx"] for v in summary["confirmed_violations"]] == [0]
-    assert summary["false_alarm_bound"] == pytest.approx(4 * 2 * 0.01)  # 4 certified x (CERTIFY + 1 PGD)
-    assert summary["confirmed_false_alarm_bound"] == pytest.approx(2 * 0.01 / 100)  # 1 input, 1 violation
+    assert [v.idx for v in summary.confirmed_violations] == [0]
+    assert summary.false_alarm_bound == pytest.approx(4 * 2 * 0.01)  # 4 certified x (CERTIFY + 1 PGD)
+    assert summary.confirmed_false_alarm_bound == pytest.approx(2 * 0.01 / 100)  # 1 input, 1 violation
     table = summary_table(summary)
     assert "[confirmed]" in table and "confirmed violations (re-checked" in table and "a bug" in table
 
@@ -405,10 +406,10 @@ def test_ddn_distances_exclude_abstentions_but_accuracy_counts_them():
     rows = [row(0, 0.4, math.inf), row(1, math.inf, 0.2), row(2, 0.8, 0.6)]
     summary = summarize_attack(rows, eps=[0.3, 0.5, 0.7])
     # Distances: the classes found only (0.4 and 0.8); input 1 abstained at 0.2 but found no class.
-    assert summary["ddn_found"] == pytest.approx(2 / 3) and summary["mean_l2"] == pytest.approx(0.6)
-    assert summary["median_l2"] == pytest.approx(0.8)
+    assert summary.ddn_found == pytest.approx(2 / 3) and summary.mean_l2 == pytest.approx(0.6)
+    assert summary.median_l2 == pytest.approx(0.8)
     # Accuracy: abstaining at an attacked point within eps counts as wrong.
-    assert summary["adversarial_accuracy"] == {0.3: pytest.approx(2 / 3), 0.5: pytest.approx(1 / 3), 0.7: 0.0}
+    assert summary.adversarial_accuracy == {0.3: pytest.approx(2 / 3), 0.5: pytest.approx(1 / 3), 0.7: 0.0}
 
 
 class Scripted:
@@ -463,7 +464,7 @@ def test_attack_dataset_with_laplace_noise_reports_the_l1_certificate_and_the_co
         assert r[col["norm"]] == "l2" and r[col["native_norm"]] == "l1"
         assert float(r[col["radius"]]) == pytest.approx(float(r[col["radius_native"]]) / 4, rel=1e-12)
     assert any(float(r[col["radius_native"]]) > 0 for r in rows[1:])
-    assert summary["radius_conversion"].startswith("r_l1/√d")
+    assert summary.radius_conversion.startswith("r_l1/√d")
     assert "certified radii are l2: r_l1/√d (radii from the l1 certificate)" in summary_table(summary)
 
 
@@ -487,8 +488,8 @@ def test_a_wrong_certificate_is_reported_as_a_confirmed_violation(tmp_path, monk
     _inflated_certify(monkeypatch)
     summary = attack_dataset(smoothed, list(zip(x, y)), tmp_path / "bug.tsv", attack="pgd", eps=[0.6], steps=10,
                              m=2, n0=32, n=1000, alpha=0.001, batch_size=1000, progress=False)
-    assert [v["idx"] for v in summary["confirmed_violations"]] == [0, 1, 2, 3]
-    assert all(v["l2"] == pytest.approx(0.6, rel=1e-4) and v["radius"] > 1.0 for v in summary["confirmed_violations"])
+    assert [v.idx for v in summary.confirmed_violations] == [0, 1, 2, 3]
+    assert all(v.l2 == pytest.approx(0.6, rel=1e-4) and v.radius > 1.0 for v in summary.confirmed_violations)
     assert "confirmed violations (re-checked with fresh draws at alpha/100): 4" in summary_table(summary)
 
 
@@ -506,9 +507,9 @@ def test_a_spurious_predict_error_is_a_violation_but_not_confirmed(tmp_path, mon
     monkeypatch.setattr(SmoothedClassifier, "predict", predict)
     summary = attack_dataset(smoothed, list(zip(x, y)), tmp_path / "noisy.tsv", attack="pgd", eps=[0.1], steps=5,
                              m=2, n0=32, n=1000, alpha=0.001, batch_size=1000, progress=False)
-    assert len(summary["violations"]) == 3 and summary["confirmed_violations"] == []
-    assert summary["false_alarm_bound"] == pytest.approx(3 * 2 * 0.001)
-    assert summary["confirmed_false_alarm_bound"] == pytest.approx(3 * 2 * 0.001 / 100)
+    assert len(summary.violations) == 3 and summary.confirmed_violations == ()
+    assert summary.false_alarm_bound == pytest.approx(3 * 2 * 0.001)
+    assert summary.confirmed_false_alarm_bound == pytest.approx(3 * 2 * 0.001 / 100)
 
 
 # ------------------------------------------------------------------------------------ CLI

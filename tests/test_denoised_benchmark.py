@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 from repo_scripts import load_script
 
 from smoothcert import analysis
@@ -38,7 +39,7 @@ def test_paired_claims_match_a_hand_computation(tmp_path):
     first = claims[0]
     d = np.array([0.5 - 0.2, 0.3 - 0.0, 0.6 - 0.0, 0.1 - 0.4])  # radius * correct, matched by idx
     assert first["difference"] == pytest.approx(d.mean(), abs=1e-4)
-    half = 1.96 * d.std(ddof=1) / 2  # sqrt(4 images)
+    half = scipy.stats.t.ppf(0.975, df=3) * d.std(ddof=1) / 2  # paired t interval: 4 images, 3 degrees of freedom
     assert (first["low"], first["high"]) == pytest.approx((d.mean() - half, d.mean() + half), abs=1e-4)
     assert (first["a_better"], first["b_better"], first["ties"]) == (3, 1, 0)
     assert first["psnr_difference_db"] == pytest.approx(12.25)
@@ -49,7 +50,7 @@ def test_paired_claims_match_a_hand_computation(tmp_path):
     assert (second["a_better"], second["psnr_difference_db"]) == (4, pytest.approx(0.75))
     table = bench._claims_markdown(claims)
     # 0 inside the interval: no bold; outside: bold.
-    assert "| mnist | laplace | 0.5 | mse - none | +0.225 [-0.145, +0.595] | 3 / 1, 0 | +12.2 |" in table
+    assert "| mnist | laplace | 0.5 | mse - none | +0.225 [-0.376, +0.826] | 3 / 1, 0 | +12.2 |" in table
     assert "| multi-step - mse | **+0.100 [+0.100, +0.100]** | 4 / 0, 0 | +0.8 |" in table
 
 

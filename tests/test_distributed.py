@@ -21,16 +21,18 @@ from torch.utils.data import TensorDataset
 
 from smoothcert import SmoothedClassifier, get_noise
 from smoothcert.cli import main
-from smoothcert.distributed import (
-    Shard,
+from smoothcert.distributed import Shard, rank_device, shard_from_env
+from smoothcert.evaluate import certify_dataset
+from smoothcert.results import (
+    COLUMNS,
+    ConfigMismatchError,
+    ResultFileError,
+    ResultWriter,
     find_parts,
+    format_time,
     merge_result_parts,
     part_path,
-    rank_device,
-    shard_from_env,
 )
-from smoothcert.evaluate import certify_dataset
-from smoothcert.results import COLUMNS, ConfigMismatchError, ResultWriter, format_time
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 CONFIG = {"noise": "gaussian", "sigma": 0.25, "n": 64, "batch_size": 50}

@@ -21,14 +21,14 @@ from torch import nn
 
 from . import analysis
 from .data import get_dataset, list_datasets
-from .distributed import DEFAULT_TIMEOUT, find_parts, merge_result_parts, process_group, rank_device
+from .distributed import DEFAULT_TIMEOUT, process_group, rank_device
 from .engine import COMPILE_MODES, PRECISIONS
 from .errors import InputError
 from .evaluate import certify_dataset, predict_dataset, select_indices
 from .files import file_sha256
 from .models import MODELS, CheckpointMeta, build_model, list_models, load_checkpoint, model_kwargs
 from .noise import get_noise, list_noises
-from .results import ConfigMismatchError
+from .results import ConfigMismatchError, find_parts, merge_result_parts
 from .robustness import ATTACKS, attack_dataset, summary_table
 from .smooth import SmoothedClassifier
 from .train import RandomCropFlip, TrainConfig, TrainingMethod, get_method, list_methods, train
@@ -557,12 +557,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.paired:
         if len(runs) < 2:
             raise SystemExit("error: --paired compares each file with the first: give at least two")
-        print(f"\npaired ACR difference against {runs[0].display_name()} (same inputs, +- 1.96 standard errors):")
+        print(f"\npaired ACR difference against {runs[0].display_name()} (same inputs, 95% paired t interval):")
         for run in runs[1:]:
             d = analysis.paired_acr_difference(run, runs[0])
-            print(f"  {run.display_name()}: {d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] on "
-                  f"{d['inputs']} inputs (larger radius on {d['a_better']}, smaller on {d['b_better']}, "
-                  f"equal on {d['ties']})")
+            print(f"  {run.display_name()}: {d.difference:+.4f} [{d.low:+.4f}, {d.high:+.4f}] on "
+                  f"{d.inputs} inputs (larger radius on {d.a_better}, smaller on {d.b_better}, "
+                  f"equal on {d.ties})")
     return 0
 
 

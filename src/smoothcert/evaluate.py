@@ -26,25 +26,14 @@ from tqdm.auto import tqdm
 
 from .certificate import ABSTAIN, CertifyAtResult, PlannedCertificate
 from .checks import check_int, check_sample_sizes
-from .distributed import Shard, result_rows
+from .distributed import Shard
 from .errors import InputError
-from .results import ResultWriter, format_time
+from .results import MAY_CHANGE, PREDICT_COLUMNS, ResultWriter, format_time, result_rows
 from .rng import input_seed
 from .smooth import SmoothedClassifier
 from .stats import check_alpha
 
 __all__ = ["input_seed", "select_indices", "check_pack", "certify_dataset", "predict_dataset", "PREDICT_COLUMNS"]
-
-#: Cohen et al.'s predict log layout, then how the row was obtained.
-PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "n", "alpha", "noise", "sigma", "precision")
-
-
-#: Settings recorded with a run that may change when it is resumed: they change how the random
-#: stream is cut into draws (so a resumed row may differ from an uninterrupted run's) but not what is certified.
-# compile is not among them: compiled kernels may round differently, and the certificate is for the
-# network as evaluated.
-_MAY_CHANGE = ("batch_size", "pack", "device", "channels_last", "fixed_shape", "max_batch_bytes",
-               "auto_batch_memory_fraction", "auto_batch_multiple", "auto_batch_max_rows")
 
 
 def select_indices(length: int, *, skip: int = 1, max_count: int | None = None, start: int = 0) -> list[int]:
@@ -160,7 +149,7 @@ def certify_dataset(
     run = _run_config(smoothed, n0=n0, n=n, alpha=alpha, seed=seed, norm=norm, two_class=two_class, **adaptive,
                       batch_size=batch_size, pack=pack, **(config or {}))
     todo_all = list(range(len(dataset))) if indices is None else list(indices)
-    with result_rows(out, config=run, indices=todo_all, ignore=_MAY_CHANGE, shard=shard, pack=pack) as (
+    with result_rows(out, config=run, indices=todo_all, ignore=MAY_CHANGE, shard=shard, pack=pack) as (
         writer, todo, kept,
     ):
         bar = tqdm(total=len(todo), desc=_desc("certify", shard), unit="input", postfix={"kept": kept},
@@ -229,7 +218,7 @@ def predict_dataset(
     check_pack(pack)
     run = _run_config(smoothed, n=n, alpha=alpha, seed=seed, batch_size=batch_size, pack=pack, **(config or {}))
     todo_all = list(range(len(dataset))) if indices is None else list(indices)
-    with result_rows(out, config=run, indices=todo_all, columns=PREDICT_COLUMNS, ignore=_MAY_CHANGE,
+    with result_rows(out, config=run, indices=todo_all, columns=PREDICT_COLUMNS, ignore=MAY_CHANGE,
                      shard=shard, pack=pack) as (writer, todo, _):
         bar = tqdm(total=len(todo), desc=_desc("predict", shard), unit="input",
                    disable=not progress or (shard is not None and shard.rank != 0))

@@ -42,10 +42,8 @@ of certification logs, so ``smoothcert analyze`` reads a smoothed run's certifie
 
 from __future__ import annotations
 
-import csv
 import math
 import os
-import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,11 +54,21 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .analysis.attack import AttackSummary, find_violations, summarize_attack, summary_table
 from .attacks import SmoothedSoft, ddn, l2_norms, pgd_l2, smoothed_log_probs
 from .checks import as_batch, check_sample_sizes, ensure_eval, model_device
 from .errors import InputError, InputTypeError
-from .noise import Noise, get_noise
-from .results import ResultWriter, format_time
+from .noise import Noise
+from .results import (
+    ATTACKS,
+    DDN_CONFIRM_STEPS,
+    MAY_CHANGE,
+    RECHECK_ALPHA_DIVISOR,
+    ResultWriter,
+    attack_columns,
+    eps_key,
+    format_time,
+)
 from .rng import input_seed, sub_seed
 from .smooth import ABSTAIN, SmoothedClassifier
 from .stats import check_alpha
@@ -76,45 +84,6 @@ __all__ = [
     "summary_table",
 ]
 
-#: Values of ``attack``: PGD at each eps, DDN (minimal distances), or both.
-ATTACKS = ("pgd", "ddn", "both")
-
-#: A violation is re-checked at level alpha / this (CERTIFY and PREDICT both).
-RECHECK_ALPHA_DIVISOR = 100
-
-#: Settings recorded with a run that may change when it is resumed. Batch size and device type change
-#: how each random stream is cut into noise draws, and the inputs attacked together share the stream
-#: of the directions that replace zero gradients: a resumed row may differ from an uninterrupted run's
-#: (counts, certificate, attacked points, PREDICT answers) but not in what is certified or attacked.
-_MAY_CHANGE = ("attack_batch", "batch_size", "device", "channels_last", "max_batch_bytes")
-
-
-def _eps_key(eps: float) -> str:
-    return repr(float(eps))
-
-
-def attack_columns(eps: Sequence[float], attack: str) -> tuple[str, ...]:
-    """The header of an attack result file: ``idx label predict radius correct time`` (``radius``:
-    the certified l2 radius, see :func:`l2_radius`), then per eps ``pgd@EPS`` (prediction at the PGD
-    point; -1 = abstain) and ``pgd_l2@EPS`` (its distance); for DDN ``ddn`` / ``ddn_l2`` (the same
-    for DDN's point — for a smoothed model, the point PREDICT confirmed, see :data:`DDN_CONFIRM_STEPS`),
-    ``min_l2`` (``ddn_l2`` where that answer is a class other than the label, 0 where the clean
-    answer already is, else inf; abstentions never) and ``ddn_abstain_l2`` (the shortest point of
-    DDN's confirmation path where PREDICT abstained, else inf); then ``recheck_radius`` (the l2
-    radius of the re-check's CERTIFY, 0 if it certified another class or abstained, nan where no
-    violation needed a re-check) and ``confirmed`` (the violations that survived it, as
-    ``pgd@EPS`` / ``ddn`` joined by ``;``, or ``-``); then ``m n n0 n_predict recheck_n alpha noise
-    sigma norm native_norm radius_native steps seconds`` (``norm`` is always l2, the norm of
-    ``radius``; ``radius_native`` is the certificate in the noise's own norm ``native_norm``)."""
-    cols = ["idx", "label", "predict", "radius", "correct", "time"]
-    if attack in ("pgd", "both"):
-        for e in eps:
-            cols += [f"pgd@{_eps_key(e)}", f"pgd_l2@{_eps_key(e)}"]
-    if attack in ("ddn", "both"):
-        cols += ["ddn", "ddn_l2", "min_l2", "ddn_abstain_l2"]
-    return (*cols, "recheck_radius", "confirmed", "m", "n", "n0", "n_predict", "recheck_n", "alpha", "noise",
-            "sigma", "norm", "native_norm", "radius_native", "steps", "seconds")
-
 
 def l2_radius(noise: Noise, p_lower: Tensor, *, dim: int) -> Tensor:
     """A certified l2 radius [B] (float64) from lower bounds ``p_lower`` [B] on pA: the noise's own
@@ -122,11 +91,6 @@ def l2_radius(noise: Noise, p_lower: Tensor, *, dim: int) -> Tensor:
     :meth:`~smoothcert.noise.Noise.converted_radius`), the largest over the noise's norms. 0 where
     nothing is certified (pA <= 1/2)."""
     return noise.converted_radius(p_lower, norm="l2", dim=dim)
-
-
-def _l2_conversion(noise_name: str) -> str:
-    """How :func:`l2_radius` turns ``noise_name``'s certificate into an l2 radius, for the summary."""
-    return get_noise(noise_name, sigma=1.0).conversion_formula("l2")
 
 
 class _PerInputSoft(SmoothedSoft):
@@ -171,7 +135,7 @@ def attack_dataset(
     progress: bool = True,
     n_predict: int | None = None,
     recheck_n: int | None = None,
-) -> dict[str, Any]:
+) -> AttackSummary:
     """Attack every selected input of ``dataset``, append one row each to ``out`` (see
     :func:`attack_columns`) and summarise the selected rows (:func:`summarize_attack`).
 
@@ -255,7 +219,7 @@ def attack_dataset(
     selected = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
     settings = _Settings(attack=attack, eps=eps, steps=steps, m=m, n0=n0, n=n, n_predict=n_predict,
                          recheck_n=recheck_n, alpha=alpha, batch_size=batch_size, seed=seed)
-    with ResultWriter(out, config=run, columns=columns, ignore=_MAY_CHANGE) as writer:
+    with ResultWriter(out, config=run, columns=columns, ignore=MAY_CHANGE) as writer:
         todo = [i for i in selected if i not in writer.done]
         bar = tqdm(total=len(todo), desc="attack", unit="input", disable=not progress)
         for start in range(0, len(todo), attack_batch):
@@ -337,10 +301,10 @@ def _attack_chunk(
             x_adv = pgd_l2(target, x, y_attack, eps=e, steps=s.steps,
                            generator=_generator(sub_seed(s.seed, chunk[0], 7, k), device))
             pred, l2 = score(x_adv, 1 + k), l2_norms(x_adv - x).tolist()
-            key = f"pgd@{_eps_key(e)}"
+            key = f"pgd@{eps_key(e)}"
             points[key] = x_adv
             for j, row in enumerate(rows):
-                row[key], row[f"pgd_l2@{_eps_key(e)}"] = pred[j], l2[j]
+                row[key], row[f"pgd_l2@{eps_key(e)}"] = pred[j], l2[j]
     if s.attack in ("ddn", "both"):
         x_adv = ddn(target, x, y_attack, steps=s.steps, generator=_generator(sub_seed(s.seed, chunk[0], 3), device))
         if smoothed is None:
@@ -373,11 +337,6 @@ def _attack_chunk(
     return rows
 
 
-def _point_key(attack: str, eps: float | None) -> str:
-    """The column key of an attacked point: ``pgd@EPS`` or ``ddn``."""
-    return "ddn" if attack == "ddn" else f"pgd@{_eps_key(eps)}"  # type: ignore[arg-type]
-
-
 def _recheck(
     smoothed: SmoothedClassifier, x: Tensor, row: dict[str, Any], points: Mapping[str, Tensor], j: int,
     s: _Settings, *, dim: int,
@@ -385,7 +344,7 @@ def _recheck(
     """Re-check the violations of one row with fresh streams at level alpha/RECHECK_ALPHA_DIVISOR:
     CERTIFY x again and PREDICT again at each violating point; fill ``recheck_radius`` and
     ``confirmed``. Rows without a violation draw nothing."""
-    found = _violations([row], [e for e in s.eps if f"pgd@{_eps_key(e)}" in row], "ddn" in row)
+    found = find_violations([row], [e for e in s.eps if f"pgd@{eps_key(e)}" in row], "ddn" in row)
     if not found:
         return
     idx, alpha = int(row["idx"]), s.alpha / RECHECK_ALPHA_DIVISOR
@@ -396,8 +355,8 @@ def _recheck(
     keys = list(points)
     confirmed = []
     for v in found:
-        key = _point_key(v["attack"], v["eps"])
-        if not v["l2"] < radius:  # the fresh certificate does not reach the point: nothing to re-test
+        key = v.key
+        if not v.l2 < radius:  # the fresh certificate does not reach the point: nothing to re-test
             continue
         answer = int(smoothed.predict(points[key][j], n=s.recheck_n, alpha=alpha, batch_size=s.batch_size,
                                       generator=sub_seed(s.seed, idx, 5, keys.index(key)))[0])
@@ -406,11 +365,6 @@ def _recheck(
     row.update(recheck_radius=radius, confirmed=";".join(confirmed) or "-")
 
 
-#: DDN on a smoothed model keeps the smallest iterate its noisy soft estimate called adversarial,
-#: which tends to sit just inside g's boundary (on the embedded-MNIST quickstart model, 100 DDN
-#: steps with m = 8: PREDICT confirmed 3 of 100 such points; at 20 steps, 49). So its perturbation
-#: is scaled by (1 + DDN's gamma)^k, k = 0 .. this, until PREDICT confirms (up to 1.28x the length).
-DDN_CONFIRM_STEPS = 5
 _DDN_GAMMA = 0.05  # ddn's default norm adaptation factor
 
 
@@ -450,183 +404,3 @@ def _confirm(
         dists.append(dist)
         abstains.append(abstain_l2)
     return torch.stack(finals), preds, dists, abstains
-
-
-def _read_rows(path: str | os.PathLike[str]) -> tuple[list[str], list[dict[str, str]]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t")
-        header = next(reader)
-        return header, [dict(zip(header, r, strict=True)) for r in reader if len(r) == len(header)]
-
-
-def summarize_attack(
-    rows: str | os.PathLike[str] | Sequence[Mapping[str, Any]],
-    *,
-    indices: Iterable[int] | None = None,
-    eps: Sequence[float] | None = None,
-) -> dict[str, Any]:
-    """Summary of attack rows (a result file or row dicts with the :func:`attack_columns` keys).
-
-    Per input, clean correct = ``predict == label`` (for a smoothed model, the certified class;
-    abstain is wrong). At each radius eps (default: the PGD grid of the rows):
-
-    - ``adversarial_accuracy``: clean correct, the PGD point at eps (if run) still classified
-      ``label`` (PREDICT abstaining counts as wrong), and neither a DDN adversarial nor a DDN point
-      where PREDICT abstained within eps (``min(min_l2, ddn_abstain_l2) > eps``, if run) — robust
-      against every attack run. For a smoothed model: an upper bound on the robust accuracy of g as
-      answered by PREDICT (abstain = wrong), not of g itself;
-    - ``certified_accuracy`` (smoothed rows): correct and certified l2 radius >= eps (a lower bound
-      on g's robust accuracy, with probability >= 1 − alpha per input);
-    - ``certified_abstained`` (smoothed): inputs certified at eps where PREDICT abstained at an
-      attacked point within eps — the only way, besides a violation, for empirical accuracy to fall
-      below certified accuracy (the point sits near the edge of g's region, where pA ≈ 1/2).
-
-    ``violations``: for smoothed rows, every attacked point (PGD or DDN) where PREDICT returned a
-    class (not abstain) other than the certified class at distance < certified radius. Each is a
-    dict ``idx, attack, eps (None for DDN), l2, radius, certified, predicted, confirmed``. Each may
-    be a false alarm: ``false_alarm_bound`` = N·(1 + k)·alpha bounds their expected number, N the
-    certified inputs and k the PREDICTs per input (len(grid), plus DDN_CONFIRM_STEPS + 1 with DDN).
-    ``confirmed_violations``: those the re-check confirmed (see :func:`attack_dataset`);
-    ``confirmed_false_alarm_bound`` = Σ (1 + violations of the input)·alpha/RECHECK_ALPHA_DIVISOR
-    over the re-checked inputs bounds the expected number of inputs with a spurious one. A
-    confirmed violation is the bug signal. (Bounds are nan for rows without an ``alpha`` column.)
-
-    ``median_l2`` / ``mean_l2``: of ``min_l2`` over all inputs (inf where DDN found no point with
-    another class, so the median may be inf; abstentions never count) / over inputs where it found
-    one (nan if none); ``ddn_found``: the fraction of those inputs. ``radius_conversion``: how the
-    l2 radii were obtained from a certificate in another norm (None for l2 certificates). Accuracies
-    are nan for zero rows.
-    """
-    if isinstance(rows, (str, os.PathLike)):
-        header, raw = _read_rows(rows)
-        data: list[Mapping[str, Any]] = raw
-    else:
-        data = list(rows)
-        header = list(data[0]) if data else []
-    if indices is not None:
-        wanted = {int(i) for i in indices}
-        by_idx = {int(r["idx"]): r for r in data}
-        data = [by_idx[i] for i in sorted(wanted) if i in by_idx]
-    grid = sorted({float(h.split("@", 1)[1]) for h in header if h.startswith("pgd@")})
-    radii = sorted(float(e) for e in eps) if eps is not None else grid
-    has_ddn = "min_l2" in header
-    if not has_ddn and set(radii) - set(grid):
-        raise InputError(f"no attack was run at eps {sorted(set(radii) - set(grid))}: PGD ran at {grid}, DDN not at all")
-    smoothed = any(float(r["radius"]) == float(r["radius"]) for r in data)  # radius is nan for plain models
-
-    def f(r: Mapping[str, Any], key: str, default: float = math.inf) -> float:
-        return float(r[key]) if key in r else default
-
-    count = len(data)
-    mean = (lambda xs: sum(xs) / count) if count else (lambda xs: math.nan)
-    correct = [int(r["correct"]) == 1 for r in data]
-    summary: dict[str, Any] = {"inputs": count, "smoothed": smoothed, "clean_accuracy": mean(correct), "eps": radii}
-    adv, cert, cert_abst = {}, {}, {}
-    for e in radii:
-        ok, certified, abstained = [], [], []
-        for r, c in zip(data, correct, strict=True):
-            robust = c
-            points = []  # (prediction, distance) of attacked points within eps
-            if e in grid:
-                p = int(r[f"pgd@{_eps_key(e)}"])
-                robust = robust and p == int(r["label"])
-                points.append((p, f(r, f"pgd_l2@{_eps_key(e)}")))
-            if has_ddn:
-                robust = robust and min(f(r, "min_l2"), f(r, "ddn_abstain_l2")) > e
-                if f(r, "ddn_l2") <= e:
-                    points.append((int(r["ddn"]), f(r, "ddn_l2")))
-                if f(r, "ddn_abstain_l2") <= e:
-                    points.append((ABSTAIN, f(r, "ddn_abstain_l2")))
-            ok.append(robust)
-            is_cert = c and smoothed and f(r, "radius") >= e
-            certified.append(is_cert)
-            abstained.append(is_cert and any(p == ABSTAIN for p, _ in points))
-        adv[e], cert[e] = mean(ok), mean(certified)
-        cert_abst[e] = sum(abstained)
-    summary["adversarial_accuracy"] = adv
-    if smoothed:
-        summary["certified_accuracy"] = cert
-        summary["certified_abstained"] = cert_abst
-    if has_ddn:
-        dist = [f(r, "min_l2") for r in data]
-        found = [d for d in dist if math.isfinite(d)]
-        summary["ddn_found"] = len(found) / count if count else math.nan
-        summary["median_l2"] = statistics.median(dist) if dist else math.nan
-        summary["mean_l2"] = sum(found) / len(found) if found else math.nan
-    violations = _violations(data, grid, has_ddn) if smoothed else []
-    summary["violations"] = violations
-    summary["confirmed_violations"] = [v for v in violations if v["confirmed"]]
-    alphas = {float(r["alpha"]) for r in data if "alpha" in r}
-    alpha = max(alphas) if alphas else math.nan
-    tests = 1 + len(grid) + (DDN_CONFIRM_STEPS + 1 if has_ddn else 0)
-    certified_inputs = sum(int(r["predict"]) != ABSTAIN for r in data) if smoothed else 0
-    summary["false_alarm_bound"] = certified_inputs * tests * alpha if smoothed else 0.0
-    per_input: dict[int, int] = {}
-    for v in violations:
-        per_input[v["idx"]] = per_input.get(v["idx"], 0) + 1
-    rechecked = all("recheck_radius" in r for r in data)
-    summary["confirmed_false_alarm_bound"] = (
-        sum(1 + k for k in per_input.values()) * alpha / RECHECK_ALPHA_DIVISOR if rechecked else math.nan
-    )
-    natives = {str(r["native_norm"]) for r in data if "native_norm" in r}
-    noises = {str(r["noise"]) for r in data if "noise" in r}
-    summary["radius_conversion"] = None
-    if smoothed and natives - {"l2"} and len(noises) == 1:
-        summary["radius_conversion"] = f"{_l2_conversion(noises.pop())} (radii from the {'/'.join(sorted(natives))} certificate)"
-    return summary
-
-
-def _violations(data: Sequence[Mapping[str, Any]], grid: list[float], has_ddn: bool) -> list[dict[str, Any]]:
-    found = []
-    for r in data:
-        certified, radius = int(r["predict"]), float(r["radius"])
-        if certified == ABSTAIN:
-            continue
-        confirmed = set(str(r.get("confirmed", "-")).split(";")) - {"-", ""}
-        points = [("pgd", e, int(r[f"pgd@{_eps_key(e)}"]), float(r[f"pgd_l2@{_eps_key(e)}"])) for e in grid]
-        if has_ddn:
-            points.append(("ddn", None, int(r["ddn"]), float(r["ddn_l2"])))
-        for name, e, pred, l2 in points:
-            if pred != ABSTAIN and pred != certified and l2 < radius:
-                found.append({"idx": int(r["idx"]), "attack": name, "eps": e, "l2": l2, "radius": radius,
-                              "certified": certified, "predicted": pred,
-                              "confirmed": _point_key(name, e) in confirmed})
-    return found
-
-
-def summary_table(summary: Mapping[str, Any]) -> str:
-    """A markdown table of :func:`summarize_attack`'s accuracies per eps, then one line each for
-    clean accuracy, the radius conversion (if any), DDN distances, violations with the bound on
-    their expected number of false alarms, and confirmed violations."""
-    smoothed = summary["smoothed"]
-    head = ["eps", "adversarial acc."] + (["certified acc.", "certified, abstained"] if smoothed else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for e in summary["eps"]:
-        cells = [f"{e:g}", f"{summary['adversarial_accuracy'][e]:.3f}"]
-        if smoothed:
-            cells += [f"{summary['certified_accuracy'][e]:.3f}", str(summary["certified_abstained"][e])]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(f"inputs: {summary['inputs']}, clean accuracy: {summary['clean_accuracy']:.3f}"
-                 + (" (certified class; abstain counts as wrong)" if smoothed else ""))
-    if summary.get("radius_conversion"):
-        lines.append(f"certified radii are l2: {summary['radius_conversion']}")
-    if "median_l2" in summary:
-        lines.append(f"minimal adversarial l2 (DDN): median {summary['median_l2']:.4g}, "
-                     f"mean {summary['mean_l2']:.4g} over the {summary['ddn_found']:.1%} of inputs where one was found"
-                     + (" (a point where PREDICT abstains is not one)" if smoothed else ""))
-    if smoothed:
-        v = summary["violations"]
-        confirmed = summary.get("confirmed_violations", [])
-        lines.append(f"violations (another class inside the certified radius): {len(v)}; expected spurious "
-                     f"<= {summary.get('false_alarm_bound', math.nan):.3g} (N·(1+k)·alpha: each CERTIFY and PREDICT "
-                     "may err with probability alpha)"
-                     + ("".join(f"\n  idx {d['idx']} {d['attack']}"
-                                + (f" eps={d['eps']:g}" if d["eps"] is not None else "")
-                                + f": l2 {d['l2']:.4g} < radius {d['radius']:.4g}, "
-                                f"class {d['predicted']} != certified {d['certified']}"
-                                + (" [confirmed]" if d.get("confirmed") else " [not confirmed]") for d in v)))
-        lines.append(f"confirmed violations (re-checked with fresh draws at alpha/{RECHECK_ALPHA_DIVISOR}): "
-                     f"{len(confirmed)}; expected spurious <= {summary.get('confirmed_false_alarm_bound', math.nan):.3g}"
-                     + (" — a bug: please report it" if confirmed else ""))
-    return "\n".join(lines)
