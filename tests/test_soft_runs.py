@@ -9,7 +9,7 @@ from smoothcert.analysis import certified_accuracy, load_results
 from smoothcert.errors import ConfigMismatchError, InputError, ResultFileError
 from smoothcert.noise import get_noise
 from smoothcert.results import DETERMINISTIC, SOFT_CERTIFY, read_table
-from smoothcert.runs.soft import certify_soft_dataset, deterministic_dataset
+from smoothcert.runs.soft import certify_clean_class_dataset, certify_soft_dataset, deterministic_dataset
 
 
 def _data(count=6):
@@ -52,6 +52,17 @@ def test_heuristic_rows_are_not_certified_rows(tmp_path):
     assert all(r >= 0 for r in table.values["heuristic_radius"])
     with pytest.raises(ResultFileError, match="radius"):
         load_results(out)
+
+
+def test_clean_class_rows_are_certify_rows(tmp_path):
+    lin, data = _data()
+    out = tmp_path / "clean.tsv"
+    certify_clean_class_dataset(lin, data, out, noise=get_noise("gaussian", sigma=0.5), num_classes=2, n=500,
+                                alpha=0.01, batch_size=256, progress=False)
+    res = load_results(out)
+    d = lin.true_radius(torch.stack([x for x, _ in data]), "l2").numpy()
+    assert len(res) == 6 and set(res.extra["n0"]) == {0}
+    assert all(r <= di for r, di in zip(res.radius, d))  # below the exact distance (prob. >= 1 - 6 alpha)
 
 
 def test_bad_input_writes_nothing(tmp_path):

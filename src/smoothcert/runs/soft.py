@@ -29,19 +29,21 @@ from ..engine import Engine
 from ..errors import InputError
 from ..noise import Noise
 from ..results import (
+    CERTIFY,
     DETERMINISTIC,
     MAY_CHANGE,
     SOFT_CERTIFY,
     ResultWriter,
+    certify_row,
     deterministic_row,
     result_rows,
     soft_certify_row,
 )
 from ..rng import input_seed
-from ..soft import SELECTIONS, certify_soft, deterministic_radius
+from ..soft import SELECTIONS, certify_clean_class, certify_soft, deterministic_radius
 from ..stats import MEAN_BOUNDS, check_alpha
 
-__all__ = ["SOFT_CERTIFICATES", "certify_soft_dataset", "deterministic_dataset"]
+__all__ = ["SOFT_CERTIFICATES", "certify_clean_class_dataset", "certify_soft_dataset", "deterministic_dataset"]
 
 #: ``--certificate`` values served here (``hard`` is CERTIFY, :mod:`smoothcert.runs.certify`).
 SOFT_CERTIFICATES = ("soft-phi", "soft-lbound", "deterministic")
@@ -163,5 +165,58 @@ def deterministic_dataset(
                     seconds=float(res.seconds[j]),
                 ))
             bar.update(len(group))
+        bar.close()
+    return writer
+
+
+def certify_clean_class_dataset(
+    model: nn.Module,
+    dataset: Dataset,
+    out: str | os.PathLike[str],
+    *,
+    noise: Noise,
+    num_classes: int,
+    n: int,
+    alpha: float,
+    batch_size: int | str,
+    seed: int = 0,
+    indices: Iterable[int] | None = None,
+    engine: Engine | None = None,
+    config: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> ResultWriter:
+    """CERTIFY with the class from one clean forward pass (:func:`~smoothcert.soft.certify_clean_class`,
+    the HeatSmoothing paper's variant) on every selected input: ordinary
+    :data:`~smoothcert.results.CERTIFY` rows with ``n0 = 0``, each sound with probability at least
+    1 - alpha (the class does not depend on the n estimation draws). Resumable; the configuration
+    records ``selection: clean``, so these rows never resume a file of n0-draw CERTIFY rows."""
+    check_alpha(alpha)
+    check_sample_sizes(n=n, batch_size=batch_size)
+    check_int("num_classes", num_classes, minimum=2)
+    engine = Engine() if engine is None else engine
+    norm = noise.check_norm(None)
+    todo_all = list(range(len(dataset))) if indices is None else list(indices)
+    if todo_all:  # the model's outputs and the noise, before the file is opened
+        certify_clean_class(model, _stack(dataset, todo_all[:1])[0], noise=noise, num_classes=num_classes, n=1,
+                            alpha=alpha, batch_size=1, generator=0, engine=engine)
+    run = {"certificate": "hard", "selection": "clean", "device": model_device(model).type, "noise": noise.name,
+           "sigma": noise.sigma, "num_classes": num_classes, "n0": 0, "n": n, "alpha": alpha, "seed": seed,
+           "norm": norm, "batch_size": batch_size, **engine.settings(), **(config or {})}
+    with result_rows(out, config=run, indices=todo_all, columns=CERTIFY.columns, ignore=MAY_CHANGE) as (
+        writer, todo, kept,
+    ):
+        bar = tqdm(total=len(todo), desc="certify (clean class)", unit="input", postfix={"kept": kept},
+                   disable=not progress)
+        for i in todo:
+            x, labels = _stack(dataset, [i])
+            cert = certify_clean_class(model, x, noise=noise, num_classes=num_classes, n=n, alpha=alpha,
+                                       batch_size=batch_size, generator=input_seed(seed, i), engine=engine)
+            writer.write(certify_row(
+                idx=i, label=labels[0], predict=int(cert.prediction[0]), radius=float(cert.radius[0]),
+                p_lower=float(cert.p_lower[0]), count_a=int(cert.count_a[0]), count_b=int(cert.count_b[0]), n=n,
+                n0=0, alpha=alpha, noise=noise.name, sigma=noise.sigma, norm=norm, precision=engine.precision,
+                seconds=float(cert.seconds[0]),
+            ))
+            bar.update(1)
         bar.close()
     return writer
