@@ -51,7 +51,7 @@ ATTACK_EPS = [0.25, 0.5, 1.0, 1.5]
 def method_hparams(method: str, sigma: float, args: argparse.Namespace) -> dict[str, Any]:
     if method == "gaussian":
         return {}
-    if method == "stability":
+    if method == "consistency":  # named "stability" in smoothcert 0.1.0
         return {"m": 2, "lbd": 10.0 if sigma <= 0.25 else 5.0, "eta": 0.5}
     if method == "smoothadv":
         return {"eps": 1.0, "steps": args.smoothadv_steps, "m": args.smoothadv_m, "warmup": 1}
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", required=True, help="folder with MNIST/raw and FashionMNIST/raw (torchvision layout)")
     p.add_argument("--datasets", nargs="+", default=["mnist"], choices=["mnist", "fashion-mnist"])
-    p.add_argument("--methods", nargs="+", default=["gaussian", "stability", "smoothadv", "macer"])
+    p.add_argument("--methods", nargs="+", default=["gaussian", "consistency", "smoothadv", "macer"])
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     p.add_argument("--arch", default="lenet")
     p.add_argument("--pre-epochs", type=int, default=8, help="Gaussian pre-training epochs (per sigma)")

@@ -132,21 +132,23 @@ def test_hparams_round_trip_through_a_checkpoint(name, tmp_path):
 
 
 def test_resume_refuses_other_method_hparams(tmp_path):
-    _tiny_training(tmp_path, get_method("stability", m=2))
+    _tiny_training(tmp_path, get_method("consistency", m=2))
     with pytest.raises(ValueError, match="cannot resume"):
-        _tiny_training(tmp_path, get_method("stability", m=3), epochs=2, resume=True)
+        _tiny_training(tmp_path, get_method("consistency", m=3), epochs=2, resume=True)
 
 
 @pytest.mark.parametrize(
     ("name", "hparams", "match"),
     [
-        ("stability", {"m": 1}, "m must be an integer >= 2"),
-        ("stability", {"m": 2.0}, "m must be an integer"),
+        ("consistency", {"m": 1}, "m must be an integer >= 2"),
+        ("consistency", {"m": 2.0}, "m must be an integer"),
+        ("consistency", {"lbd": -1.0}, "lbd must be"),
+        ("consistency", {"eta": float("nan")}, "eta must be"),
+        ("consistency", {"xent": True}, "method 'consistency' has no hyperparameter 'xent'"),
         ("stability", {"lbd": -1.0}, "lbd must be"),
-        ("stability", {"eta": float("nan")}, "eta must be"),
+        ("stability", {"xent": 1}, "xent must be True or False"),
         ("stability", {"clean": "yes"}, "clean must be True or False"),
         ("stability", {"clean": True, "xent": 1}, "xent must be True or False"),
-        ("stability", {"xent": True}, "applies to stability training"),
         ("smoothadv", {"eps": 0.0}, "eps must be a finite number > 0"),
         ("smoothadv", {"steps": 0}, "steps must be"),
         ("smoothadv", {"m": True}, "m must be an integer"),
@@ -224,22 +226,25 @@ def test_stability_method_wires_the_losses():
     ce = torch.nn.functional.cross_entropy(table.double(), y).item()
     ent = -(p * p.log()).sum(-1).mean().item()
     # Noise-blind model: the copies agree, so the KL terms vanish and only CE + eta·H(p̂) is left.
-    loss, logits = get_method("stability", m=3, eta=0.5).loss(FixedLogits(table), x, y, noise=GAUSS, generator=None)
+    loss, logits = get_method("consistency", m=3, eta=0.5).loss(FixedLogits(table), x, y, noise=GAUSS, generator=None)
     assert loss.item() == pytest.approx(ce + 0.5 * ent, rel=1e-6)
     torch.testing.assert_close(logits, torch.log_softmax(table, -1))
     # Stability training, KL form: clean and noisy predictions agree, only CE is left.
-    loss, _ = get_method("stability", clean=True, xent=False).loss(FixedLogits(table), x, y, noise=GAUSS,
-                                                                   generator=None)
+    loss, _ = get_method("stability", xent=False).loss(FixedLogits(table), x, y, noise=GAUSS, generator=None)
     assert loss.item() == pytest.approx(ce, rel=1e-6)
     # The default cross-entropy form keeps lbd·H(p) (Jeong & Shin's baseline): KL = 0, H(p, p) = H(p).
-    loss, _ = get_method("stability", clean=True).loss(FixedLogits(table), x, y, noise=GAUSS, generator=None)
+    loss, _ = get_method("stability").loss(FixedLogits(table), x, y, noise=GAUSS, generator=None)
     assert loss.item() == pytest.approx(ce + 2.0 * ent, rel=1e-6)
 
 
-def test_stability_defaults_follow_the_variant():
-    assert get_method("stability").hparams() == {"m": 2, "lbd": 10.0, "eta": 0.5, "clean": False, "xent": False}
-    assert get_method("stability", clean=True).hparams() == {"m": 1, "lbd": 2.0, "eta": 0.0, "clean": True,
-                                                             "xent": True}
+def test_consistency_and_stability_are_two_methods_with_their_papers_defaults():
+    from smoothcert.train import ConsistencyRegularization, StabilityTraining
+
+    consistency, stability = get_method("consistency"), get_method("stability")
+    assert isinstance(consistency, ConsistencyRegularization) and isinstance(stability, StabilityTraining)
+    assert consistency.hparams() == {"m": 2, "lbd": 10.0, "eta": 0.5}  # Jeong & Shin 2020
+    assert stability.hparams() == {"lbd": 2.0, "xent": True}  # Li et al. 2019, Jeong & Shin's baseline form
+    assert {"consistency", "stability"} <= set(list_methods())
 
 
 def test_a_checkpoint_saved_before_a_new_hyperparameter_resumes(tmp_path, monkeypatch):
@@ -248,11 +253,68 @@ def test_a_checkpoint_saved_before_a_new_hyperparameter_resumes(tmp_path, monkey
 
     real = StabilityTraining.hparams
     monkeypatch.setattr(StabilityTraining, "hparams", lambda self: {k: v for k, v in real(self).items() if k != "xent"})
-    _tiny_training(tmp_path, get_method("stability", m=2))
+    _tiny_training(tmp_path, get_method("stability", xent=True))
     assert "xent" not in read_checkpoint(tmp_path / "m.pt")["meta"]["training"]["hparams"]
     monkeypatch.setattr(StabilityTraining, "hparams", real)
-    history, path = _tiny_training(tmp_path, get_method("stability", m=2), epochs=2, resume=True)
-    assert len(history) == 2 and read_checkpoint(path)["meta"]["training"]["hparams"]["xent"] is False
+    history, path = _tiny_training(tmp_path, get_method("stability"), epochs=2, resume=True)
+    assert len(history) == 2 and read_checkpoint(path)["meta"]["training"]["hparams"]["xent"] is True
+
+
+# In smoothcert 0.1.0, "stability" was one method: consistency regularization by default, stability
+# training with clean=True. These records are what that code wrote for each variant.
+OLD_CONSISTENCY = {"m": 2, "lbd": 10.0, "eta": 0.5, "clean": False, "xent": False}
+OLD_STABILITY = {"m": 1, "lbd": 2.0, "eta": 0.0, "clean": True, "xent": True}
+
+
+def test_old_stability_records_read_as_the_two_methods():
+    from smoothcert.train import method_record
+
+    assert method_record("stability", OLD_CONSISTENCY) == ("consistency", {"m": 2, "lbd": 10.0, "eta": 0.5})
+    assert method_record("stability", {"m": 3, "lbd": 20.0, "eta": 0.5, "clean": False}) == (  # before xent
+        "consistency", {"m": 3, "lbd": 20.0, "eta": 0.5})
+    assert method_record("stability", OLD_STABILITY | {"xent": False}) == ("stability", {"lbd": 2.0, "xent": False})
+    assert method_record("stability", {"lbd": 2.0, "xent": True}) == ("stability", {"lbd": 2.0, "xent": True})
+    # An old stability-training run with settings the method no longer has stays as recorded (resume refuses it).
+    assert method_record("stability", OLD_STABILITY | {"m": 2}) == ("stability", OLD_STABILITY | {"m": 2})
+    assert method_record("unregistered", {"a": 1}) == ("unregistered", {"a": 1})
+
+
+def test_old_stability_settings_build_stability_training_or_point_to_consistency():
+    with pytest.warns(FutureWarning, match="clean=True is no longer needed"):
+        method = get_method("stability", clean=True, lbd=3.0)
+    assert method.name == "stability" and method.hparams() == {"lbd": 3.0, "xent": True}
+    with pytest.warns(FutureWarning):
+        assert get_method("stability", **OLD_STABILITY).hparams() == {"lbd": 2.0, "xent": True}
+    for old in ({"clean": False}, {"m": 2}, {"eta": 0.5}, OLD_CONSISTENCY):
+        with pytest.raises(ValueError, match="is the method 'consistency'"):
+            get_method("stability", **old)
+    with pytest.raises(ValueError, match=r"get_method\('consistency', m=2, lbd=10.0, eta=0.5\)"):
+        get_method("stability", **OLD_CONSISTENCY)
+    with pytest.raises(ValueError, match="m and eta are hyperparameters of 'consistency'"):
+        get_method("stability", clean=True, m=2)
+
+
+def _rewrite_method_record(path, name, hparams):
+    """Make a checkpoint look as if an older smoothcert had written it with this method record."""
+    payload = read_checkpoint(path)
+    payload["meta"]["training"] |= {"method": name, "hparams": hparams}
+    torch.save(payload, path)
+
+
+@pytest.mark.parametrize(("old", "now"), [(OLD_CONSISTENCY, "consistency"), (OLD_STABILITY, "stability")])
+def test_a_checkpoint_of_the_old_stability_method_resumes_under_its_new_name(tmp_path, old, now):
+    new = get_method(now)
+    history, path = _tiny_training(tmp_path, new)
+    _rewrite_method_record(path, "stability", old)
+    resumed, path = _tiny_training(tmp_path, get_method(now), epochs=2, resume=True)
+    assert [h["epoch"] for h in resumed] == [1, 2] and resumed[0] == history[0]
+    training = read_checkpoint(path)["meta"]["training"]
+    assert training["method"] == now and training["hparams"] == new.hparams()  # written under the new name
+    # The other method may not continue it.
+    _rewrite_method_record(path, "stability", old)
+    other = get_method("stability" if now == "consistency" else "consistency")
+    with pytest.raises(ValueError, match="cannot resume"):
+        _tiny_training(tmp_path, other, epochs=3, resume=True)
 
 
 # ------------------------------------------------------------------ macer
@@ -461,11 +523,24 @@ STILL = [*BASE, "--lr", "1e-12", "--momentum", "0", "--weight-decay", "0"]
 
 def test_cli_hparam_sets_and_records_method_hyperparameters(tmp_path):
     out = tmp_path / "s.pt"
-    assert main([*TRAIN, "--arch", "lenet-small", "--method", "stability", "--hparam", "m=3",
-                 "--hparam", "lbd=2", "--hparam", "clean=false", "--out", str(out)]) == 0
+    assert main([*TRAIN, "--arch", "lenet-small", "--method", "consistency", "--hparam", "m=3",
+                 "--hparam", "lbd=2", "--out", str(out)]) == 0
     training = read_checkpoint(out)["meta"]["training"]
-    assert training["method"] == "stability"
-    assert training["hparams"] == {"m": 3, "lbd": 2.0, "eta": 0.5, "clean": False, "xent": False}
+    assert training["method"] == "consistency"
+    assert training["hparams"] == {"m": 3, "lbd": 2.0, "eta": 0.5}
+
+
+def test_cli_old_stability_settings(tmp_path, capsys):
+    out = tmp_path / "s.pt"
+    with pytest.warns(FutureWarning):
+        assert main([*TRAIN, "--arch", "lenet-small", "--method", "stability", "--hparam", "clean=true",
+                     "--out", str(out)]) == 0
+    training = read_checkpoint(out)["meta"]["training"]
+    assert training["method"] == "stability" and training["hparams"] == {"lbd": 2.0, "xent": True}
+    for hparam in ("m=3", "clean=false", "eta=0.5"):
+        assert main([*TRAIN, "--method", "stability", "--hparam", hparam, "--out", str(tmp_path / "x.pt")]) == 2
+        assert "--method consistency" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
 
 
 @pytest.mark.parametrize(

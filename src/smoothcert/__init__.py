@@ -5,12 +5,11 @@ Three nouns: a base model, a :class:`~smoothcert.noise.Noise`, and the
 an :class:`~smoothcert.engine.Engine`); everything else is a function.
 """
 
+from ._version import __version__ as __version__
 from .certificate import ABSTAIN, Certificate, CertifyAtResult, PlannedCertificate
 from .engine import Engine
 from .noise import Gaussian, Laplace, Noise, Uniform, get_noise, list_noises, register_noise
 from .smooth import SmoothedClassifier
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ABSTAIN",

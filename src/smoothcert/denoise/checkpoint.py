@@ -1,8 +1,7 @@
-"""Denoiser checkpoints: weights plus what is needed to rebuild the network and use it correctly.
+"""Denoiser checkpoints: the metadata that rebuilds a denoiser or score network and says what it was trained for.
 
-A denoiser checkpoint is ``torch.save`` of a plain dict, like a classifier checkpoint
-(:mod:`smoothcert.models.checkpoint`) but with its own format marker, so neither loader takes the
-other's file for its own::
+A denoiser checkpoint is the generic payload of :mod:`smoothcert.checkpoints` (the same core as a
+classifier checkpoint) with its own format marker, so neither loader takes the other's file::
 
     {"format": "smoothcert-denoiser", "version": 1,
      "meta": DenoiserMeta.to_dict(),     # architecture, data, noise and sigma or ladder, training
@@ -10,15 +9,14 @@ other's file for its own::
      "optimizer_state": {...}, "extra": {...},          # only if given
      "versions": {"smoothcert": ..., "torch": ...}}
 
-Only tensors and plain containers go in, so it loads with ``torch.load(weights_only=True)``.
+This module defines the metadata (:class:`DenoiserMeta`), how a network is rebuilt from it, and the
+kind :data:`DENOISER_CHECKPOINT`; ``save_denoiser``/``read_denoiser_checkpoint``/``load_denoiser``
+are that kind's ``save``/``read``/``load``.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import pickle
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InputError, InputTypeError
-from ..models.checkpoint import CheckpointError, MetaRecord, is_int, state_mismatch, unwrap, write_payload
+from ..checkpoints import CheckpointKind, MetaRecord
+from ..errors import InputError
 from .nets import DENOISERS, build_denoiser, denoiser_kind
 from .score import check_ladder
 
 __all__ = [
+    "DENOISER_CHECKPOINT",
     "DENOISER_FORMAT",
     "DENOISER_VERSION",
     "DenoiserMeta",
@@ -70,31 +69,12 @@ class DenoiserMeta(MetaRecord):
     epoch: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("arch", "dataset", "noise"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise InputError(f"DenoiserMeta.{name} must be a non-empty string, got {value!r}")
-        if not is_int(self.in_channels) or self.in_channels < 1:
-            raise InputError(f"DenoiserMeta.in_channels must be a positive integer, got {self.in_channels!r}")
-        if not is_int(self.epoch) or self.epoch < 0:
-            raise InputError(f"DenoiserMeta.epoch must be a non-negative integer, got {self.epoch!r}")
-        for name in ("arch_kwargs", "training"):
-            value = getattr(self, name)
-            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-                raise InputError(f"DenoiserMeta.{name} must be a dict with string keys, got {value!r}")
-            setattr(self, name, dict(value))
-        size = self.input_size
-        if is_int(size) and size >= 1:
-            pass
-        elif isinstance(size, (list, tuple)) and len(size) == 2 and all(is_int(v) and v >= 1 for v in size):
-            self.input_size = list(size)
-        else:
-            raise InputError(f"DenoiserMeta.input_size must be a positive int or [H, W], got {size!r}")
-        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)):
-            raise InputTypeError(f"DenoiserMeta.sigma must be a number, got {self.sigma!r}")
-        self.sigma = float(self.sigma)
-        if not math.isfinite(self.sigma) or self.sigma < 0:
-            raise InputError(f"DenoiserMeta.sigma must be finite and >= 0, got {self.sigma!r}")
+        self._check_names("arch", "dataset", "noise")
+        self._check_counts("in_channels")
+        self._check_counts("epoch", minimum=0)
+        self._check_dicts("arch_kwargs", "training")
+        self._check_input_size()
+        self._check_sigma()
         self.ladder = list(check_ladder(self.ladder)) if len(self.ladder) else []
 
     @property
@@ -103,16 +83,35 @@ class DenoiserMeta(MetaRecord):
         return denoiser_kind(self.arch)
 
 
-def _build(meta: DenoiserMeta, where: str) -> nn.Module:
+def _build(meta: DenoiserMeta) -> nn.Module:
+    """``build_denoiser`` of the architecture ``meta`` names (untrained)."""
     if meta.arch not in DENOISERS:
-        raise CheckpointError(
-            f"{where}: unknown denoiser architecture {meta.arch!r}; known: {', '.join(DENOISERS.names())}. "
+        raise InputError(
+            f"unknown denoiser architecture {meta.arch!r}; known: {', '.join(DENOISERS.names())}. "
             "Register your own network with smoothcert.denoise.register_denoiser before loading."
         )
     try:
         return build_denoiser(meta.arch, in_channels=meta.in_channels, **meta.arch_kwargs)
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{where}: cannot build {meta.arch!r} with arch_kwargs={meta.arch_kwargs}: {err}") from None
+        raise InputError(f"cannot build {meta.arch!r} with arch_kwargs={meta.arch_kwargs}: {err}") from None
+
+
+def _check(meta: DenoiserMeta, state: Mapping[str, Any]) -> str:
+    if meta.kind == "score" and not meta.ladder:
+        return "a score network's metadata needs the ladder it was trained on"
+    return ""
+
+
+#: The denoiser checkpoint format (the generic core of :mod:`smoothcert.checkpoints`, with this metadata).
+DENOISER_CHECKPOINT: CheckpointKind[DenoiserMeta] = CheckpointKind(
+    label="denoiser checkpoint",
+    format=DENOISER_FORMAT,
+    version=DENOISER_VERSION,
+    meta_type=DenoiserMeta,
+    build=_build,
+    check=_check,
+    loader="smoothcert.denoise.load_denoiser",
+)
 
 
 def save_denoiser(
@@ -130,57 +129,14 @@ def save_denoiser(
     :func:`load_denoiser`. Written to a temporary file and renamed over ``path``: an interrupted
     save leaves the previous file intact. Raises ``CheckpointError``.
     """
-    path = Path(path)
-    if not isinstance(meta, DenoiserMeta):
-        try:
-            meta = DenoiserMeta.from_dict(meta)
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"cannot save denoiser {path}: {err}") from None
-    where = f"cannot save denoiser {path}"
-    reference = _build(meta, where).state_dict()
-    if meta.kind == "score" and not meta.ladder:
-        raise CheckpointError(f"{where}: a score network's metadata needs the ladder it was trained on")
-    net = unwrap(net)
-    state = OrderedDict(
-        (k, v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in net.state_dict().items()
-    )
-    problem = state_mismatch(reference, state)
-    if problem:
-        raise CheckpointError(
-            f"{where}: the network does not match its metadata (arch={meta.arch!r}, "
-            f"arch_kwargs={meta.arch_kwargs}, in_channels={meta.in_channels}): {problem}"
-        )
-    return write_payload(path, fmt=DENOISER_FORMAT, version=DENOISER_VERSION, meta=meta.to_dict(), state=state,
-                         optimizer_state=optimizer_state, extra=extra, where=where)
+    return DENOISER_CHECKPOINT.save(path, net, meta=meta, optimizer_state=optimizer_state, extra=extra)
 
 
 def read_denoiser_checkpoint(
     path: str | os.PathLike[str], *, map_location: str | torch.device | None = "cpu"
 ) -> dict[str, Any]:
     """The raw payload of a denoiser checkpoint (for resuming), format and version checked."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no denoiser checkpoint file at {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise CheckpointError(f"{path} is not a readable torch file ({type(err).__name__}: {first})") from None
-    fmt = payload.get("format") if isinstance(payload, dict) else None
-    if fmt != DENOISER_FORMAT:
-        hint = (
-            " It is a classifier checkpoint: load it with smoothcert.models.load_checkpoint."
-            if fmt == "smoothcert-checkpoint"
-            else ""
-        )
-        raise CheckpointError(f"{path} is not a smoothcert denoiser checkpoint.{hint}")
-    version = payload.get("version")
-    if not is_int(version) or not 1 <= version <= DENOISER_VERSION:
-        raise CheckpointError(f"{path}: unsupported denoiser checkpoint version {version!r}; upgrade smoothcert")
-    for key in ("meta", "state_dict"):
-        if not isinstance(payload.get(key), dict):
-            raise CheckpointError(f"{path} is a damaged denoiser checkpoint: {key!r} is missing or not a dict")
-    return payload
+    return DENOISER_CHECKPOINT.read(path, map_location=map_location)
 
 
 def load_denoiser(
@@ -190,22 +146,4 @@ def load_denoiser(
     mode, on ``map_location``, in the floating dtype it was saved in. What it was trained for is in
     ``meta`` only, nothing is noted on ``net``: pass it on (``denoiser_for_noise(net, meta, noise)``,
     ``Denoised(f, net, trained_for=trained_noise(meta))``). Raises ``CheckpointError``."""
-    path = Path(path)
-    payload = read_denoiser_checkpoint(path, map_location=map_location)
-    try:
-        meta = DenoiserMeta.from_dict(payload["meta"])
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: invalid denoiser metadata: {err}") from None
-    net = _build(meta, str(path))
-    state = payload["state_dict"]
-    problem = state_mismatch(net.state_dict(), state)
-    if problem:
-        raise CheckpointError(f"{path}: the weights do not fit {meta.arch!r} (arch_kwargs={meta.arch_kwargs}): {problem}")
-    dtypes = {v.dtype for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()}
-    if len(dtypes) == 1:
-        net.to(dtype=dtypes.pop())
-    net.load_state_dict(state, strict=True)
-    if map_location is not None:
-        net.to(map_location)
-    return net.eval(), meta
-
+    return DENOISER_CHECKPOINT.load(path, map_location=map_location)

@@ -1,6 +1,8 @@
-"""Training denoisers and score networks: Adam, an atomic checkpoint per epoch, exact resume.
+"""Training denoisers and score networks: a ``DenoiserLoss`` and Adam in the one training loop.
 
-The classifier of a guided loss is frozen for the whole run (eval mode, ``requires_grad=False``),
+:func:`train_denoiser` supplies the loss step, the optimiser, the metadata and the evaluation to
+:func:`smoothcert.train.loop.run_epochs`, the loop classifiers train in, so it gets the same atomic
+checkpoint per epoch and exact resume. The classifier of a guided loss is frozen for the whole run (eval mode, ``requires_grad=False``),
 only the denoiser's parameters are given to the optimiser, and a SHA-256 fingerprint of the
 classifier's weights goes into the checkpoint, so a resumed run cannot silently switch classifiers.
 """
@@ -10,23 +12,20 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset, TensorDataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
 from ..checks import model_device
-from ..data import iter_batches
 from ..errors import InputError
 from ..noise import Noise
 from ..rng import make_generator
-from ..train.loop import restore_training_state, training_state
-from .checkpoint import DenoiserMeta, read_denoiser_checkpoint, save_denoiser
+from ..train.loop import EpochCheckpoint, run_epochs, training_batches
+from .checkpoint import DENOISER_CHECKPOINT, DenoiserMeta
 from .losses import DenoiserLoss, DSMLoss, get_denoiser_loss
 from .score import dsm_loss
 
@@ -41,22 +40,6 @@ def psnr(x_hat: Tensor, x: Tensor, *, data_range: float = 1.0) -> Tensor:
         raise InputError(f"x_hat and x must have the same shape, got {tuple(x_hat.shape)} and {tuple(x.shape)}")
     mse = (x_hat.detach().double() - x.detach().double()).flatten(1).pow(2).mean(1)
     return 10.0 * torch.log10(float(data_range) ** 2 / mse)
-
-
-def _batches(
-    data: Dataset | Tensor, batch_size: int, *, shuffle: bool, generator: torch.Generator | None
-) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """:func:`smoothcert.data.iter_batches` of ``data`` (float32 images in [0, 1], uint8 scaled),
-    where ``data`` may also be an unlabelled image tensor ``[N, C, H, W]``: its labels are None, so
-    a loss that needs labels says so instead of training on made-up ones."""
-    if not isinstance(data, Tensor):
-        yield from iter_batches(data, batch_size, shuffle=shuffle, generator=generator)
-        return
-    if data.ndim != 4:
-        raise InputError(f"an image tensor must be [N, C, H, W], got shape {tuple(data.shape)}")
-    no_labels = torch.zeros(data.shape[0], dtype=torch.int64)  # placeholder, never returned
-    for x, _ in iter_batches(TensorDataset(data, no_labels), batch_size, shuffle=shuffle, generator=generator):
-        yield x, None
 
 
 def denoising_psnr(
@@ -78,7 +61,7 @@ def denoising_psnr(
     gen = make_generator(seed, device)
     total, count = 0.0, 0
     with torch.no_grad():
-        for x, _ in _batches(data, batch_size, shuffle=False, generator=None):
+        for x, _ in training_batches(data, batch_size, shuffle=False, generator=None):
             x = x.to(device)
             x_hat = denoiser(noise.perturb(x, generator=gen))
             if clamp:
@@ -195,14 +178,19 @@ def train_denoiser(
     elif classifier is not None:
         raise InputError(f"loss {loss_fn.name!r} does not use a classifier; do not pass one")
 
-    device = model_device(net)
     params = [p for p in net.parameters() if p.requires_grad]
     if not params:
         raise InputError(f"{type(net).__name__} has no trainable parameters")
-    opt = torch.optim.Adam(params, lr=lr)
-    order_gen = torch.Generator().manual_seed(seed)
-    noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
-    if meta is not None:
+    def step(model: nn.Module, x: Tensor, y: Tensor | None, *, generator: torch.Generator) -> tuple[Tensor, None]:
+        return loss_fn.loss(model, x, y, noise=noise, generator=generator, classifier=classifier), None
+
+    def evaluate(epoch: int) -> dict[str, float]:
+        if kind == "denoiser":
+            return {"test_psnr": denoising_psnr(net, test_set, noise=noise, seed=epoch)}  # type: ignore[arg-type]
+        return {"test_dsm": _test_dsm(net, test_set, loss_fn.ladder, seed=epoch)}  # type: ignore[arg-type, attr-defined]
+
+    plan = None
+    if checkpoint is not None and meta is not None:
         meta = DenoiserMeta.from_dict(
             meta.to_dict()
             | {
@@ -212,50 +200,26 @@ def train_denoiser(
                 "training": training,
             }
         )
-    path = None if checkpoint is None else Path(checkpoint)
-    history: list[dict[str, Any]] = []
-    start = 0
-    if resume and path is not None and path.exists():
-        start, history = _resume(path, net, opt, order_gen, noise_gen, meta, device)  # type: ignore[arg-type]
-        if start >= epochs:
-            return history
+        plan = EpochCheckpoint(path=Path(checkpoint), kind=DENOISER_CHECKPOINT, meta=meta,
+                               mismatch=_denoiser_mismatch(meta))
+    return run_epochs(net, train_set, step=step, optimizer=torch.optim.Adam(params, lr=lr), epochs=epochs,
+                      batch_size=batch_size, seed=seed, checkpoint=plan, resume=resume,
+                      evaluate=evaluate if test_set is not None else None, progress=progress)
 
-    steps = math.ceil(len(train_set) / batch_size)
-    for epoch in range(start, epochs):
-        net.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        seen = 0
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for x, y in _batches(train_set, batch_size, shuffle=True, generator=order_gen):
-            x = x.to(device, non_blocking=True)
-            y = None if y is None else y.to(device, non_blocking=True)
-            value = loss_fn.loss(net, x, y, noise=noise, generator=noise_gen, classifier=classifier)
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
-            loss_sum += value.detach() * x.shape[0]
-            seen += x.shape[0]
-            bar.update(1)
-        bar.close()
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss_sum.item() / max(seen, 1),
-                                  "seconds": time.perf_counter() - t0}
-        if test_set is not None:
-            if kind == "denoiser":
-                record["test_psnr"] = denoising_psnr(net, test_set, noise=noise, seed=epoch)  # type: ignore[arg-type]
-            else:
-                record["test_dsm"] = _test_dsm(net, test_set, loss_fn.ladder, seed=epoch)  # type: ignore[attr-defined]
-        history.append(record)
-        if progress:
-            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        if path is not None and meta is not None:
-            meta.epoch = epoch + 1
-            save_denoiser(
-                path, net, meta=meta, optimizer_state=opt.state_dict(),
-                extra=training_state(order_gen, noise_gen, device, history),
-            )
-    net.eval()
-    return history
+
+def _denoiser_mismatch(meta: DenoiserMeta) -> Callable[[DenoiserMeta], str]:
+    """Which recorded runs :func:`train_denoiser` may continue: same network, data, noise or ladder
+    and training record but ``epochs``."""
+    mine = (meta.arch, meta.arch_kwargs, meta.dataset, meta.noise, meta.sigma, meta.ladder)
+    same = {k: v for k, v in meta.training.items() if k != "epochs"}
+
+    def mismatch(old: DenoiserMeta) -> str:
+        theirs = (old.arch, old.arch_kwargs, old.dataset, old.noise, old.sigma, old.ladder)
+        if {k: v for k, v in old.training.items() if k != "epochs"} == same and theirs == mine:
+            return ""
+        return f"it was trained as {theirs} with {old.training}; now {mine} with {meta.training}"
+
+    return mismatch
 
 
 def _test_dsm(net: nn.Module, data: Dataset | Tensor, ladder: Sequence[float], *, seed: int) -> float:
@@ -267,34 +231,9 @@ def _test_dsm(net: nn.Module, data: Dataset | Tensor, ladder: Sequence[float], *
     net.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for x, _ in _batches(data, 256, shuffle=False, generator=None):
+        for x, _ in training_batches(data, 256, shuffle=False, generator=None):
             x = x.to(device)
             total += float(dsm_loss(net, x, ladder=ladder, generator=gen)) * x.shape[0]
             count += x.shape[0]
     net.train(was_training)
     return total / max(count, 1)
-
-
-def _resume(
-    path: Path,
-    net: nn.Module,
-    opt: torch.optim.Optimizer,
-    order_gen: torch.Generator,
-    noise_gen: torch.Generator,
-    meta: DenoiserMeta,
-    device: torch.device,
-) -> tuple[int, list[dict[str, Any]]]:
-    payload = read_denoiser_checkpoint(path)
-    old = DenoiserMeta.from_dict(payload["meta"])
-    same = {k: v for k, v in meta.training.items() if k != "epochs"}
-    was = {k: v for k, v in old.training.items() if k != "epochs"}
-    mine = (meta.arch, meta.arch_kwargs, meta.dataset, meta.noise, meta.sigma, meta.ladder)
-    theirs = (old.arch, old.arch_kwargs, old.dataset, old.noise, old.sigma, old.ladder)
-    if same != was or mine != theirs:
-        raise InputError(
-            f"cannot resume from {path}: it was trained as {theirs} with {old.training}; "
-            f"now {mine} with {meta.training}"
-        )
-    history = restore_training_state(payload, net, opt, order_gen, noise_gen, device=device,
-                                     reseed=int(meta.training["seed"]) + 1 + old.epoch)
-    return old.epoch, history

@@ -1,15 +1,20 @@
-"""Training base classifiers for smoothing: methods (losses) by name and one loop."""
+"""Training base classifiers for smoothing: methods (losses) by name and one loop.
+
+The loop (:func:`run_epochs`) is also the one denoisers train in (``smoothcert.denoise.train_denoiser``).
+"""
 
 # Importing a method's module registers it (gaussian lives in methods.py).
 from .augment import RandomCropFlip, random_crop_flip
-from .loop import TrainConfig, learning_rate, noisy_accuracy, train
 from .heat import HeatSmoothing, heat_terms
+from .loop import EpochCheckpoint, TrainConfig, TrainStep, learning_rate, noisy_accuracy, run_epochs, train
 from .macer import Macer, macer_terms, soft_margin
-from .methods import GaussianAugmentation, TrainingMethod, get_method, list_methods, register_method
+from .methods import GaussianAugmentation, TrainingMethod, get_method, list_methods, method_record, register_method
 from .smoothadv import SmoothAdv, smoothadv_examples
-from .stability import StabilityTraining, consistency_loss, stability_loss
+from .stability import ConsistencyRegularization, StabilityTraining, consistency_loss, stability_loss
 
 __all__ = [
+    "ConsistencyRegularization",
+    "EpochCheckpoint",
     "GaussianAugmentation",
     "HeatSmoothing",
     "Macer",
@@ -17,6 +22,7 @@ __all__ = [
     "SmoothAdv",
     "StabilityTraining",
     "TrainConfig",
+    "TrainStep",
     "TrainingMethod",
     "consistency_loss",
     "get_method",
@@ -24,9 +30,11 @@ __all__ = [
     "learning_rate",
     "list_methods",
     "macer_terms",
+    "method_record",
     "noisy_accuracy",
     "random_crop_flip",
     "register_method",
+    "run_epochs",
     "smoothadv_examples",
     "soft_margin",
     "stability_loss",

@@ -201,4 +201,5 @@ class HeatSmoothing(TrainingMethod):
         x_noisy = noisy_half(x, noise, fraction=self.noisy_fraction, generator=generator)
         terms = heat_terms(model, x_noisy, teacher_probs, sigma=noise.sigma, kappa=self.kappa, delta=self.delta,
                            h=1.0 / self.steps, generator=generator)
-        return terms.loss, terms.logits.detach()
+        # Log-probabilities of the student on the (partly noisy) batch: the training-accuracy readout.
+        return terms.loss, terms.logits.detach().log_softmax(dim=1)

@@ -1,37 +1,221 @@
-"""One training loop for every method: SGD, a learning-rate schedule, a checkpoint per epoch, resume.
+"""One training loop for every network: epochs of optimiser steps, a checkpoint per epoch, exact resume.
 
-Each epoch ends with an atomic checkpoint holding the model, its metadata (architecture,
-normalization, dataset, noise, sigma, method and hyperparameters), the optimiser, the
-random-number state and the history (the learning rate is a function of the epoch), so ``resume=True`` continues exactly where
-an interrupted run stopped. Every epoch starts with ``method.begin_epoch(epoch, epochs)``, so a
-method's own schedule (SmoothAdv's epsilon warm-up) is a function of the epoch as well.
+:func:`run_epochs` is the loop; what is trained is given to it: the loss of one batch (a
+:class:`TrainStep`), the optimiser, the learning rate of each epoch, an evaluation after each epoch,
+and an :class:`EpochCheckpoint` (file, checkpoint kind, metadata, and which recorded runs this one may
+continue). Two trainers use it:
+
+* :func:`train` — base classifiers with a :class:`~smoothcert.train.TrainingMethod` and SGD;
+* :func:`smoothcert.denoise.train_denoiser` — denoisers and score networks with a
+  ``DenoiserLoss`` and Adam.
+
+Each epoch ends with an atomic checkpoint of the network, its metadata (with ``epoch`` = epochs
+finished), the optimiser state, both random streams (data order on the CPU, noise on the training
+device) and the history; the learning rate is a function of the epoch and so are methods' own
+schedules (``begin_epoch``), so ``resume=True`` continues exactly where an interrupted run stopped:
+the resumed run's weights and history equal an uninterrupted run's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
+from ..checkpoints import CheckpointKind, MetaRecord, restore_training_state, training_state
 from ..checks import model_device
 from ..data import iter_batches
 from ..errors import InputError
-from ..models import CheckpointMeta, read_checkpoint, save_checkpoint
+from ..models import CLASSIFIER_CHECKPOINT, CheckpointMeta
 from ..noise import Noise
 from .augment import augment_record
-from .methods import TrainingMethod, get_method
+from .methods import TrainingMethod, method_record
 
-__all__ = ["TrainConfig", "learning_rate", "noisy_accuracy", "train"]
+__all__ = [
+    "EpochCheckpoint",
+    "TrainConfig",
+    "TrainStep",
+    "learning_rate",
+    "noisy_accuracy",
+    "run_epochs",
+    "train",
+    "training_batches",
+]
+
+M = TypeVar("M", bound=MetaRecord)
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+class TrainStep(Protocol):
+    """The loss of one batch: ``x`` [B, ...] in [0, 1] on the model's device, labels ``y`` [B] or
+    None (unlabelled images), ``generator`` the noise stream on that device. Returns
+    ``(loss, logits)``: a scalar to minimise, and logits [B, K] to read the training accuracy from,
+    or None when there is no accuracy to report."""
+
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor | None, *, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor | None]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochCheckpoint(Generic[M]):
+    """The file the loop writes after every epoch, and how it is resumed.
+
+    ``meta`` is the run's metadata (its ``epoch`` is set to the epochs finished at each save);
+    ``mismatch(recorded)`` says why this run may not continue a run recorded with metadata
+    ``recorded`` ('' if it may: same network, data, noise and training settings but ``epochs``).
+    """
+
+    path: Path
+    kind: CheckpointKind[M]
+    meta: M
+    mismatch: Callable[[M], str]
+
+
+def training_batches(
+    data: Dataset | Tensor, batch_size: int, *, shuffle: bool, generator: torch.Generator | None
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """:func:`smoothcert.data.iter_batches` of ``data`` (float32 images in [0, 1], uint8 scaled),
+    where ``data`` may also be an unlabelled image tensor ``[N, C, H, W]``: its labels are None, so
+    a loss that needs labels says so instead of training on made-up ones."""
+    if not isinstance(data, Tensor):
+        yield from iter_batches(data, batch_size, shuffle=shuffle, generator=generator)
+        return
+    if data.ndim != 4:
+        raise InputError(f"an image tensor must be [N, C, H, W], got shape {tuple(data.shape)}")
+    no_labels = torch.zeros(data.shape[0], dtype=torch.int64)  # placeholder, never returned
+    for x, _ in iter_batches(TensorDataset(data, no_labels), batch_size, shuffle=shuffle, generator=generator):
+        yield x, None
+
+
+def run_epochs(
+    model: nn.Module,
+    data: Dataset | Tensor,
+    *,
+    step: TrainStep,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    checkpoint: EpochCheckpoint[Any] | None = None,
+    resume: bool = False,
+    lr_at: Callable[[int], float] | None = None,
+    begin_epoch: Callable[[int, int], None] | None = None,
+    augment: Callable[..., Tensor] | None = None,
+    evaluate: Callable[[int], Mapping[str, float]] | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Train ``model`` in place for (0-based) epochs ``start .. epochs - 1``; returns the history.
+
+    Args:
+        model: the network, on the device to train on (the noise stream lives there).
+        data: training images in [0, 1] (see :func:`training_batches`), shuffled every epoch by a
+            CPU generator seeded with ``seed``; the noise generator is seeded with ``seed + 1``.
+        step: the loss of a batch (:class:`TrainStep`).
+        optimizer: over ``model``'s trainable parameters; its state is saved and restored.
+        epochs: the total number of epochs (a resumed run may ask for more than it was started with).
+        checkpoint: written atomically after every epoch; None writes nothing (and cannot resume).
+        resume: continue from ``checkpoint`` if its file exists; ``checkpoint.mismatch`` must
+            accept the recorded run, else ``InputError``. A run already at ``epochs`` returns at once.
+        lr_at: the learning rate of an epoch, set on every parameter group before it (recorded as
+            ``lr``); None keeps the optimiser's.
+        begin_epoch: called as ``begin_epoch(epoch, epochs)`` before every epoch (method schedules).
+        augment: ``augment(x, generator=g) -> x'`` on each batch on the device, before ``step``; it
+            draws from the data-order stream, which is saved per epoch, so a resume stays exact.
+        evaluate: ``evaluate(epoch) -> {name: value}`` after each epoch, added to its record.
+        progress: a progress bar per epoch and a line per finished epoch.
+    Returns:
+        one dict per finished epoch, the resumed run's earlier epochs included: ``epoch``, ``lr``
+        (with ``lr_at``), ``loss`` (mean over examples), ``train_acc_noisy`` (when ``step`` returns
+        logits), ``seconds``, then what ``evaluate`` returns.
+    """
+    device = model_device(model)
+    order_gen = torch.Generator().manual_seed(seed)
+    noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    history: list[dict[str, Any]] = []
+    start = 0
+    if resume and checkpoint is not None and checkpoint.path.exists():
+        payload = checkpoint.kind.read(checkpoint.path)
+        recorded = checkpoint.kind.meta_of(payload, checkpoint.path)
+        problem = checkpoint.mismatch(recorded)
+        if problem:
+            raise InputError(f"cannot resume from {checkpoint.path}: {problem}")
+        start = recorded.epoch  # type: ignore[attr-defined]
+        history = restore_training_state(payload, model, optimizer, order_gen, noise_gen, device=device,
+                                         reseed=seed + 1 + start)
+        if start >= epochs:
+            return history
+
+    steps = math.ceil(len(data) / batch_size)
+    for epoch in range(start, epochs):
+        if begin_epoch is not None:
+            begin_epoch(epoch, epochs)
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(epoch)
+        model.train()
+        t0 = time.perf_counter()
+        seen = 0
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        with_accuracy = False
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        for x, y in training_batches(data, batch_size, shuffle=True, generator=order_gen):
+            x = x.to(device, non_blocking=True)
+            y = None if y is None else y.to(device, non_blocking=True)
+            if augment is not None:
+                x = augment(x, generator=order_gen)
+            loss, logits = step(model, x, y, generator=noise_gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * x.shape[0]
+            seen += x.shape[0]
+            if logits is not None and y is not None:
+                correct += (logits.argmax(1) == y).sum()
+                with_accuracy = True
+            bar.update(1)
+            if progress and bar.n % 20 == 0:  # a host sync for the live loss, every 20 steps only
+                live = {"loss": f"{loss_sum.item() / seen:.4f}"}
+                if with_accuracy:
+                    live["acc"] = f"{correct.item() / seen:.3f}"
+                bar.set_postfix(live)
+        bar.close()
+        record: dict[str, Any] = {"epoch": epoch + 1}
+        if lr_at is not None:
+            record["lr"] = optimizer.param_groups[0]["lr"]
+        record["loss"] = loss_sum.item() / max(seen, 1)
+        if with_accuracy:
+            record["train_acc_noisy"] = correct.item() / max(seen, 1)
+        record["seconds"] = time.perf_counter() - t0
+        if evaluate is not None:
+            record.update(evaluate(epoch))
+        history.append(record)
+        if progress:
+            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        if checkpoint is not None:
+            checkpoint.kind.save(
+                checkpoint.path, model, meta=dataclasses.replace(checkpoint.meta, epoch=epoch + 1),
+                optimizer_state=optimizer.state_dict(),
+                extra=training_state(order_gen, noise_gen, device, history),
+            )
+    model.eval()
+    return history
+
+
+# ------------------------------------------------------------------------------ classifiers
 
 
 @dataclass(kw_only=True)
@@ -67,21 +251,6 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
 
 
-def start_epoch_of(meta: dict[str, Any]) -> int:
-    """Finished epochs recorded in a checkpoint's metadata."""
-    return int(meta["epoch"])
-
-
-def _recorded_hparams(name: str, hparams: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's method hyperparameters as the current code records them: hyperparameters
-    added since (with their defaults) are filled in by rebuilding the method, so a run saved
-    before a new option existed still resumes. Unknown methods or invalid values are kept as stored."""
-    try:
-        return get_method(name, **hparams).hparams()
-    except (TypeError, ValueError):
-        return hparams
-
-
 def noisy_accuracy(
     model: nn.Module, dataset: Dataset, *, noise: Noise | None, batch_size: int = 512, seed: int = 0
 ) -> float:
@@ -103,40 +272,24 @@ def noisy_accuracy(
     return correct / max(total, 1)
 
 
+def _classifier_mismatch(meta: CheckpointMeta, noise: Noise) -> Callable[[CheckpointMeta], str]:
+    """Which recorded classifier runs :func:`train` may continue: same architecture, dataset, noise,
+    sigma and training record but ``epochs`` (more epochs may be asked for on resume). The recorded
+    method is read as the current code names it (:func:`~smoothcert.train.methods.method_record`)."""
+    now = {k: v for k, v in meta.training.items() if k != "epochs"}
 
-def training_state(
-    order_gen: torch.Generator, noise_gen: torch.Generator, device: torch.device, history: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """What a checkpoint's ``extra`` holds so a run resumes exactly: both random streams (the noise
-    stream's device type, since CPU and CUDA generator states differ) and the history so far."""
-    return {"order_rng": order_gen.get_state(), "noise_rng": noise_gen.get_state().cpu(),
-            "noise_rng_device": device.type, "history": history}
+    def mismatch(old: CheckpointMeta) -> str:
+        was = {"hparams": {}} | {k: v for k, v in old.training.items() if k != "epochs"}
+        if isinstance(was.get("method"), str) and isinstance(was["hparams"], Mapping):
+            was["method"], was["hparams"] = method_record(was["method"], was["hparams"])
+        if was == now and (old.arch, old.dataset, old.noise, old.sigma) == (meta.arch, meta.dataset, noise.name,
+                                                                             noise.sigma):
+            return ""
+        return (f"it was trained with {old.arch} on {old.dataset}, noise {old.noise} sigma {old.sigma}, "
+                f"training {old.training}; now {meta.arch} on {meta.dataset}, {noise.name} sigma {noise.sigma}, "
+                f"training {meta.training}")
 
-
-def restore_training_state(
-    payload: dict[str, Any],
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    order_gen: torch.Generator,
-    noise_gen: torch.Generator,
-    *,
-    device: torch.device,
-    reseed: int,
-) -> list[dict[str, Any]]:
-    """Load weights, optimiser and random streams from a checkpoint ``payload`` written with
-    :func:`training_state`; returns its history. A noise stream saved on another device type cannot
-    be restored: it is reseeded with ``reseed``, with a warning."""
-    model.load_state_dict(payload["state_dict"])
-    opt.load_state_dict(payload["optimizer_state"])
-    extra = payload.get("extra", {})
-    order_gen.set_state(extra["order_rng"])
-    if extra.get("noise_rng_device") == device.type:
-        noise_gen.set_state(extra["noise_rng"])
-    else:
-        warnings.warn(f"resuming on {device.type} a run trained on {extra.get('noise_rng_device')}: "
-                      "the noise stream is reseeded", stacklevel=3)
-        noise_gen.manual_seed(reseed)
-    return list(extra.get("history", []))
+    return mismatch
 
 
 def train(
@@ -153,107 +306,49 @@ def train(
     progress: bool = True,
     augment: Callable[..., Tensor] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train ``model`` (built by :func:`smoothcert.models.build_model`) in place.
+    """Train a base classifier ``model`` (built by :func:`smoothcert.models.build_model`) in place
+    with SGD through :func:`run_epochs`.
 
     Args:
         model: the network with its Normalize layer, already on the device to train on.
         train_set: yields (x [C,H,W] in [0,1], y).
         method: the loss (see :func:`smoothcert.train.get_method`).
         noise: training noise; its name and sigma are written into the checkpoint metadata.
+        config: SGD settings and the learning-rate schedule (:func:`learning_rate`).
         meta: metadata template; ``noise``, ``sigma`` and ``epoch`` are filled in, and ``training``
             gets ``method``, ``hparams`` (the method's), the config and ``train_size``; other
             entries the caller put in ``meta.training`` (provenance such as ``init``) are kept.
         checkpoint: file written atomically after every epoch.
         resume: continue from ``checkpoint`` if it exists (its settings must match).
-        test_set: if given, noisy accuracy on it is logged every epoch.
+        test_set: if given, noisy accuracy on it is logged every epoch (``test_acc_noisy``).
         augment: data augmentation ``augment(x, generator=g) -> x'`` on each training batch (on the
             device, before the method adds noise), e.g. :class:`smoothcert.train.RandomCropFlip`;
             recorded as ``training["augment"]`` (absent when None).
     Returns:
         the history: one dict per finished epoch (loss, train/test accuracy, lr, seconds).
     """
-    device = model_device(model)
-    path = Path(checkpoint)
     # Method hyperparameters are nested: their names (gamma, step_size) may equal TrainConfig's.
     training = {**meta.training, "method": method.name, "hparams": method.hparams(), **asdict(config),
                 "train_size": len(train_set)}
     if augment is not None:
         training["augment"] = augment_record(augment)
-    meta = CheckpointMeta.from_dict(
-        meta.to_dict() | {"noise": noise.name, "sigma": noise.sigma, "training": training}
+    meta = CheckpointMeta.from_dict(meta.to_dict() | {"noise": noise.name, "sigma": noise.sigma, "training": training})
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+
+    def step(net: nn.Module, x: Tensor, y: Tensor | None, *, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        if y is None:
+            raise InputError("classifier training needs labels: train_set must yield (x, y)")
+        return method.loss(net, x, y, noise=noise, generator=generator)
+
+    def evaluate(epoch: int) -> dict[str, float]:
+        return {"test_acc_noisy": noisy_accuracy(model, test_set, noise=noise, seed=epoch)}  # type: ignore[arg-type]
+
+    return run_epochs(
+        model, train_set, step=step, optimizer=optimizer, epochs=config.epochs, batch_size=config.batch_size,
+        seed=config.seed, resume=resume, lr_at=lambda epoch: learning_rate(config, epoch),
+        begin_epoch=method.begin_epoch, augment=augment, evaluate=evaluate if test_set is not None else None,
+        progress=progress,
+        checkpoint=EpochCheckpoint(path=Path(checkpoint), kind=CLASSIFIER_CHECKPOINT, meta=meta,
+                                   mismatch=_classifier_mismatch(meta, noise)),
     )
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    order_gen = torch.Generator().manual_seed(config.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-
-    if resume and path.exists():
-        payload = read_checkpoint(path)
-        old = payload["meta"]
-        # More epochs may be asked for on resume; every other setting must match.
-        same = {k: v for k, v in training.items() if k != "epochs"}
-        was = {"hparams": {}} | {k: v for k, v in old.get("training", {}).items() if k != "epochs"}
-        if was.get("method") == method.name:
-            was["hparams"] = _recorded_hparams(method.name, was["hparams"])
-        if was != same or old.get("arch") != meta.arch or old.get("dataset") != meta.dataset or old.get("noise") != noise.name \
-                or old.get("sigma") != noise.sigma:
-            raise InputError(
-                f"cannot resume from {path}: it was trained with {old.get('arch')} on {old.get('dataset')}, noise "
-                f"{old.get('noise')} sigma {old.get('sigma')}, training {old.get('training')}; "
-                f"now {meta.arch} on {meta.dataset}, {noise.name} sigma {noise.sigma}, training {training}"
-            )
-        history = restore_training_state(payload, model, opt, order_gen, noise_gen, device=device,
-                                         reseed=config.seed + 1 + start_epoch_of(old))
-        start_epoch = start_epoch_of(old)
-        if start_epoch >= config.epochs:
-            return history
-
-    steps = math.ceil(len(train_set) / config.batch_size)
-    for epoch in range(start_epoch, config.epochs):
-        method.begin_epoch(epoch, config.epochs)
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(config, epoch)
-        model.train()
-        t0 = time.perf_counter()
-        seen = 0
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-        for x, y in iter_batches(train_set, config.batch_size, shuffle=True, generator=order_gen):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if augment is not None:  # draws from the data-order stream, saved per epoch: resume stays exact
-                x = augment(x, generator=order_gen)
-            loss, logits = method.loss(model, x, y, noise=noise, generator=noise_gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-            bar.update(1)
-            if bar.n % 20 == 0:  # a host sync for the live loss, every 20 steps only
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
-        bar.close()
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "lr": opt.param_groups[0]["lr"],
-            "loss": loss_sum.item() / seen,
-            "train_acc_noisy": correct.item() / seen,
-            "seconds": time.perf_counter() - t0,
-        }
-        if test_set is not None:
-            record["test_acc_noisy"] = noisy_accuracy(model, test_set, noise=noise, seed=epoch)
-        history.append(record)
-        if progress:
-            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        meta.epoch = epoch + 1
-        save_checkpoint(
-            path,
-            model,
-            meta=meta,
-            optimizer_state=opt.state_dict(),
-            extra=training_state(order_gen, noise_gen, device, history),
-        )
-    model.eval()
-    return history

@@ -149,7 +149,7 @@ class Macer(TrainingMethod):
         if not isinstance(noise, Gaussian):
             raise InputError(  # noqa: TRY004 (a wrong setting of the run, reported like bad hparams)
                 f"macer maximises the Gaussian l2 radius (sigma/2)(Φ⁻¹(pA) − Φ⁻¹(pB)); noise {noise.name!r} "
-                "has another certificate. Train with Gaussian noise, or use the gaussian or stability method."
+                "has another certificate. Train with Gaussian noise, or use the gaussian, consistency or stability method."
             )
         deltas = noise.sample((self.m, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
         logits = model((x.unsqueeze(0) + deltas).flatten(0, 1)).view(self.m, x.shape[0], -1)

@@ -6,13 +6,21 @@ scalar loss for the optimiser; the training loop (:mod:`smoothcert.train.loop`) 
 ``method.begin_epoch(epoch, epochs)`` before every epoch, so schedules (SmoothAdv's epsilon warm-up,
 MACER's deferred start) are functions of the epoch and survive a resume.
 
-Registered: ``gaussian`` (here), ``stability`` (:mod:`.stability`), ``smoothadv``
-(:mod:`.smoothadv`), ``macer`` (:mod:`.macer`).
+Registered: ``gaussian`` (here), ``consistency`` and ``stability`` (:mod:`.stability`),
+``smoothadv`` (:mod:`.smoothadv`), ``macer`` (:mod:`.macer`).
+
+A method records itself in a checkpoint as ``{"method": name, "hparams": method.hparams()}``;
+:func:`method_record` reads such a record as the current code would write it (a record written by
+an older smoothcert, under an old name or without a newer hyperparameter, is translated), so
+resuming compares like with like.
 """
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -20,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_bool, check_float, check_int  # re-exported for the methods' modules
+from ..errors import InputError
 from ..noise import Noise
 from ..registry import Registry
 
@@ -31,6 +40,7 @@ __all__ = [
     "check_int",
     "get_method",
     "list_methods",
+    "method_record",
     "register_method",
 ]
 
@@ -39,8 +49,34 @@ register_method = METHODS.register
 
 
 def get_method(name: str, **hparams: Any) -> TrainingMethod:
-    """The training method ``name`` with its hyperparameters (keyword-only)."""
-    return METHODS.create(name, **hparams)
+    """The training method ``name`` with its hyperparameters (keyword-only).
+
+    An unknown hyperparameter is refused with the method's hyperparameters and their defaults
+    listed; a method may also translate settings of an older smoothcert (``stability`` with
+    ``clean=True``), see :meth:`TrainingMethod.from_hparams`."""
+    factory = METHODS.factory(name)
+    build = getattr(factory, "from_hparams", factory)  # a registered plain function is called as is
+    return build(**hparams)
+
+
+def method_record(name: str, hparams: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(name, hparams)`` of a checkpoint's training record as the current code writes it.
+
+    A record from an older smoothcert is translated by the method's
+    :meth:`TrainingMethod.upgrade_record` (e.g. ``stability`` with ``clean=False`` is now
+    ``consistency``), and hyperparameters added since are filled in with their defaults by
+    rebuilding the method. Unknown methods and records that do not build are returned as stored,
+    so comparing them with a run's record shows the difference instead of failing here.
+    """
+    factory = METHODS.factory(name) if name in METHODS else None
+    upgrade = getattr(factory, "upgrade_record", None)
+    new_name, new_hparams = upgrade(dict(hparams)) if upgrade is not None else (name, dict(hparams))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return new_name, get_method(new_name, **new_hparams).hparams()
+    except (TypeError, ValueError):
+        return name, dict(hparams)
 
 
 def list_methods() -> list[str]:
@@ -57,6 +93,32 @@ class TrainingMethod(ABC):
         """The hyperparameters, as stored in checkpoints (plain JSON-able values);
         ``get_method(self.name, **self.hparams())`` rebuilds an equal method."""
         return {}
+
+    @classmethod
+    def from_hparams(cls, **hparams: Any) -> TrainingMethod:
+        """The method with ``hparams``, refusing unknown names with the known ones and their
+        defaults listed (what :func:`get_method` calls)."""
+        params = inspect.signature(cls).parameters.values()
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            unknown = [k for k in hparams if k not in {p.name for p in params}]
+            if unknown:
+                raise InputError(f"method {cls.name!r} has no hyperparameter {unknown[0]!r}; "
+                                 f"its hyperparameters (defaults): {cls.describe_defaults()}")
+        return cls(**hparams)
+
+    @classmethod
+    def describe_defaults(cls) -> str:
+        """``name=default, ...`` of the hyperparameters, for messages."""
+        try:
+            return ", ".join(f"{k}={v!r}" for k, v in cls().hparams().items()) or "none"
+        except (TypeError, ValueError):
+            return ", ".join(inspect.signature(cls).parameters) or "none"
+
+    @classmethod
+    def upgrade_record(cls, hparams: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """``(name, hparams)`` that the current code would record for a run that an older smoothcert
+        recorded under this method's name with ``hparams``; unchanged by default."""
+        return cls.name, hparams
 
     def begin_epoch(self, epoch: int, epochs: int) -> None:
         """Called by :func:`smoothcert.train.train` before (0-based) ``epoch`` of ``epochs``,
