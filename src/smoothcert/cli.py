@@ -116,6 +116,8 @@ def _resolve_train_defaults(args: argparse.Namespace, dataset_name: str) -> list
 
 def cmd_train(args: argparse.Namespace) -> int:
     method = _method_from_args(args.method, args.hparam)  # bad --hparam fails before any data is read
+    if method.needs_init and not args.init:
+        raise InputError(f"--method {method.name} fine-tunes a trained model: give its checkpoint with --init")
     init = _read_init(args.init) if args.init else None
     if init is not None and args.arch is None:
         args.arch = init[1].arch  # fine-tuning keeps the checkpoint's architecture

@@ -150,6 +150,7 @@ class HeatSmoothing(TrainingMethod):
     """
 
     name = "heat"
+    needs_init = True
 
     def __init__(self, *, kappa: int = 10, delta: float = 0.1, steps: int = 1, noisy_fraction: float = 0.5) -> None:
         self.kappa = check_int("kappa", kappa, minimum=1)
