@@ -45,7 +45,7 @@ from tqdm import tqdm
 from smoothcert import SmoothedClassifier, get_noise
 from smoothcert.adaptive import certify_at, certify_planned, grid_stages, required_p_lower
 from smoothcert.data import get_dataset
-from smoothcert.evaluate import select_indices
+from smoothcert.runs.certify import select_indices
 from smoothcert.rng import input_seed
 from smoothcert.models import CheckpointMeta, build_model
 from smoothcert.train import TrainConfig, get_method, train

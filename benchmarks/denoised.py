@@ -75,7 +75,7 @@ from smoothcert.denoise import (
     sigma_ladder,
     train_denoiser,
 )
-from smoothcert.evaluate import certify_dataset, select_indices
+from smoothcert.runs.certify import certify_dataset, select_indices
 from smoothcert.files import file_sha256
 from smoothcert.models import CheckpointMeta, build_model, load_checkpoint, read_checkpoint, save_checkpoint
 from smoothcert.noise import get_noise

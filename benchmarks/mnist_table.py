@@ -35,9 +35,9 @@ import torch
 
 from smoothcert import SmoothedClassifier, analysis, get_noise
 from smoothcert.data import get_dataset
-from smoothcert.evaluate import certify_dataset, select_indices
+from smoothcert.runs.certify import certify_dataset, select_indices
 from smoothcert.models import CheckpointMeta, build_model, load_checkpoint, read_checkpoint
-from smoothcert.robustness import attack_dataset
+from smoothcert.runs.attack import attack_dataset
 from smoothcert.train import TrainConfig, get_method, train
 
 RADII = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]

@@ -3,7 +3,7 @@
 When n0 + n is small against the rows a device takes per forward pass (PREDICT or CERTIFY with
 n = 1,000 on a GPU), one input per call leaves the device mostly idle and pays the fixed cost of
 a call (noise buffer, two sampling passes, the final host read) per input. ``pack = K`` certifies
-K inputs per call (:func:`smoothcert.evaluate.certify_dataset`). This runs the same inputs at
+K inputs per call (:func:`smoothcert.runs.certify.certify_dataset`). This runs the same inputs at
 each ``--packs`` value, in ABBA order, with a random-weight LeNet (speed only) on the embedded
 MNIST test images, and prints one JSON line per pack value: median seconds per input over
 ``--repeats`` rounds, samples per second, and the ratio to pack = 1.
@@ -26,7 +26,7 @@ import torch
 
 from smoothcert import SmoothedClassifier, get_noise
 from smoothcert.data import get_dataset
-from smoothcert.evaluate import certify_dataset
+from smoothcert.runs.certify import certify_dataset
 from smoothcert.models import build_model
 
 

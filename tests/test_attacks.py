@@ -17,7 +17,6 @@ from linear import LinearBinary
 from torch import nn
 
 from smoothcert import SmoothedClassifier, get_noise
-from smoothcert import robustness as robustness_module
 from smoothcert.attacks import (
     SmoothedSoft,
     adversarial_l2,
@@ -30,7 +29,8 @@ from smoothcert.attacks import (
 )
 from smoothcert.analysis import Violation, summarize_attack, summary_table
 from smoothcert.cli import main
-from smoothcert.robustness import attack_columns, attack_dataset, l2_radius
+from smoothcert.runs import attack as attack_module
+from smoothcert.runs.attack import attack_columns, attack_dataset, l2_radius
 from smoothcert.smooth import ABSTAIN
 
 ATTACKS = ["pgd", "ddn"]
@@ -427,13 +427,13 @@ def test_confirm_passes_over_abstentions_and_records_them():
     x_adv = x + torch.tensor([[0.1, 0.0, 0.0, 0.0]])
     kw = {"n": 10, "alpha": 0.01, "batch_size": 10, "seed": 0}
     # Abstain at 1.05^0 and 1.05^1, then class 0 (not the attacked class 1) at 1.05^2: stop there.
-    points, preds, dists, abstains = robustness_module._confirm(Scripted([ABSTAIN, ABSTAIN, 0, 1]), x, x_adv,
+    points, preds, dists, abstains = attack_module._confirm(Scripted([ABSTAIN, ABSTAIN, 0, 1]), x, x_adv,
                                                                 [1], [0], **kw)
     assert preds == [0] and dists[0] == pytest.approx(0.1 * 1.05**2) and abstains[0] == pytest.approx(0.1)
     torch.testing.assert_close(points, (x + 1.05**2 * (x_adv - x)))
     # Never another class: the last point, its answer (the attacked class), the first abstention.
     script = [1, ABSTAIN, 1, 1, ABSTAIN, 1]
-    _, preds, dists, abstains = robustness_module._confirm(Scripted(script), x, x_adv, [1], [0], **kw)
+    _, preds, dists, abstains = attack_module._confirm(Scripted(script), x, x_adv, [1], [0], **kw)
     assert preds == [1] and dists[0] == pytest.approx(0.1 * 1.05**5) and abstains[0] == pytest.approx(0.1 * 1.05)
 
 

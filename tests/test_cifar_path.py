@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from smoothcert.analysis import load_results
-from smoothcert.cli import _resolve_train_defaults, build_parser, main
+from smoothcert.cli import main
 from smoothcert.data import get_dataset
 from smoothcert.models import read_checkpoint
+from smoothcert.runs import train_defaults
 
 CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
 
@@ -136,17 +137,13 @@ def test_a_local_cifar10_copy_in_the_pickle_layout_trains_and_certifies(tmp_path
 
 
 def test_per_dataset_defaults_and_explicit_flags_win(tmp_path, capsys):
-    def resolved(dataset_name: str, *flags: str) -> tuple[str, bool, list[str]]:
-        args = build_parser().parse_args(["train", "--sigma", "0.25", "--out", "x.pt", *flags])
-        chosen = _resolve_train_defaults(args, dataset_name)
-        return args.arch, args.augment, chosen
-
+    resolved = train_defaults
     assert resolved("cifar10") == ("resnet110", True, ["--arch resnet110", "--augment"])
     assert resolved("cifar100")[:2] == ("resnet110", True)
     assert resolved("mnist")[:2] == resolved("fashion-mnist")[:2] == resolved("embedded")[:2] == ("lenet", False)
     assert resolved("imagenet")[:2] == ("resnet50", False)
-    assert resolved("cifar10", "--arch", "resnet20", "--no-augment") == ("resnet20", False, [])
-    assert resolved("mnist", "--augment") == ("lenet", True, ["--arch lenet"])
+    assert resolved("cifar10", arch="resnet20", augment=False) == ("resnet20", False, [])
+    assert resolved("mnist", augment=True) == ("lenet", True, ["--arch lenet"])
 
     # Through the command: MNIST-like data keeps LeNet and trains without augmentation.
     ckpt = tmp_path / "lenet.pt"

@@ -439,6 +439,28 @@ def test_samples_errors(tmp_path: Path) -> None:
         get_dataset("samples", split="test", root=tmp_path, subset="mnist")
 
 
+def test_samples_root_comes_from_arguments_or_the_environment_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Without a root, samples looks in $SMOOTHCERT_DATA/samples and ./data/samples, never beside the
+    # installed package (a source checkout's ../shared/data/samples is found only when passed).
+    monkeypatch.setenv(data.ENV_DATA_ROOT, str(tmp_path / "env"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as missing:
+        get_dataset("samples", split="test", subset="mnist")
+    assert "shared" not in str(missing.value)
+    assert data._default_samples_dirs() == [tmp_path / "env" / "samples", tmp_path / "data" / "samples"]
+    from PIL import Image
+
+    folder = tmp_path / "env" / "samples"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((28, 28), 255, dtype=np.uint8), mode="L").save(folder / "mnist_3_5.png")
+    ds = get_dataset("samples", split="test", subset="mnist")
+    assert len(ds) == 1 and ds.source_indices.tolist() == [3] and ds.labels.tolist() == [5]
+    monkeypatch.delenv(data.ENV_DATA_ROOT)
+    assert data._default_samples_dirs() == [tmp_path / "data" / "samples"]
+
+
 def test_imagenet_samples_resize_geometry(tmp_path: Path) -> None:
     # A 300x600 image with a marker square at its centre: after shorter side → 256 and centre crop
     # 224, the marker must still sit at the centre.

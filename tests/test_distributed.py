@@ -22,7 +22,7 @@ from torch.utils.data import TensorDataset
 from smoothcert import SmoothedClassifier, get_noise
 from smoothcert.cli import main
 from smoothcert.distributed import Shard, rank_device, shard_from_env
-from smoothcert.evaluate import certify_dataset
+from smoothcert.runs.certify import certify_dataset
 from smoothcert.results import (
     COLUMNS,
     ConfigMismatchError,
@@ -273,7 +273,7 @@ FAILING = """
     import torch
     from smoothcert import SmoothedClassifier, get_noise
     from smoothcert.distributed import process_group
-    from smoothcert.evaluate import certify_dataset
+    from smoothcert.runs.certify import certify_dataset
 
     class Data(torch.utils.data.Dataset):
         def __len__(self):

@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 
 from smoothcert import SmoothedClassifier, get_noise
 from smoothcert.cli import main
-from smoothcert.evaluate import certify_dataset, check_pack, predict_dataset
+from smoothcert.runs.certify import certify_dataset, check_pack, predict_dataset
 from smoothcert.rng import input_seed
 
 

@@ -548,7 +548,7 @@ def get_dataset(
             the package, no root needed).
         split: ``"train"`` or ``"test"`` (folders: any sub-folder name).
         root: data directory; default ``$SMOOTHCERT_DATA`` or ``./data``. For ``samples`` it is
-            the directory holding the sample images.
+            the directory holding the sample images (default: ``samples`` inside the default root).
         download: fetch missing files from the canonical mirrors (mnist, fashion-mnist, cifar10,
             cifar100); md5 checked.
         **options: dataset-specific, e.g. ``subset="cifar10"`` for ``samples``.
@@ -1135,14 +1135,11 @@ def _samples_info(subset: str | None = None) -> DatasetInfo:
 
 
 def _default_samples_dirs() -> list[Path]:
-    candidates = []
+    """Where ``samples`` looks without a root, in order: ``$SMOOTHCERT_DATA/samples`` (if set), then
+    ``./data/samples``. Data roots come from arguments or the environment only, never from where
+    the package is installed."""
     env = os.environ.get(ENV_DATA_ROOT)
-    if env:
-        candidates.append(Path(env).expanduser() / "samples")
-    # A source checkout: <repo>/src/smoothcert/data.py → <repo>/../shared/data/samples.
-    parents = Path(__file__).resolve().parents
-    if len(parents) > 3:
-        candidates.append(parents[3] / "shared" / "data" / "samples")
+    candidates = [Path(env).expanduser() / "samples"] if env else []
     candidates.append(Path("data") / "samples")
     return [c.absolute() for c in candidates]
 

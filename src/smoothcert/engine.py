@@ -242,9 +242,10 @@ def sample_counts(
     caller's first read of the counts is the only synchronisation.
     """
     b = x.shape[0]
+    # One spare row of counts (owner B) takes the padding rows of a fixed-shape last chunk. Made
+    # outside inference mode, so callers get an ordinary tensor they may modify in place.
+    counts = torch.zeros((b + 1) * num_classes, dtype=torch.long, device=model_device(model))
     with torch.inference_mode():
-        # One spare row of counts (owner B) takes the padding rows of a fixed-shape last chunk.
-        counts = torch.zeros((b + 1) * num_classes, dtype=torch.long, device=model_device(model))
         for owner, logits in noisy_outputs(
             model, x, noise=noise, n=n, batch_size=batch_size, generator=generator, precision=precision,
             channels_last=channels_last, fixed_shape=fixed_shape, forward=forward,
@@ -275,8 +276,8 @@ def sample_mean_probs(
     The softmax is taken in float32, or float64 for float64 logits (:func:`~smoothcert.ops.upcast_logits`).
     """
     b = x.shape[0]
+    sums = torch.zeros(b + 1, num_classes, dtype=torch.float64, device=model_device(model))
     with torch.inference_mode():
-        sums = torch.zeros(b + 1, num_classes, dtype=torch.float64, device=model_device(model))
         for owner, logits in noisy_outputs(
             model, x, noise=noise, n=n, batch_size=batch_size, generator=generator, precision=precision,
             channels_last=channels_last, fixed_shape=fixed_shape, forward=forward,

@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..certificate import ABSTAIN
 from ..errors import InputError
-from ..smooth import ABSTAIN
 
 __all__ = [
     "ATTACKS",

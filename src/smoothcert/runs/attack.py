@@ -54,12 +54,13 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .analysis.attack import AttackSummary, find_violations, summarize_attack, summary_table
-from .attacks import SmoothedSoft, ddn, l2_norms, pgd_l2, smoothed_log_probs
-from .checks import as_batch, check_sample_sizes, ensure_eval, model_device
-from .errors import InputError, InputTypeError
-from .noise import Noise
-from .results import (
+from ..analysis.attack import AttackSummary, find_violations, summarize_attack, summary_table
+from ..attacks import SmoothedSoft, ddn, l2_norms, pgd_l2, smoothed_log_probs
+from ..certificate import ABSTAIN
+from ..checks import as_batch, check_sample_sizes, ensure_eval, model_device
+from ..errors import InputError, InputTypeError
+from ..noise import Noise
+from ..results import (
     ATTACKS,
     DDN_CONFIRM_STEPS,
     MAY_CHANGE,
@@ -69,9 +70,9 @@ from .results import (
     eps_key,
     format_time,
 )
-from .rng import input_seed, sub_seed
-from .smooth import ABSTAIN, SmoothedClassifier
-from .stats import check_alpha
+from ..rng import input_seed, sub_seed
+from ..smooth import SmoothedClassifier
+from ..stats import check_alpha
 
 __all__ = [
     "ATTACKS",
@@ -166,9 +167,9 @@ def attack_dataset(
         attack_batch: inputs attacked together (a smoothed model's forward passes then have
             m·attack_batch rows); their rows are written when the batch is done.
         seed: per-input streams: the certificate uses ``input_seed(seed, idx)`` (as
-            :func:`~smoothcert.evaluate.certify_dataset` does), the attack's noise, each PREDICT
+            :func:`~smoothcert.runs.certify.certify_dataset` does), the attack's noise, each PREDICT
             and each re-check their own independent streams of ``(seed, idx)``.
-        indices: inputs to attack (default: all), e.g. from :func:`~smoothcert.evaluate.select_indices`.
+        indices: inputs to attack (default: all), e.g. from :func:`~smoothcert.runs.certify.select_indices`.
         config: run facts (dataset, checkpoint hash, ...) added to the guarded configuration.
     Returns:
         :func:`summarize_attack` of the rows of ``indices`` (including rows kept from an earlier

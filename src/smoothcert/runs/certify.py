@@ -24,16 +24,16 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .certificate import ABSTAIN, CertifyAtResult, PlannedCertificate
-from .checks import check_int, check_sample_sizes
-from .distributed import Shard
-from .errors import InputError
-from .results import MAY_CHANGE, PREDICT_COLUMNS, ResultWriter, format_time, result_rows
-from .rng import input_seed
-from .smooth import SmoothedClassifier
-from .stats import check_alpha
+from ..certificate import Certificate, CertifyAtResult, PlannedCertificate
+from ..checks import check_int, check_sample_sizes
+from ..distributed import Shard
+from ..errors import InputError
+from ..results import MAY_CHANGE, PREDICT_COLUMNS, ResultWriter, certify_row, predict_row, result_rows
+from ..rng import input_seed
+from ..smooth import SmoothedClassifier
+from ..stats import check_alpha
 
-__all__ = ["input_seed", "select_indices", "check_pack", "certify_dataset", "predict_dataset", "PREDICT_COLUMNS"]
+__all__ = ["PREDICT_COLUMNS", "certify_dataset", "check_pack", "input_seed", "predict_dataset", "select_indices"]
 
 
 def select_indices(length: int, *, skip: int = 1, max_count: int | None = None, start: int = 0) -> list[int]:
@@ -156,43 +156,33 @@ def certify_dataset(
                    disable=not progress or (shard is not None and shard.rank != 0))
         for group, missing in _packs(todo_all, todo, pack):
             x, labels = _stack(dataset, group)
+            stream = input_seed(seed, group[0])
             if target == "grid":
-                cert = _grid_certificate(smoothed.certify_at(
-                    x, radii, n0=n0, alpha=alpha, batch_size=batch_size, stages=stages,
-                    max_n=n if isinstance(stages, str) else None, generator=input_seed(seed, group[0]), norm=norm))
+                grid = smoothed.certify_at(x, radii, n0=n0, alpha=alpha, batch_size=batch_size, stages=stages,
+                                           max_n=n if isinstance(stages, str) else None, generator=stream, norm=norm)
+                # certify_at decides the grid radii, so the row's radius is the largest one certified and the
+                # runner-up is not tracked (count_b written as NOT_TRACKED).
+                radius, count_b, draws = grid.largest_certified_radius(), None, grid.n_used
+                cert: Certificate | PlannedCertificate | CertifyAtResult = grid
             elif target == "radius":
                 cert = smoothed.certify_planned(x, n0=n0, max_n=n, alpha=alpha, batch_size=batch_size,
-                                                radius_loss=radius_loss, generator=input_seed(seed, group[0]),
-                                                norm=norm)
+                                                radius_loss=radius_loss, generator=stream, norm=norm)
+                radius, count_b, draws = cert.radius, cert.count_b, cert.n_used
             else:
-                cert = smoothed.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
-                                        generator=input_seed(seed, group[0]), norm=norm, two_class=two_class)
-            draws = cert.n_used if isinstance(cert, PlannedCertificate) else torch.full((len(group),), cert.n)
+                cert = smoothed.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size, generator=stream,
+                                        norm=norm, two_class=two_class)
+                radius, count_b, draws = cert.radius, cert.count_b, torch.full((len(group),), cert.n)
             for j, i in enumerate(group):
-                if i not in missing:
-                    continue
-                pred, label = int(cert.prediction[j]), labels[j]
-                seconds = float(cert.seconds[j])
-                writer.write({
-                    "idx": i, "label": label, "predict": pred, "radius": float(cert.radius[j]),
-                    "correct": int(pred == label), "time": format_time(seconds),
-                    "p_lower": float(cert.p_lower[j]), "count_a": int(cert.count_a[j]),
-                    "count_b": int(cert.count_b[j]), "n": int(draws[j]), "n0": n0, "alpha": alpha,
-                    "noise": smoothed.noise.name, "sigma": smoothed.noise.sigma, "norm": norm,
-                    "precision": smoothed.precision, "seconds": seconds,
-                })  # fmt: skip
+                if i in missing:
+                    writer.write(certify_row(
+                        idx=i, label=labels[j], predict=int(cert.prediction[j]), radius=float(radius[j]),
+                        p_lower=float(cert.p_lower[j]), count_a=int(cert.count_a[j]),
+                        count_b=None if count_b is None else int(count_b[j]), n=int(draws[j]), n0=n0, alpha=alpha,
+                        noise=smoothed.noise.name, sigma=smoothed.noise.sigma, norm=norm,
+                        precision=smoothed.precision, seconds=float(cert.seconds[j])))
             bar.update(len(missing))
         bar.close()
     return writer
-
-
-def _grid_certificate(res: CertifyAtResult) -> PlannedCertificate:
-    """A row-shaped view of certify_at decisions (see :func:`certify_dataset`, target "grid")."""
-    return PlannedCertificate(prediction=res.prediction, radius=res.largest_certified_radius(), p_lower=res.p_lower,
-                              counts=torch.empty(len(res.prediction), 0, dtype=torch.long), count_a=res.count_a,
-                              count_b=torch.full_like(res.count_a, -1), n_used=res.n_used,
-                              max_n=int(res.n_used.max()), n0=res.n0, alpha=res.alpha, norm=res.norm,
-                              seconds=res.seconds)
 
 
 def predict_dataset(
@@ -212,7 +202,8 @@ def predict_dataset(
 ) -> ResultWriter:
     """PREDICT every selected input and append rows ``idx label predict correct time ...`` to
     ``out`` (resumable, shardable and packed like :func:`certify_dataset`; ABSTAIN = -1 counts as
-    incorrect). ``time`` of a packed input is its pack's time split evenly."""
+    incorrect). ``time`` of a packed input is its pack's time split evenly; like certify's, it
+    leaves out the "auto" batch probe and the compile warm-up (see :attr:`SmoothedClassifier.compile_seconds`)."""
     check_alpha(alpha)
     check_sample_sizes(n=n, batch_size=batch_size)
     check_pack(pack)
@@ -224,19 +215,17 @@ def predict_dataset(
                    disable=not progress or (shard is not None and shard.rank != 0))
         for group, missing in _packs(todo_all, todo, pack):
             x, labels = _stack(dataset, group)
+            # Probe "auto" and warm up a compiled model before the clock starts, as certify does:
+            # the time column is the sampling and the test only.
+            smoothed.prepare(x, batch_size=batch_size, draws=(n,))  # probe and compile: not timed
             t0 = time.perf_counter()
             preds = smoothed.predict(x, n=n, alpha=alpha, batch_size=batch_size, generator=input_seed(seed, group[0]))
             seconds = (time.perf_counter() - t0) / len(group)
             for j, i in enumerate(group):
-                if i not in missing:
-                    continue
-                pred = int(preds[j])
-                writer.write({
-                    "idx": i, "label": labels[j], "predict": pred,
-                    "correct": int(pred != ABSTAIN and pred == labels[j]), "time": format_time(seconds), "n": n,
-                    "alpha": alpha, "noise": smoothed.noise.name, "sigma": smoothed.noise.sigma,
-                    "precision": smoothed.precision,
-                })  # fmt: skip
+                if i in missing:
+                    writer.write(predict_row(idx=i, label=labels[j], predict=int(preds[j]), n=n, alpha=alpha,
+                                             noise=smoothed.noise.name, sigma=smoothed.noise.sigma,
+                                             precision=smoothed.precision, seconds=seconds))
             bar.update(len(missing))
         bar.close()
     return writer

@@ -1,0 +1,154 @@
+"""Run a certify, predict or attack run from its settings: load the classifier and its data, wire
+the denoiser, build the smoothed classifier, record the run facts, shard under torchrun, and write
+the result file (:mod:`smoothcert.runs.certify`, :mod:`smoothcert.runs.attack`).
+
+``log`` receives one line describing each run (what is certified, on which data, into which file)
+and the engine's measured facts; with ``progress`` also the notes on decisions taken on the way
+(the denoiser wiring). None drops them.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..analysis import AttackSummary
+from ..distributed import Shard, process_group, rank_device
+from ..errors import InputError
+from ..models import CheckpointMeta
+from ..noise import get_noise
+from ..smooth import SmoothedClassifier
+from .attack import attack_dataset
+from .certify import certify_dataset, predict_dataset
+from .classifier import (
+    Log,
+    load_classifier,
+    load_split,
+    resolve_device,
+    run_facts,
+    smoothed_classifier,
+    smoothing_noise,
+    wire_denoiser,
+)
+from .settings import AttackRun, CertifyRun, ClassifierSpec, DataSpec, EngineSpec, PredictRun
+
+__all__ = ["run_attack", "run_certify", "run_predict"]
+
+
+def _say(log: Log | None, message: str) -> None:
+    if log is not None:
+        log(message)
+
+
+@contextmanager
+def _sharded(device: str | None, minutes: float) -> Iterator[tuple[Shard | None, torch.device]]:
+    """``(shard, device)``: under torchrun this process's :class:`Shard` (in its process group for
+    the block) and its GPU (``cuda:LOCAL_RANK`` for a bare ``cuda``); otherwise ``(None, device)``."""
+    name = str(resolve_device(device))
+    with process_group(device=name, timeout=datetime.timedelta(minutes=minutes)) as shard:
+        yield shard, rank_device(name, shard)
+
+
+def _smoothed(
+    spec: ClassifierSpec, data: DataSpec, split: str, engine: EngineSpec, device: torch.device, *,
+    loaded: tuple[Any, CheckpointMeta, str] | None = None, log: Log | None = None, progress: bool = True,
+) -> tuple[SmoothedClassifier, Dataset, dict[str, Any]]:
+    """``(smoothed classifier, split, run facts)`` of ``spec``; ``loaded`` is the checkpoint already
+    read by :func:`load_classifier`, so a run that looked at its metadata first reads it once."""
+    model, meta, sha = load_classifier(spec.checkpoint, device) if loaded is None else loaded
+    noise = smoothing_noise(spec, meta)
+    dataset, name = load_split(data, split, meta)
+    base, record = wire_denoiser(model, spec.denoiser, noise=noise, in_channels=meta.in_channels, device=device)
+    if record is not None and progress:
+        _say(log, f"denoised smoothing: {base!r}")
+    smoothed = smoothed_classifier(base, noise=noise, meta=meta, engine=engine)
+    facts = run_facts(dataset=name, data=data, split=split, checkpoint_sha256=sha, meta=meta, denoiser=record)
+    return smoothed, dataset, facts
+
+
+def _report_engine(smoothed: SmoothedClassifier, log: Log | None) -> None:
+    # Measured, not configured: the rows "auto" chose and the untimed compile warm-up.
+    if smoothed.last_batch_size is not None:
+        _say(log, f"engine: {smoothed.last_batch_size} rows per forward pass (last pass), "
+                  f"compile warm-up {smoothed.compile_seconds:.1f} s (excluded from the time column)")
+
+
+def run_certify(run: CertifyRun, *, progress: bool = True, log: Log | None = None) -> Path:
+    """CERTIFY the selected inputs of ``run`` into ``run.out`` (resumable; one rank of a sharded run
+    under torchrun, the ranks' rows merged into ``run.out``). Returns ``run.out``.
+
+    Raises :class:`~smoothcert.errors.ConfigMismatchError` if ``run.out`` holds rows of another
+    configuration (nothing is written then)."""
+    with _sharded(run.model.device, run.dist_timeout) as (shard, device):
+        smoothed, dataset, facts = _smoothed(run.model, run.data, run.split, run.engine, device,
+                                             log=log, progress=progress)
+        indices = run.select.indices(len(dataset))
+        if shard is None or shard.rank == 0:
+            _say(log, f"certifying {len(indices)} inputs of {facts['dataset']}/{run.split} with {smoothed!r}, "
+                      f"n0={run.n0} n={run.n} alpha={run.alpha} -> {run.out}")
+        certify_dataset(smoothed, dataset, run.out, n0=run.n0, n=run.n, alpha=run.alpha,
+                        batch_size=run.engine.batch_size, seed=run.seed, indices=indices, norm=run.norm,
+                        two_class=run.two_class, target=run.target, radius_loss=run.radius_loss, radii=run.radii,
+                        stages=run.stages, config=facts, progress=progress, shard=shard, pack=run.pack)
+        _report_engine(smoothed, log)
+    return Path(run.out)
+
+
+def run_predict(run: PredictRun, *, progress: bool = True, log: Log | None = None) -> Path:
+    """PREDICT the selected inputs of ``run`` into ``run.out`` (resumable, sharded like
+    :func:`run_certify`). Returns ``run.out``."""
+    with _sharded(run.model.device, run.dist_timeout) as (shard, device):
+        smoothed, dataset, facts = _smoothed(run.model, run.data, run.split, run.engine, device,
+                                             log=log, progress=progress)
+        indices = run.select.indices(len(dataset))
+        predict_dataset(smoothed, dataset, run.out, n=run.n, alpha=run.alpha, batch_size=run.engine.batch_size,
+                        seed=run.seed, indices=indices, config=facts, progress=progress, shard=shard, pack=run.pack)
+    return Path(run.out)
+
+
+def run_attack(run: AttackRun, *, progress: bool = True, log: Log | None = None) -> AttackSummary:
+    """Attack the selected inputs of ``run`` into ``run.out`` (resumable) and return
+    :func:`~smoothcert.analysis.summarize_attack` of their rows.
+
+    The smoothed classifier is attacked when ``run.smoothed`` says so, or (None) when the checkpoint
+    was trained with noise or ``run.model.noise`` is given; else the base network. A denoiser is set
+    for the smoothing noise even when only the base ``f(D(x))`` is attacked, so the base attack needs
+    a noise level (``run.model.sigma``, else the checkpoint's; the noise defaults to Gaussian).
+    """
+    spec = run.model
+    device = resolve_device(spec.device)
+    model, meta, sha = load_classifier(spec.checkpoint, device)
+    smoothed = run.smoothed if run.smoothed is not None else (spec.noise is not None or meta.noise != "none")
+    target: Any
+    if smoothed:
+        target, dataset, facts = _smoothed(spec, run.data, run.split, run.engine, device, loaded=(model, meta, sha),
+                                           log=log, progress=progress)
+        what = repr(target)
+    else:
+        dataset, name = load_split(run.data, run.split, meta)
+        target, what, record = model, f"the base {meta.arch}", None
+        if spec.denoiser is not None:
+            sigma = spec.sigma if spec.sigma is not None else (meta.sigma or None)
+            if sigma is None:
+                raise InputError("--denoiser needs the noise level it denoises: pass --sigma (and --noise)")
+            noise_name = spec.noise or (meta.noise if meta.noise != "none" else "gaussian")
+            target, record = wire_denoiser(model, spec.denoiser, noise=get_noise(noise_name, sigma=sigma),
+                                           in_channels=meta.in_channels, device=device)
+            if progress:
+                _say(log, f"denoised smoothing: {target!r}")
+            what = f"{target!r} (base)"
+        facts = run_facts(dataset=name, data=run.data, split=run.split, checkpoint_sha256=sha, meta=meta,
+                          denoiser=record)
+    indices = run.select.indices(len(dataset))
+    _say(log, f"attacking {len(indices)} inputs of {facts['dataset']}/{run.split} ({run.attack}, {run.steps} steps) "
+              f"on {what} -> {run.out}")
+    return attack_dataset(target, dataset, run.out, attack=run.attack, eps=run.eps, steps=run.steps, m=run.m,
+                          n0=run.n0, n=run.n, alpha=run.alpha, batch_size=run.engine.batch_size,
+                          attack_batch=run.attack_batch, seed=run.seed, indices=indices, config=facts,
+                          progress=progress)
