@@ -32,3 +32,32 @@ def test_heat_fine_tunes_and_records(trained, tmp_path):
     assert training["method"] == "heat"
     assert training["hparams"] == {"kappa": 1, "delta": 0.1, "steps": 1, "noisy_fraction": 0.5}
     assert "init" in training and meta["sigma"] == 0.25
+
+
+def test_certify_certificates_through_the_cli(trained, tmp_path, capsys):
+    common = ["certify", "--checkpoint", str(trained), "--n0", "10", "--n", "200", "--alpha", "0.01", "--batch", "100",
+              "--max", "3", "--quiet", "--device", "cpu"]
+    for cert in ("soft-phi", "soft-lbound"):
+        out = tmp_path / f"{cert}.tsv"
+        assert main([*common, "--certificate", cert, "--out", str(out)]) == 0
+        assert out.read_text().splitlines()[0].split("\t")[:6] == ["idx", "label", "predict", "radius", "correct",
+                                                                    "time"]
+        assert main(["analyze", str(out)]) == 0
+        assert main([*common, "--certificate", cert, "--out", str(out)]) == 0  # resumes: nothing to do
+        assert len(out.read_text().splitlines()) == 4
+    clean = tmp_path / "clean.tsv"
+    assert main([*common, "--selection", "clean", "--out", str(clean)]) == 0
+    assert main(["analyze", str(clean)]) == 0
+    det = tmp_path / "det.tsv"
+    assert main([*common, "--certificate", "deterministic", "--out", str(det)]) == 0
+    header = det.read_text().splitlines()[0].split("\t")
+    assert "heuristic_radius" in header and "radius" not in header
+    capsys.readouterr()
+    assert main(["analyze", str(det)]) == 2
+    assert "heuristic" in capsys.readouterr().err
+    # Bad settings: a clear error, nothing written.
+    bad = tmp_path / "bad.tsv"
+    assert main([*common, "--certificate", "soft-phi", "--target", "radius", "--out", str(bad)]) == 2
+    assert main([*common, "--certificate", "soft-phi", "--noise", "laplace", "--sigma", "0.5",
+                 "--out", str(bad)]) == 2
+    assert not bad.exists()

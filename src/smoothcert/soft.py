@@ -47,6 +47,7 @@ from .stats import MEAN_BOUNDS, bonferroni, check_alpha, clopper_pearson_lower, 
 __all__ = [
     "DeterministicRadius",
     "OUTPUT_KINDS",
+    "SELECTIONS",
     "SOFT_BOUNDS",
     "SoftCertificate",
     "certify_clean_class",

@@ -33,6 +33,7 @@ from .classifier import (
 from .demo import QuickstartResult, quickstart
 from .launch import run_attack, run_certify, run_predict
 from .settings import (
+    CERTIFICATES,
     DEFAULT_RADII,
     AttackRun,
     CertifyRun,
@@ -46,6 +47,7 @@ from .settings import (
     TrainRun,
     training_method,
 )
+from .soft import SOFT_CERTIFICATES, certify_clean_class_dataset, certify_soft_dataset, deterministic_dataset
 from .training import (
     TRAIN_DEFAULTS,
     InitCheckpoint,
@@ -58,8 +60,10 @@ from .training import (
 
 __all__ = [
     "ATTACKS",
+    "CERTIFICATES",
     "DEFAULT_RADII",
     "PREDICT_COLUMNS",
+    "SOFT_CERTIFICATES",
     "TRAIN_DEFAULTS",
     "AttackRun",
     "CertifyRun",
@@ -75,9 +79,12 @@ __all__ = [
     "TrainRun",
     "attack_columns",
     "attack_dataset",
+    "certify_clean_class_dataset",
     "certify_dataset",
+    "certify_soft_dataset",
     "check_finetune",
     "check_pack",
+    "deterministic_dataset",
     "l2_radius",
     "load_classifier",
     "load_dataset",

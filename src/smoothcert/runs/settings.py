@@ -30,12 +30,14 @@ from ..engine import COMPILE_MODES, PRECISIONS
 from ..errors import InputError, InputTypeError
 from ..models import list_models
 from ..noise import list_noises
-from ..stats import check_alpha
+from ..soft import SELECTIONS
+from ..stats import MEAN_BOUNDS, check_alpha
 from ..train import TrainConfig, TrainingMethod, get_method
 from .attack import ATTACKS
 from .certify import check_pack, select_indices
 
 __all__ = [
+    "CERTIFICATES",
     "DEFAULT_RADII",
     "AttackRun",
     "CertifyRun",
@@ -216,12 +218,24 @@ _DEFAULT_DIST_MINUTES = DEFAULT_TIMEOUT.total_seconds() / 60
 # ---------------------------------------------------------------------------- certify / predict
 
 
+#: ``certificate`` of a certify run: CERTIFY (``hard``), the soft-classifier certificates, or the
+#: one-pass HeatSmoothing heuristic (rows without a certified radius; see :mod:`smoothcert.runs.soft`).
+CERTIFICATES = ("hard", "soft-phi", "soft-lbound", "deterministic")
+
+
 @dataclass(frozen=True, kw_only=True)
 class CertifyRun:
     """CERTIFY every selected input of ``data``'s ``split`` (see
     :func:`smoothcert.runs.certify.certify_dataset` for ``target``, ``radii``, ``stages``,
     ``radius_loss``, ``pack``) and write one row each to ``out`` (resumable). Under torchrun the run
-    is sharded over the processes, which wait ``dist_timeout`` minutes for each other."""
+    is sharded over the processes, which wait ``dist_timeout`` minutes for each other.
+
+    ``certificate``: "hard" (CERTIFY), "soft-phi" / "soft-lbound" (certificates of the smoothed soft
+    classifier, Gaussian noise only, ``bound_method`` the confidence bound) or "deterministic" (the
+    one-pass HeatSmoothing heuristic: not a certificate, its rows hold ``heuristic_radius`` and no
+    ``radius``). ``selection="clean"`` takes the class from one clean forward pass instead of n0 draws
+    (the HeatSmoothing paper's variant; sound). Anything but hard CERTIFY with n0 draws runs in one
+    process, one input at a time (:mod:`smoothcert.runs.soft`)."""
 
     model: ClassifierSpec
     out: PathLike
@@ -241,12 +255,25 @@ class CertifyRun:
     radius_loss: float = 0.02
     pack: int = 1
     dist_timeout: float = _DEFAULT_DIST_MINUTES
+    certificate: str = "hard"
+    selection: str = "draws"
+    bound_method: str = "best"
 
     def __post_init__(self) -> None:
         _set(self, "out", Path(self.out))
         check_alpha(self.alpha)
         check_sample_sizes(n=self.n, n0=self.n0, batch_size=self.engine.batch_size)
         check_pack(self.pack)
+        _check_choice("certificate", self.certificate, CERTIFICATES)
+        _check_choice("selection", self.selection, SELECTIONS)
+        _check_choice("bound_method", self.bound_method, MEAN_BOUNDS)
+        if (self.certificate != "hard" or self.selection != "draws") and (
+            self.target != "fixed" or self.two_class or self.pack != 1
+        ):
+            raise InputError(f"certificate={self.certificate!r} with selection={self.selection!r} runs one input "
+                             "at a time with n draws: leave target fixed, two_class off and pack 1")
+        if self.certificate == "deterministic" and self.selection != "draws":
+            raise InputError("the deterministic heuristic takes no class selection: leave selection at 'draws'")
         _check_choice("target", self.target, ("fixed", "radius", "grid"))
         if self.target != "fixed" and self.two_class:
             raise InputError(f"target={self.target!r} works with the one-class certificate; "
