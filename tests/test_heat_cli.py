@@ -23,19 +23,24 @@ def test_heat_needs_init(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_heat_fine_tunes_and_records(trained, tmp_path):
-    out = tmp_path / "heat.pt"
+@pytest.fixture(scope="module")
+def heat_ckpt(trained):
+    out = trained.parent / "heat.pt"
     assert main([*TRAIN, "--method", "heat", "--hparam", "kappa=1", "--lr", "0.01", "--init", str(trained),
                  "--out", str(out)]) == 0
-    meta = read_checkpoint(out)["meta"]
+    return out
+
+
+def test_heat_fine_tunes_and_records(heat_ckpt):
+    meta = read_checkpoint(heat_ckpt)["meta"]
     training = meta["training"]
     assert training["method"] == "heat"
     assert training["hparams"] == {"kappa": 1, "delta": 0.1, "steps": 1, "noisy_fraction": 0.5}
     assert "init" in training and meta["sigma"] == 0.25
 
 
-def test_certify_certificates_through_the_cli(trained, tmp_path, capsys):
-    common = ["certify", "--checkpoint", str(trained), "--n0", "10", "--n", "200", "--alpha", "0.01", "--batch", "100",
+def test_certify_certificates_through_the_cli(heat_ckpt, tmp_path, capsys):
+    common = ["certify", "--checkpoint", str(heat_ckpt), "--n0", "10", "--n", "200", "--alpha", "0.01", "--batch", "100",
               "--max", "3", "--quiet", "--device", "cpu"]
     for cert in ("soft-phi", "soft-lbound"):
         out = tmp_path / f"{cert}.tsv"
@@ -61,3 +66,12 @@ def test_certify_certificates_through_the_cli(trained, tmp_path, capsys):
     assert main([*common, "--certificate", "soft-phi", "--noise", "laplace", "--sigma", "0.5",
                  "--out", str(bad)]) == 2
     assert not bad.exists()
+
+
+@pytest.mark.parametrize("mode", ["--base", "--smoothed"])
+def test_attack_the_deterministic_and_the_stochastic_model(heat_ckpt, tmp_path, mode):
+    out = tmp_path / "attack.tsv"
+    assert main(["attack", "--checkpoint", str(heat_ckpt), mode, "--attack", "both", "--eps", "0.5", "--steps", "2",
+                 "--m", "2", "--n0", "10", "--n", "100", "--alpha", "0.01", "--batch", "100", "--max", "2", "--quiet",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 3
