@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.n is None:
         args.n = 100_000 if device.type == "cuda" else 10_000
     rows_all = []
+    commit = _commit()  # the code this process imported (later commits in the work tree do not change it)
     for dataset in args.datasets:
         work = Path(args.out) / dataset
         work.mkdir(parents=True, exist_ok=True)
@@ -378,7 +379,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             else:
                 row = _evaluate(m, work / f"{m}.pt", test_set, args, device)
                 row.update({"dataset": dataset, "sigma": args.sigma, "train_seconds": train_seconds.get(m),
-                            "device": str(device), "host": platform.node(), "commit": _commit(),
+                            "device": str(device), "host": platform.node(), "commit": commit,
                             "settings": {k: v for k, v in vars(args).items() if k not in ("quiet",)}})
                 cache.write_text(json.dumps(row))
             print(json.dumps(row), flush=True)
