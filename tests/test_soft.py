@@ -159,3 +159,5 @@ def test_bad_input_is_refused():
 
     with pytest.raises(InputError, match="NaN"):
         deterministic_radius(Nan().eval(), x, sigma=0.5, num_classes=2)
+    with pytest.raises(InputError, match="NaN"):
+        certify_soft(Nan().eval(), x, **kw)

@@ -127,6 +127,31 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def _as_probs(outputs: Tensor, *, num_classes: int, kind: str) -> tuple[Tensor, Tensor]:
+    """``(F, ok)``: float64 probabilities from a model's outputs and a 0-d bool tensor saying they
+    were valid, left on the device (so a sampling loop checks once, at the end, not per chunk)."""
+    if outputs.ndim != 2 or outputs.shape[1] != num_classes:
+        raise InputError(
+            f"the model must return [batch, num_classes={num_classes}] {kind}; got shape {tuple(outputs.shape)}"
+        )
+    out = outputs.double()
+    if kind == "logits":
+        p = out.softmax(dim=1)
+        return p, torch.isfinite(p).all()
+    ok = torch.isfinite(out).all() & (out >= -PROB_TOLERANCE).all() & (out <= 1 + PROB_TOLERANCE).all()
+    ok = ok & ((out.sum(dim=1) - 1).abs() <= PROB_TOLERANCE).all()
+    return out.clamp(0.0, 1.0), ok
+
+
+def _invalid(kind: str) -> InputError:
+    if kind == "logits":
+        return InputError("the model returned NaN or inf logits")
+    return InputError(
+        "outputs='probs' but the model's outputs are not probability vectors (finite entries in [0, 1] "
+        "summing to 1); pass outputs='logits' for a model that returns logits"
+    )
+
+
 def probabilities(outputs: Tensor, *, num_classes: int, kind: str) -> Tensor:
     """F(z) in [0, 1]^K from a model's outputs ``[b, num_classes]``: float64 softmax of logits,
     or the outputs themselves after checking they are probability vectors (``kind="probs"``).
@@ -135,23 +160,10 @@ def probabilities(outputs: Tensor, *, num_classes: int, kind: str) -> Tensor:
     outside [0, 1] or not summing to 1 (within :data:`PROB_TOLERANCE`).
     """
     _check_choice("outputs", kind, OUTPUT_KINDS)
-    if outputs.ndim != 2 or outputs.shape[1] != num_classes:
-        raise InputError(
-            f"the model must return [batch, num_classes={num_classes}] {kind}; got shape {tuple(outputs.shape)}"
-        )
-    out = outputs.double()
-    if not torch.isfinite(out).all():
-        raise InputError(f"the model returned NaN or inf {kind}")
-    if kind == "logits":
-        return out.softmax(dim=1)
-    if (out < -PROB_TOLERANCE).any() or (out > 1 + PROB_TOLERANCE).any() or (
-        (out.sum(dim=1) - 1).abs() > PROB_TOLERANCE
-    ).any():
-        raise InputError(
-            "outputs='probs' but the model's outputs are not probability vectors (entries in [0, 1] "
-            "summing to 1); pass outputs='logits' for a model that returns logits"
-        )
-    return out.clamp(0.0, 1.0)
+    p, ok = _as_probs(outputs, num_classes=num_classes, kind=kind)
+    if not bool(ok):
+        raise _invalid(kind)
+    return p
 
 
 def soft_radius(g_lower: Tensor, g_upper: Tensor, *, sigma: float, bound: str) -> Tensor:
@@ -180,11 +192,15 @@ def _sample_moments(
     # Row B collects the padding rows of a fixed-shape last chunk (owner B), which are dropped.
     sums = torch.zeros(b + 1, num_classes, dtype=torch.float64, device=device)
     squares = torch.zeros_like(sums)
+    ok = torch.ones((), dtype=torch.bool, device=device)
     with torch.inference_mode():
         for owner, outputs in engine.outputs(model, x, noise, n=n, batch_size=batch_size, generator=generator):
-            p = probabilities(outputs, num_classes=num_classes, kind=kind)
+            p, valid = _as_probs(outputs, num_classes=num_classes, kind=kind)
+            ok &= valid  # checked once below: no host synchronisation per chunk
             sums.index_add_(0, owner, p)
             squares.index_add_(0, owner, p * p)
+    if not bool(ok):
+        raise _invalid(kind)
     sums, squares = sums[:b].cpu(), squares[:b].cpu()
     mean = sums / n
     var = ((squares - n * mean * mean) / (n - 1)).clamp_min(0.0)
