@@ -256,11 +256,11 @@ def test_mnist_download_fetches_canonical_files_and_checks_md5(
             raise urllib.error.URLError("simulated outage")  # the second mirror must take over
         shutil.copyfile(source / url.rsplit("/", 1)[1], destination)
 
-    monkeypatch.setattr(data, "_fetch", fetch)
+    monkeypatch.setattr(data.download, "_fetch", fetch)
     ds = get_dataset("mnist", split="test", root=tmp_path, download=True)
     assert len(ds) == 10000 and int(ds.labels[0]) == 7
     names = sorted(p.name for p in (tmp_path / "MNIST" / "raw").iterdir())
-    assert names == sorted(data._MNIST_SOURCE_FILES.md5)  # all four, no .part leftovers
+    assert names == sorted(data.idx._MNIST_SOURCE_FILES.md5)  # all four, no .part leftovers
     assert urls[0] == "https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz"
     assert "http://yann.lecun.com/exdb/mnist/t10k-images-idx3-ubyte.gz" in urls
     # Present files are not fetched again.
@@ -273,7 +273,7 @@ def test_download_with_wrong_md5_leaves_no_file(monkeypatch: pytest.MonkeyPatch,
     def fetch(url: str, destination: Path, **_: object) -> None:
         destination.write_bytes(b"<html>not the file</html>")
 
-    monkeypatch.setattr(data, "_fetch", fetch)
+    monkeypatch.setattr(data.download, "_fetch", fetch)
     with pytest.raises(DownloadError, match="md5"):
         get_dataset("fashion-mnist", split="test", root=tmp_path, download=True)
     assert list((tmp_path / "FashionMNIST" / "raw").iterdir()) == []
@@ -284,12 +284,12 @@ def test_idx_download_with_local_synthetic_files(monkeypatch: pytest.MonkeyPatch
     served = tmp_path / "server"
     arrays = _fake_mnist(served)
     md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in served.iterdir()}
-    table = data._IdxSource(folder="FashionMNIST", mirrors=("https://example.invalid/",), md5=md5)
-    monkeypatch.setattr(data, "_FASHION_SOURCE_FILES", table)
+    table = data.idx._IdxSource(folder="FashionMNIST", mirrors=("https://example.invalid/",), md5=md5)
+    monkeypatch.setattr(data.idx, "_FASHION_SOURCE_FILES", table)
     def fetch(url: str, destination: Path, **_: object) -> None:
         shutil.copyfile(served / url.rsplit("/", 1)[1], destination)
 
-    monkeypatch.setattr(data, "_fetch", fetch)
+    monkeypatch.setattr(data.download, "_fetch", fetch)
     ds = get_dataset("fashion-mnist", split="train", root=tmp_path / "root", download=True)
     assert np.array_equal(ds.labels.numpy(), arrays["train-labels-idx1-ubyte"])
 
@@ -367,15 +367,15 @@ def test_cifar10_download_extracts_the_verified_tarball(
         urls.append(url)
         shutil.copyfile(archive, destination)
 
-    source = data._CIFAR10_SOURCE
+    source = data.cifar._CIFAR10_SOURCE
     # The canonical URL and md5 stay in the code; the fake tarball gets its own md5.
     assert source.url_dir + source.archive == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
     assert source.md5 == "c58f30108f718f92721af3b95e74349a"
-    monkeypatch.setattr(data, "_fetch", fetch)
+    monkeypatch.setattr(data.download, "_fetch", fetch)
     with pytest.raises(DownloadError, match="md5"):
         get_dataset("cifar10", split="test", root=tmp_path / "root", download=True)
-    fake = data._CifarSource(**{**source.__dict__, "md5": hashlib.md5(archive.read_bytes()).hexdigest()})
-    monkeypatch.setattr(data, "_CIFAR10_SOURCE", fake)
+    fake = data.cifar._CifarSource(**{**source.__dict__, "md5": hashlib.md5(archive.read_bytes()).hexdigest()})
+    monkeypatch.setattr(data.cifar, "_CIFAR10_SOURCE", fake)
     ds = get_dataset("cifar10", split="test", root=tmp_path / "root", download=True)
     assert len(ds) == 3 and ds.labels.tolist() == [0, 1, 2]
     assert urls[-1] == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -389,7 +389,7 @@ def test_tar_extraction_refuses_path_traversal(tmp_path: Path) -> None:
         tar.addfile(info, io.BytesIO(b"hi"))
     (tmp_path / "dest").mkdir()
     with pytest.raises(ValueError, match="refusing to extract"):
-        data._safe_extract(archive, tmp_path / "dest")
+        data.cifar._safe_extract(archive, tmp_path / "dest")
     assert not (tmp_path / "escaped.txt").exists()
 
 
@@ -449,7 +449,7 @@ def test_samples_root_comes_from_arguments_or_the_environment_only(
     with pytest.raises(FileNotFoundError) as missing:
         get_dataset("samples", split="test", subset="mnist")
     assert "shared" not in str(missing.value)
-    assert data._default_samples_dirs() == [tmp_path / "env" / "samples", tmp_path / "data" / "samples"]
+    assert data.samples._default_samples_dirs() == [tmp_path / "env" / "samples", tmp_path / "data" / "samples"]
     from PIL import Image
 
     folder = tmp_path / "env" / "samples"
@@ -458,7 +458,7 @@ def test_samples_root_comes_from_arguments_or_the_environment_only(
     ds = get_dataset("samples", split="test", subset="mnist")
     assert len(ds) == 1 and ds.source_indices.tolist() == [3] and ds.labels.tolist() == [5]
     monkeypatch.delenv(data.ENV_DATA_ROOT)
-    assert data._default_samples_dirs() == [tmp_path / "data" / "samples"]
+    assert data.samples._default_samples_dirs() == [tmp_path / "data" / "samples"]
 
 
 def test_imagenet_samples_resize_geometry(tmp_path: Path) -> None:
@@ -598,8 +598,8 @@ def test_folder_dataset_with_a_torchvision_stand_in(monkeypatch: pytest.MonkeyPa
 
     transforms = types.SimpleNamespace(
         Compose=compose,
-        Resize=lambda size: lambda img: data._resize_center_crop(img, resize=size, crop=size),
-        CenterCrop=lambda size: lambda img: data._resize_center_crop(img, resize=min(img.size), crop=size),
+        Resize=lambda size: lambda img: data.samples._resize_center_crop(img, resize=size, crop=size),
+        CenterCrop=lambda size: lambda img: data.samples._resize_center_crop(img, resize=min(img.size), crop=size),
         ToTensor=lambda: lambda img: torch.from_numpy(np.asarray(img, np.float32) / 255).permute(2, 0, 1),
     )
     fake = types.ModuleType("torchvision")
