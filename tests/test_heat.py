@@ -68,6 +68,9 @@ def test_heat_terms_by_hand():
     exact = sum((w @ lin.weight).pow(2).sum(1) for w in ws)
     torch.testing.assert_close(terms.penalty, 0.5 * 0.5 * 0.25 * exact)
     assert terms.loss.item() == pytest.approx((match + terms.penalty).mean().item())
+    half = heat_terms(lin, x, teacher, sigma=0.5, kappa=3, delta=0.1, h=0.5, gamma=0.5,
+                      generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(half.penalty, 0.5 * terms.penalty)
     terms.loss.backward()
     assert lin.weight.grad is not None and torch.isfinite(lin.weight.grad).all()
 
@@ -133,6 +136,8 @@ def test_bad_input():
         get_method("heat", kappa=0)
     with pytest.raises(InputError, match="delta"):
         get_method("heat", delta=0.0)
+    with pytest.raises(InputError, match="gamma"):
+        get_method("heat", gamma=-1.0)
     with pytest.raises(InputError, match="noisy_fraction"):
         get_method("heat", noisy_fraction=1.5)
     with pytest.raises(InputError, match="multiple of steps"):

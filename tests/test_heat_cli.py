@@ -35,7 +35,7 @@ def test_heat_fine_tunes_and_records(heat_ckpt):
     meta = read_checkpoint(heat_ckpt)["meta"]
     training = meta["training"]
     assert training["method"] == "heat"
-    assert training["hparams"] == {"kappa": 1, "delta": 0.1, "steps": 1, "noisy_fraction": 0.5}
+    assert training["hparams"] == {"kappa": 1, "delta": 0.1, "steps": 1, "noisy_fraction": 0.5, "gamma": 1.0}
     assert "init" in training and meta["sigma"] == 0.25
 
 
