@@ -1,0 +1,339 @@
+"""The :class:`Engine`: how f is evaluated (precision, layout, compilation, fixed shapes, batch
+policy) and the state that goes with it (compiled models, warmed shapes, automatic batch sizes)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..checks import AUTO, check_batch_size, model_device
+from ..errors import CompileError, InputError
+from ..noise import Noise
+from .memory import (
+    AUTO_MAX_ROWS,
+    AUTO_MEMORY_FRACTION,
+    AUTO_MULTIPLE,
+    CPU_BATCH_BYTES,
+    auto_batch_size,
+    free_device_bytes,
+    measure_row_bytes,
+)
+from .sampling import COMPILE_MODES, check_precision, fixed_rows, noisy_outputs, sample_counts, sample_mean_probs
+
+# ------------------------------------------------------------------------------------------
+# The engine object: settings and state
+# ------------------------------------------------------------------------------------------
+
+
+def _graph_steps(compiled: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """``compiled`` preceded by ``torch.compiler.cudagraph_mark_step_begin()``: each pass is a new
+    CUDA-graph step, so replaying a graph may overwrite the previous pass's output (the engine
+    has consumed it by then) instead of raising that it is still in use."""
+
+    def run(batch: Tensor) -> Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(batch)
+
+    return run
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class _ModelState:
+    """What an :class:`Engine` keeps per model it serves (held strongly, so an id is never reused)."""
+
+    model: nn.Module
+    compiled: Callable[[Tensor], Tensor] | None = None
+    warm: set[tuple[Any, ...]] = field(default_factory=set)  #: (rows, input shape, device) warmed
+    auto: dict[str, int] = field(default_factory=dict)  #: "1x28x28@cpu" -> rows
+
+
+class Engine:
+    """How a base model f is evaluated on noisy copies: the settings and what they cost.
+
+    Args:
+        precision: arithmetic of f (:data:`PRECISIONS`: fp32, tf32, bf16, fp16). Part of the
+            certified classifier: the certificate holds for the network as evaluated.
+        channels_last: feed image batches in channels-last memory layout (same values, faster
+            convolutions); turn off for models that cannot take it.
+        compile: evaluate f through ``torch.compile(model, dynamic=False)``, built once per model
+            and kept. Each batch shape compiles once, on first use, in :meth:`warmup` (which
+            :meth:`prepare` calls before any clock starts); warm-up time goes to
+            :attr:`compile_seconds`. Needs a C++ compiler on CPU and Triton on GPU; a failure
+            raises :class:`~smoothcert.errors.CompileError`. Meant for GPUs: on 2 CPU cores the
+            compiled LeNet ran 1.5x slower than the eager channels-last one (benchmarks/README.md).
+        compile_mode: torch.compile's ``mode`` (:data:`COMPILE_MODES`); implies ``compile``.
+            ``"reduce-overhead"`` replays each shape's kernels as one CUDA graph (GPU only; on CPU
+            it compiles like ``"default"``); the engine marks a new graph step before every pass
+            and uses each pass's output before the next (the graph reuses its output buffer).
+        fixed_shape: all forward passes of a sampling call get the same number of rows
+            (:func:`fixed_rows`: the work split into equal passes of at most ``batch_size`` rows,
+            padded by under 8 rows per pass with rows that are evaluated but never counted), so
+            one compiled graph serves every pass of the call. Default: on when ``compile`` is on.
+        max_batch_bytes: memory budget of ``batch_size="auto"``: on CUDA the batch uses at most
+            this and at most 70% of the free device memory; elsewhere this (default
+            :data:`CPU_BATCH_BYTES`, 56 MiB).
+
+    State (measurements, not settings): :attr:`compile_seconds`, :attr:`last_batch_size`,
+    :attr:`auto_batch_sizes`; compiled models and warmed shapes are kept per model, so one
+    engine may serve several models.
+    """
+
+    def __init__(
+        self,
+        *,
+        precision: str = "fp32",
+        channels_last: bool = True,
+        compile: bool = False,
+        compile_mode: str | None = None,
+        fixed_shape: bool | None = None,
+        max_batch_bytes: int | None = None,
+    ) -> None:
+        if max_batch_bytes is not None and (
+            isinstance(max_batch_bytes, bool) or int(max_batch_bytes) != max_batch_bytes or max_batch_bytes < 1
+        ):
+            raise InputError(f"max_batch_bytes must be a positive integer (bytes), got {max_batch_bytes}")
+        if compile_mode is not None and compile_mode not in COMPILE_MODES:
+            raise InputError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
+        self.precision = check_precision(precision)
+        self.channels_last = bool(channels_last)
+        self.compile_mode = compile_mode
+        self.compile = bool(compile) or compile_mode is not None
+        self.fixed_shape = self.compile if fixed_shape is None else bool(fixed_shape)
+        self.max_batch_bytes = None if max_batch_bytes is None else int(max_batch_bytes)
+        if self.compile and not self.fixed_shape:
+            warnings.warn(
+                "compile=True with fixed_shape=False: every distinct last-chunk size compiles a new "
+                "graph during the timed calls (torch stops recompiling after 8); keep fixed_shape on",
+                stacklevel=2,
+            )
+        #: Seconds spent in :meth:`warmup` passes (torch.compile included), excluded from timings.
+        self.compile_seconds = 0.0
+        #: Rows per forward pass of the last sampling call (None before the first).
+        self.last_batch_size: int | None = None
+        #: ``batch_size="auto"`` choices, keyed by input shape and device ("1x28x28@cpu": 256).
+        self.auto_batch_sizes: dict[str, int] = {}
+        self._models: dict[int, _ModelState] = {}
+
+    def __repr__(self) -> str:
+        extra = ", compile=True" if self.compile else ""
+        extra += f", compile_mode={self.compile_mode!r}" if self.compile_mode is not None else ""
+        extra += f", fixed_shape={self.fixed_shape}" if self.fixed_shape != self.compile else ""
+        extra += f", max_batch_bytes={self.max_batch_bytes}" if self.max_batch_bytes is not None else ""
+        return f"Engine(precision={self.precision!r}, channels_last={self.channels_last}{extra})"
+
+    def settings(self) -> dict[str, Any]:
+        """Every engine setting, as a plain JSON-ready dict for a run's record. These decide the
+        classifier evaluated (precision) or only the speed; measurements (the rows an automatic
+        batch chose, compile time) are in :attr:`auto_batch_sizes`, :attr:`last_batch_size` and
+        :attr:`compile_seconds`."""
+        return {
+            "precision": self.precision,
+            "channels_last": self.channels_last,
+            "compile": self.compile,
+            "compile_mode": self.compile_mode,
+            "fixed_shape": self.fixed_shape,
+            "max_batch_bytes": self.max_batch_bytes,
+            "auto_batch_memory_fraction": AUTO_MEMORY_FRACTION,
+            "auto_batch_multiple": AUTO_MULTIPLE,
+            "auto_batch_max_rows": AUTO_MAX_ROWS,
+        }
+
+    def _state(self, model: nn.Module) -> _ModelState:
+        state = self._models.get(id(model))
+        if state is None:
+            state = self._models[id(model)] = _ModelState(model)
+        return state
+
+    # ---- batch size, compilation, warm-up ----
+
+    def resolve_batch_size(self, model: nn.Module, x: Tensor, noise: Noise, batch_size: int | str) -> int:
+        """Rows per forward pass for inputs shaped like ``x`` (``[B, ...]``, validated).
+
+        An integer is returned as is. ``"auto"``: on CUDA, :func:`auto_batch_size` of the per-row
+        peak memory measured by two probe passes (:func:`measure_row_bytes`) and of the free device
+        memory (at most 70% of it, and at most ``max_batch_bytes``); elsewhere of an estimate of the
+        noisy row plus activations and ``max_batch_bytes`` (default 56 MiB). A multiple of 64
+        (when at least 64), at most 16,384, at least 1. Chosen once per model, input shape and
+        device, then kept (:attr:`auto_batch_sizes`). The probes draw from their own generator.
+        """
+        batch_size = check_batch_size(batch_size)
+        if batch_size != AUTO:
+            return int(batch_size)
+        device = model_device(model)
+        key = "x".join(str(d) for d in x.shape[1:]) + f"@{device}"
+        state = self._state(model)
+        if key not in state.auto:
+            per_row = measure_row_bytes(model, x, noise=noise, precision=self.precision,
+                                        channels_last=self.channels_last)
+            free = free_device_bytes(device)
+            budget = self.max_batch_bytes
+            if free is None and budget is None:
+                budget = CPU_BATCH_BYTES
+            state.auto[key] = auto_batch_size(per_row, free_bytes=free, budget_bytes=budget)
+        self.auto_batch_sizes[key] = state.auto[key]
+        return state.auto[key]
+
+    def forward(self, model: nn.Module) -> Callable[[Tensor], Tensor] | None:
+        """The compiled ``model`` (built on first use, then kept), or None without ``compile``."""
+        if not self.compile:
+            return None
+        state = self._state(model)
+        if state.compiled is None:
+            try:
+                mode = {} if self.compile_mode is None else {"mode": self.compile_mode}
+                compiled = torch.compile(model, dynamic=False, **mode)
+            except Exception as e:  # e.g. "Dynamo is not supported on Python 3.x"
+                raise CompileError(
+                    f"torch.compile cannot wrap the base model ({type(e).__name__}: {e}); "
+                    "use compile=False to run it uncompiled"
+                ) from e
+            if self.compile_mode == "reduce-overhead" and model_device(model).type == "cuda":
+                compiled = _graph_steps(compiled)
+            state.compiled = compiled
+        return state.compiled
+
+    def warmup(self, model: nn.Module, x: Tensor, noise: Noise, *, batch_size: int | str) -> float:
+        """Run one engine pass of ``batch_size`` rows on inputs shaped like ``x`` (three with CUDA
+        graphs), so that torch.compile, CUDA-graph recording and cuDNN's algorithm choice happen
+        now and not inside a timed call.
+
+        ``x``: ``[B, ...]``, validated; only its first input and its shape are used. Draws from a
+        private generator: no caller's random stream is advanced. With compile on, a shape already
+        warmed for this model is skipped (returns 0.0). Returns the seconds spent, also added to
+        :attr:`compile_seconds`. Raises :class:`CompileError` if torch.compile fails on a model
+        that runs uncompiled.
+        """
+        rows = self.resolve_batch_size(model, x, noise, batch_size)
+        device = model_device(model)
+        state = self._state(model)
+        key = (rows, tuple(x.shape[1:]), str(device))
+        if self.compile and key in state.warm:
+            return 0.0
+        gen = torch.Generator(device=device).manual_seed(0)
+        _sync(device)
+        start = time.perf_counter()
+        # CUDA graphs (compile_mode "reduce-overhead") are recorded on a shape's second pass and
+        # replayed from the third: all three belong to the warm-up.
+        passes = 3 if self.compile_mode == "reduce-overhead" and device.type == "cuda" else 1
+        try:
+            for _ in range(passes):
+                self._run_through(model, x[:1], noise, rows, gen, forward=self.forward(model))
+            _sync(device)
+        except CompileError:
+            raise
+        except Exception as e:
+            if not self.compile:
+                raise
+            # The plain model raising too means the error is the model's, not the compiler's.
+            self._run_through(model, x[:1], noise, 1, gen, forward=None)
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            raise CompileError(
+                f"torch.compile failed on the base model ({type(e).__name__}: {first_line}); "
+                "on CPU it needs a working C++ compiler (set CXX), on GPU Triton. "
+                "Use compile=False to run it uncompiled."
+            ) from e
+        seconds = time.perf_counter() - start
+        state.warm.add(key)
+        self.compile_seconds += seconds
+        return seconds
+
+    def _run_through(
+        self, model: nn.Module, x1: Tensor, noise: Noise, rows: int, gen: torch.Generator,
+        *, forward: Callable[[Tensor], Tensor] | None,
+    ) -> None:
+        """One fixed-shape pass of ``rows`` draws of one input, outputs read on the device only."""
+        with torch.inference_mode():
+            for _, outputs in noisy_outputs(
+                model, x1, noise=noise, n=rows, batch_size=rows, generator=gen, precision=self.precision,
+                channels_last=self.channels_last, fixed_shape=True, forward=forward,
+            ):
+                outputs.flatten(1).argmax(dim=1)
+
+    def prepare(
+        self, model: nn.Module, x: Tensor, noise: Noise, *, batch_size: int | str, draws: Sequence[int] = ()
+    ) -> int:
+        """Rows per forward pass for ``x`` (``[B, ...]``, validated; "auto" resolved), after
+        warming up a compiled model for the pass shapes that ``draws`` per input will use (with
+        fixed shapes, one per distinct :func:`fixed_rows`; none given: the full batch). Call it
+        *before* starting a clock: it may probe memory and compile. Without ``compile`` it runs
+        no forward pass (only the "auto" probe)."""
+        rows = self.resolve_batch_size(model, x, noise, batch_size)
+        if self.compile:
+            shapes = {fixed_rows(len(x) * d, rows) if self.fixed_shape else rows for d in draws} or {rows}
+            for shape in sorted(shapes):
+                self.warmup(model, x, noise, batch_size=shape)
+        return rows
+
+    # ---- sampling ----
+
+    def counts(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        noise: Noise,
+        *,
+        n: int,
+        num_classes: int,
+        batch_size: int | str,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """:func:`sample_counts` with this engine's settings: int64 ``[B, num_classes]`` class
+        counts of n draws per input, on the model's device. ``x``: ``[B, ...]``, validated. Call
+        :meth:`prepare` first so that probing and compiling stay outside timings."""
+        rows = self.resolve_batch_size(model, x, noise, batch_size)
+        self.last_batch_size = rows
+        return sample_counts(
+            model, x, noise=noise, n=n, num_classes=num_classes, batch_size=rows, generator=generator,
+            precision=self.precision, channels_last=self.channels_last, fixed_shape=self.fixed_shape,
+            forward=self.forward(model),
+        )
+
+    def mean_probs(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        noise: Noise,
+        *,
+        n: int,
+        num_classes: int,
+        batch_size: int | str,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """:func:`sample_mean_probs` with this engine's settings: float64 ``[B, num_classes]``."""
+        rows = self.resolve_batch_size(model, x, noise, batch_size)
+        self.last_batch_size = rows
+        return sample_mean_probs(
+            model, x, noise=noise, n=n, num_classes=num_classes, batch_size=rows, generator=generator,
+            precision=self.precision, channels_last=self.channels_last, fixed_shape=self.fixed_shape,
+            forward=self.forward(model),
+        )
+
+    def outputs(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        noise: Noise,
+        *,
+        n: int,
+        batch_size: int | str,
+        generator: torch.Generator | None,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """:func:`noisy_outputs` with this engine's settings, for models whose outputs are not
+        logits (e.g. a regression model's images): ``(owner [b], outputs [b, ...])`` per chunk."""
+        rows = self.resolve_batch_size(model, x, noise, batch_size)
+        self.last_batch_size = rows
+        return noisy_outputs(
+            model, x, noise=noise, n=n, batch_size=rows, generator=generator, precision=self.precision,
+            channels_last=self.channels_last, fixed_shape=self.fixed_shape, forward=self.forward(model),
+        )
