@@ -27,6 +27,7 @@ from .noise import list_noises
 from .results import find_parts, merge_result_parts
 from .runs import (
     ATTACKS,
+    CERTIFICATES,
     DEFAULT_RADII,
     AttackRun,
     CertifyRun,
@@ -195,7 +196,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
                      select=_selection(args), engine=_engine(args), n0=args.n0, n=args.n, alpha=args.alpha,
                      seed=args.seed, norm=args.norm, two_class=args.two_class, target=args.target,
                      radii=tuple(args.radii or ()), stages=args.stages, radius_loss=args.radius_loss, pack=args.pack,
-                     dist_timeout=args.dist_timeout)
+                     dist_timeout=args.dist_timeout, certificate=args.certificate, selection=args.selection,
+                     bound_method=args.bound_method)
     run_certify(run, progress=not args.quiet, log=_stderr)
     return 0
 
@@ -356,6 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--noise", default=None, choices=list_noises(), help="default: the checkpoint's")
         p.add_argument("--sigma", type=float, default=None, help="default: the checkpoint's")
         if name == "certify":
+            p.add_argument("--certificate", choices=list(CERTIFICATES), default="smoothing",
+                           help="smoothing (or hard): CERTIFY, noise on the input (default); for a model with a "
+                                "1-Lipschitz backbone (sll-small, sll-small-mlp): feature-smoothing (noise on the "
+                                "features, sampling through the head only) or lipschitz-margin (linear head: "
+                                "deterministic, one forward pass; n, n0, alpha and the noise are not used); "
+                                "soft-phi / soft-lbound: certificates of the smoothed soft classifier (Gaussian noise); "
+                                "deterministic: the one-pass HeatSmoothing radius, a HEURISTIC written as "
+                                "heuristic_radius, never as a certified radius")
             p.add_argument("--n0", type=int, default=100, help="selection draws")
             p.add_argument("--norm", default=None, help="l1, l2 or linf (default: the noise's own)")
             p.add_argument("--two-class", action="store_true", help="(pA, pB) certificate, Bonferroni split")
@@ -368,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(default 1000 10000), or 'auto': where unanimous draws first certify each radius")
             p.add_argument("--radius-loss", type=float, default=0.02,
                            help="with --target radius: radius the plan may give up against --n draws")
+            p.add_argument("--selection", choices=["draws", "clean"], default="draws",
+                           help="class from --n0 noisy draws, or from one clean forward pass (the HeatSmoothing "
+                                "paper's variant; equally sound)")
+            p.add_argument("--bound-method", choices=["best", "hoeffding", "bernstein"], default="best",
+                           help="soft certificates: confidence bound on each mean (best: both at alpha/2)")
         p.add_argument("--n", type=int, default=100_000, help="estimation draws")
         p.add_argument("--alpha", type=float, default=0.001, help="failure probability per input")
         p.add_argument("--skip", type=int, default=1, help="certify every skip-th input")

@@ -19,7 +19,14 @@ Example::
 """
 
 from .attack import ATTACKS, attack_columns, attack_dataset, l2_radius
-from .certify import PREDICT_COLUMNS, certify_dataset, check_pack, predict_dataset, select_indices
+from .certify import (
+    PREDICT_COLUMNS,
+    certify_dataset,
+    certify_margin_dataset,
+    check_pack,
+    predict_dataset,
+    select_indices,
+)
 from .classifier import (
     load_classifier,
     load_dataset,
@@ -33,6 +40,7 @@ from .classifier import (
 from .demo import QuickstartResult, quickstart
 from .launch import run_attack, run_certify, run_predict
 from .settings import (
+    CERTIFICATES,
     DEFAULT_RADII,
     AttackRun,
     CertifyRun,
@@ -46,6 +54,7 @@ from .settings import (
     TrainRun,
     training_method,
 )
+from .soft import SOFT_CERTIFICATES, certify_clean_class_dataset, certify_soft_dataset, deterministic_dataset
 from .training import (
     TRAIN_DEFAULTS,
     InitCheckpoint,
@@ -58,8 +67,10 @@ from .training import (
 
 __all__ = [
     "ATTACKS",
+    "CERTIFICATES",
     "DEFAULT_RADII",
     "PREDICT_COLUMNS",
+    "SOFT_CERTIFICATES",
     "TRAIN_DEFAULTS",
     "AttackRun",
     "CertifyRun",
@@ -75,9 +86,13 @@ __all__ = [
     "TrainRun",
     "attack_columns",
     "attack_dataset",
+    "certify_clean_class_dataset",
     "certify_dataset",
+    "certify_margin_dataset",
+    "certify_soft_dataset",
     "check_finetune",
     "check_pack",
+    "deterministic_dataset",
     "l2_radius",
     "load_classifier",
     "load_dataset",
