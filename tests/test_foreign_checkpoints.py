@@ -151,3 +151,42 @@ def test_infer_sigma_from_the_release_directory_layout():
     assert infer_sigma("models/cifar10/resnet110/noise_0.25/checkpoint.pth.tar") == 0.25
     assert infer_sigma("models/imagenet/resnet50/noise_1.00/checkpoint.pth.tar") == 1.0
     assert infer_sigma("checkpoint.pth.tar") is None
+
+
+def test_cli_import_checkpoint_writes_a_loadable_checkpoint(tmp_path, capsys):
+    from smoothcert.cli import main
+
+    source = tmp_path / "models" / "cifar10" / "resnet20" / "noise_0.50"
+    source.mkdir(parents=True)
+    state = _cohen_state(20)
+    _write(source / "checkpoint.pth.tar", state)
+    out = tmp_path / "model.pt"
+    assert main(["import-checkpoint", str(source / "checkpoint.pth.tar"), "--from", "cohen2019",
+                 "--dataset", "cifar10", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "sigma 0.5 read from the path" in captured.err and "resnet20 for cifar10" in captured.out
+    model, meta = load_checkpoint(out)
+    assert meta.sigma == 0.5 and meta.std == [0.2023, 0.1994, 0.2010]
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _reference_forward(x, state, 20), rtol=1e-4, atol=1e-4)
+    # no sigma anywhere: refused with the flag to pass, exit status 2, nothing written
+    flat = _write(tmp_path / "c.pth", state)
+    assert main(["import-checkpoint", str(flat), "--dataset", "cifar10", "--out", str(tmp_path / "m2.pt")]) == 2
+    assert "pass --sigma" in capsys.readouterr().err and not (tmp_path / "m2.pt").exists()
+
+
+@pytest.mark.slow
+def test_torchvision_resnet50_state_dict_is_imported_with_imagenet_normalization(tmp_path):
+    # A torchvision-layout ResNet-50 state dict (our resnet50 has torchvision's key names).
+    torch.manual_seed(0)
+    net = build_model("resnet50", num_classes=1000, in_channels=3, mean=[0, 0, 0], std=[1, 1, 1])[1]
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, tmp_path / "rn50.pth")
+    imported = import_checkpoint(tmp_path / "rn50.pth", source_format="torchvision", dataset="imagenet",
+                                 sigma=0.0, arch="resnet50")
+    assert imported.meta.mean == [0.485, 0.456, 0.406] and imported.meta.std == [0.229, 0.224, 0.225]
+    assert imported.meta.noise == "none"
+    x = torch.rand(1, 3, 64, 64)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in COHEN2019_NORMALIZATION["imagenet"])
+    with torch.no_grad():
+        torch.testing.assert_close(imported.model(x), net.eval()((x - mean) / std))

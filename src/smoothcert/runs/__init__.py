@@ -31,6 +31,7 @@ from .classifier import (
     wire_denoiser,
 )
 from .demo import QuickstartResult, quickstart
+from .importing import run_import
 from .launch import run_attack, run_certify, run_predict
 from .settings import (
     DEFAULT_RADII,
@@ -41,6 +42,7 @@ from .settings import (
     DenoiserSpec,
     DenoiserTrainRun,
     EngineSpec,
+    ImportRun,
     PredictRun,
     Selection,
     TrainRun,
@@ -68,6 +70,7 @@ __all__ = [
     "DenoiserSpec",
     "DenoiserTrainRun",
     "EngineSpec",
+    "ImportRun",
     "InitCheckpoint",
     "PredictRun",
     "QuickstartResult",
@@ -87,6 +90,7 @@ __all__ = [
     "read_init",
     "resolve_device",
     "run_attack",
+    "run_import",
     "run_certify",
     "run_facts",
     "run_predict",

@@ -28,7 +28,7 @@ from ..denoise import DENOISE_MODES, denoiser_kind, list_denoiser_losses
 from ..distributed import DEFAULT_TIMEOUT
 from ..engine import COMPILE_MODES, PRECISIONS
 from ..errors import InputError, InputTypeError
-from ..models import list_models
+from ..models import SOURCE_FORMATS, list_models
 from ..noise import list_noises
 from ..stats import check_alpha
 from ..train import TrainConfig, TrainingMethod, get_method
@@ -44,6 +44,7 @@ __all__ = [
     "DenoiserSpec",
     "DenoiserTrainRun",
     "EngineSpec",
+    "ImportRun",
     "PredictRun",
     "Selection",
     "TrainRun",
@@ -474,3 +475,28 @@ class DenoiserTrainRun:
     def network_kind(self) -> str:
         """``"denoiser"`` or ``"score"``."""
         return denoiser_kind(self.kind)
+
+
+# ---------------------------------------------------------------------------- import a checkpoint
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportRun:
+    """Turn another code base's checkpoint ``source`` (format ``source_format``, one of
+    :data:`smoothcert.models.SOURCE_FORMATS`) into a smoothcert checkpoint ``out`` for ``dataset``.
+    ``sigma``: the training noise level (None: read from a ``noise_<sigma>`` directory on the
+    path, else refused); ``arch``: their architecture name, default the file's."""
+
+    source: PathLike
+    out: PathLike
+    source_format: str = "cohen2019"
+    dataset: str = "cifar10"
+    sigma: float | None = None
+    arch: str | None = None
+
+    def __post_init__(self) -> None:
+        _set(self, "source", Path(self.source))
+        _set(self, "out", Path(self.out))
+        _check_choice("source_format", self.source_format, SOURCE_FORMATS)
+        if self.sigma is not None:
+            check_float("sigma", self.sigma)
