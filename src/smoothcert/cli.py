@@ -393,8 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--precision", choices=PRECISIONS, default="fp32")
         p.add_argument("--no-channels-last", action="store_true", help="feed NCHW batches (for models that need it)")
-        p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                       help="torch.compile the model (warm-up excluded from timings; for GPUs)")
+        p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="torch.compile the model (warm-up excluded from timings; on CPU with frozen "
+                            "weights). Default: a resumed file's record, else on for CPU runs of at least "
+                            "500,000 noisy rows when a C++ compiler is present")
         p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
                        help="torch.compile mode (implies --compile); reduce-overhead replays CUDA graphs")
         p.add_argument("--fixed-shape", action=argparse.BooleanOptionalAction, default=None,

@@ -181,12 +181,15 @@ class ClassifierSpec:
 class EngineSpec:
     """How f(x + noise) is sampled: the keywords of :class:`~smoothcert.smooth.SmoothedClassifier`
     (precision, layout, compilation, memory budget, unbounded inputs) and ``batch_size``, the
-    noisy rows per forward pass (an int, or "auto": from free memory / ``max_batch_bytes``)."""
+    noisy rows per forward pass (an int, or "auto": from free memory / ``max_batch_bytes``).
+    ``compile`` None ("auto") is decided by the certify and predict runs
+    (:func:`smoothcert.runs.launch.resolve_compile`: a resumed file's record, else compiled with
+    frozen weights on CPU for runs large enough to amortise it); elsewhere it means off."""
 
     batch_size: int | str = 1000
     precision: str = "fp32"
     channels_last: bool = True
-    compile: bool = False
+    compile: bool | None = None
     compile_mode: str | None = None
     fixed_shape: bool | None = None
     max_batch_bytes: int | None = None
@@ -194,6 +197,8 @@ class EngineSpec:
 
     def __post_init__(self) -> None:
         check_batch_size(self.batch_size)
+        if self.compile is not None and not isinstance(self.compile, bool):
+            raise InputTypeError(f"compile must be True, False or None (auto), got {self.compile!r}")
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("compile_mode", self.compile_mode, COMPILE_MODES, optional=True)
         if self.max_batch_bytes is not None:
@@ -201,7 +206,7 @@ class EngineSpec:
 
     def classifier_options(self) -> dict[str, Any]:
         """The keywords of :class:`~smoothcert.smooth.SmoothedClassifier` (all but ``batch_size``)."""
-        return {"precision": self.precision, "channels_last": self.channels_last, "compile": self.compile,
+        return {"precision": self.precision, "channels_last": self.channels_last, "compile": bool(self.compile),
                 "compile_mode": self.compile_mode, "fixed_shape": self.fixed_shape,
                 "max_batch_bytes": self.max_batch_bytes, "allow_unbounded": self.allow_unbounded}
 
