@@ -98,6 +98,7 @@ def test_resolve_compile_follows_an_existing_file_then_the_work(tmp_path):
     assert "below the 500,000" in lines[-1]
     assert resolve_compile(EngineSpec(), out=new, device=cpu, rows=10**9).compile is (
         engine_core.cxx_compiler() is not None)
+    assert resolve_compile(EngineSpec(compile_mode="max-autotune"), out=new, device=cpu, rows=1).compile is True
     with pytest.raises(TypeError, match="compile must be True, False or None"):
         EngineSpec(compile="yes")
 

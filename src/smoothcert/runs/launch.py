@@ -77,6 +77,8 @@ def resolve_compile(
     ``rows`` (inputs x draws). An explicit ``compile`` is returned unchanged."""
     if engine.compile is not None:
         return engine
+    if engine.compile_mode is not None:  # a compile mode asks for compilation
+        return dataclasses.replace(engine, compile=True)
     recorded = None if out is None else _recorded_compile(out)
     if recorded is not None:
         decision, why = recorded, f"{'compiled' if recorded else 'eager'}, as recorded by {Path(out).name}"
