@@ -3,8 +3,10 @@
 Cohen, Rosenfeld & Kolter 2019 (locuslab/smoothing) saved their models as
 ``torch.save({"epoch": ..., "arch": "cifar_resnet110", "state_dict": model.state_dict(),
 "optimizer": ...})`` where ``model`` is ``Sequential(NormalizeLayer, net)`` (``architectures.py``,
-``get_architecture``), and the code bases built on it (smoothing-adversarial, MACER's and the
-consistency / stability training releases, denoised-smoothing's classifiers) kept that layout.
+``get_architecture``); code bases that reuse that ``architectures.py`` and training script
+(smoothing-adversarial, consistency training, denoised-smoothing's classifiers) write the same
+layout. MACER's release builds its networks with its own model code: its files are not read here
+(a dict without ``state_dict`` and ``arch`` is refused with its keys named).
 Their files therefore differ from a smoothcert checkpoint in four ways, all handled here:
 
 * the network is named by a string of theirs (``cifar_resnet20``, ``cifar_resnet110``,
@@ -52,8 +54,9 @@ __all__ = [
 ]
 
 #: Source formats :func:`import_checkpoint` reads. ``cohen2019``: locuslab/smoothing's layout,
-#: also used by smoothing-adversarial (Salman et al. 2019), MACER (Zhai et al. 2020), consistency
-#: training (Jeong & Shin 2020) and denoised-smoothing's base classifiers. ``torchvision``: a bare
+#: also written by code bases reusing its ``architectures.py`` and training script
+#: (smoothing-adversarial, consistency training, denoised-smoothing's base classifiers; each fork's
+#: extra architectures are refused by name). ``torchvision``: a bare
 #: torchvision-style ImageNet state dict (``--arch resnet50``), with the normalization its weights expect.
 SOURCE_FORMATS = ("cohen2019", "torchvision")
 
