@@ -121,4 +121,7 @@ def test_real_frozen_compile_leaves_the_global_flag_and_follows_new_weights():
         model[0].weight.mul_(-1.5)
     with torch.inference_mode():
         torch.testing.assert_close(engine.forward(model)(x), model(x), rtol=1e-4, atol=1e-4)
+    model[4].weight = nn.Parameter(torch.randn_like(model[4].weight))  # a new tensor, not in place
+    with torch.inference_mode():
+        torch.testing.assert_close(engine.forward(model)(x), model(x), rtol=1e-4, atol=1e-4)
     assert inductor_config.freezing == before

@@ -46,10 +46,9 @@ def _graph_steps(compiled: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Ten
 
 
 #: ``compile=None`` ("auto") of a run compiles on CPU when the run evaluates at least this many
-#: noisy rows (inputs x (n0 + n)). Measured on a shared 2-core AVX-512 CPU (BENCHMARKS.md,
-#: "CPU engine"): a frozen compile of LeNet costs 10-25 s once and saves 0.08-0.17 ms per row
-#: (LeNet-small / LeNet, 256-1000 rows per pass), so it pays for itself after 60,000-300,000 rows;
-#: 500,000 rows (50 inputs at N = 10,000) keeps it a clear gain for both.
+#: noisy rows (inputs x (n0 + n)). Break-even (compile seconds / seconds saved per row) measured
+#: for LeNet and LeNet-small on a 2-core AVX-512 CPU (BENCHMARKS.md, "CPU engine"): 67,000 to
+#: 325,000 rows; 500,000 rows (50 inputs at N = 10,000) keeps the compile a clear gain.
 AUTO_COMPILE_MIN_ROWS = 500_000
 
 
@@ -117,13 +116,14 @@ class Engine:
             :attr:`compile_seconds`. Needs a C++ compiler on CPU and Triton on GPU; a failure
             raises :class:`~smoothcert.errors.CompileError`. On CPU (``compile_mode`` None or
             "default") the graph is compiled with inductor's ``freezing``: the weights become
-            constants folded into the kernels (batchnorm into convolutions, weights pre-packed),
-            which made LeNet 2-3x faster than eager on 2 cores where plain compile was not
-            (BENCHMARKS.md). The option is passed to this compilation only (the global
+            constants folded into the kernels (batchnorm into convolutions, weights pre-packed):
+            LeNet ran 2.1-3.3x faster than eager on 2 idle cores where plain compile was not
+            (issue #17), 1.3-2x on heavily shared cores (BENCHMARKS.md). The option is passed to this compilation only (the global
             ``torch._inductor.config.freezing`` is left as it is). Frozen weights are a
             precondition: the engine fingerprints the parameters and buffers (storage and
-            version counter) and recompiles, with fresh warm-ups, when they have changed since
-            (never train through an engine).
+            version counter) and recompiles, with fresh warm-ups, when they have changed since;
+            that clears torch's compile cache (``torch.compiler.reset()``, process-wide, so
+            every model of this engine is compiled again too). Never train through an engine.
         compile_mode: torch.compile's ``mode`` (:data:`COMPILE_MODES`); implies ``compile``.
             ``"reduce-overhead"`` replays each shape's kernels as one CUDA graph (GPU only; on CPU
             it compiles like ``"default"``); the engine marks a new graph step before every pass
@@ -243,7 +243,11 @@ class Engine:
         state = self._state(model)
         if state.compiled is not None and self._frozen(model) and state.fingerprint != _weights_fingerprint(model):
             # The frozen graph holds the old weights as constants: build it again for the new ones.
-            state.compiled, state.warm = None, set()
+            # Dynamo's cache would hand back the old graph (its guards check shapes, not values),
+            # so it is cleared; other compiled models recompile on their next warm-up or call.
+            torch.compiler.reset()
+            for other in self._models.values():
+                other.compiled, other.warm = None, set()
         if state.compiled is None:
             try:
                 if self._frozen(model):
