@@ -9,10 +9,9 @@ functional forward pass written from the 2019 code's layer order, reading the fi
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
-
-import pytest
 
 from smoothcert.errors import CheckpointError, InputError
 from smoothcert.models import (

@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..analysis import AttackSummary
-from ..engine import default_compile
 from ..distributed import Shard, process_group, rank_device
+from ..engine import default_compile
 from ..errors import InputError
 from ..models import CheckpointMeta
 from ..noise import get_noise
