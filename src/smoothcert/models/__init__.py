@@ -45,6 +45,7 @@ from .registry import (
 )
 from .resnet import BasicBlock, CifarResNet, resnet20, resnet56, resnet110
 from .resnet_imagenet import Bottleneck, ImageNetResNet, resnet50
+from .sll import BackboneHead, LipschitzModule, sll_small, sll_small_mlp
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -54,6 +55,7 @@ __all__ = [
     "COHEN2019_NORMALIZATION",
     "MODELS",
     "SOURCE_FORMATS",
+    "BackboneHead",
     "BasicBlock",
     "Bottleneck",
     "CheckpointError",
@@ -62,6 +64,7 @@ __all__ = [
     "ImageNetResNet",
     "ImportedCheckpoint",
     "LeNet",
+    "LipschitzModule",
     "Normalize",
     "build_model",
     "convert_state_dict",
@@ -81,4 +84,6 @@ __all__ = [
     "resnet56",
     "resnet110",
     "save_checkpoint",
+    "sll_small",
+    "sll_small_mlp",
 ]
