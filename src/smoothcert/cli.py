@@ -1,6 +1,7 @@
 """``smoothcert <command>``: a thin command line over the public API.
 
-Commands: train, train-denoiser, certify, predict, attack, merge, analyze, plot, quickstart. Each
+Commands: train, train-denoiser, certify, predict, attack, merge, import-checkpoint, analyze, plot,
+quickstart. Each
 command turns its arguments into the settings of one run (:mod:`smoothcert.runs.settings`), calls
 one library function and prints what it returns; run ``smoothcert <command> --help`` for the options.
 Errors of the project's own types (:class:`~smoothcert.errors.SmoothcertError`: a bad setting, a
@@ -22,7 +23,7 @@ from .denoise import list_denoiser_losses, list_denoisers
 from .distributed import DEFAULT_TIMEOUT
 from .engine import COMPILE_MODES, PRECISIONS
 from .errors import InputError, SmoothcertError
-from .models import list_models
+from .models import SOURCE_FORMATS, list_models
 from .noise import list_noises
 from .results import find_parts, merge_result_parts
 from .runs import (
@@ -36,12 +37,14 @@ from .runs import (
     DenoiserSpec,
     DenoiserTrainRun,
     EngineSpec,
+    ImportRun,
     PredictRun,
     Selection,
     TrainRun,
     quickstart,
     run_attack,
     run_certify,
+    run_import,
     run_predict,
     run_train,
     run_train_denoiser,
@@ -233,6 +236,16 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    run = ImportRun(source=args.path, out=args.out, source_format=args.source_format, dataset=args.dataset,
+                    sigma=args.sigma, arch=args.arch)
+    path, meta = run_import(run, log=lambda line: print(line, file=sys.stderr))
+    print(f"wrote {path}: {meta.arch} for {meta.dataset}, mean {meta.mean}, std {meta.std}, "
+          f"{meta.noise} sigma {meta.sigma:g}, from {meta.training['source_format']} "
+          f"{meta.training['source_arch']} (sha256 {meta.training['source_sha256'][:12]}...)")
+    return 0
+
+
 def _load_all(paths: Sequence[str], labels: Sequence[str] | None) -> list[analysis.Results]:
     if labels and len(labels) != len(paths):
         raise InputError(f"{len(labels)} --labels for {len(paths)} files")
@@ -396,8 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--precision", choices=PRECISIONS, default="fp32")
         p.add_argument("--no-channels-last", action="store_true", help="feed NCHW batches (for models that need it)")
-        p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                       help="torch.compile the model (warm-up excluded from timings; for GPUs)")
+        p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="torch.compile the model (warm-up excluded from timings; on CPU with frozen "
+                            "weights). Default: a resumed file's record, else on for CPU runs of at least "
+                            "500,000 noisy rows when a C++ compiler is present")
         p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
                        help="torch.compile mode (implies --compile); reduce-overhead replays CUDA graphs")
         p.add_argument("--fixed-shape", action=argparse.BooleanOptionalAction, default=None,
@@ -448,6 +463,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge", help="merge a sharded (torchrun) run's part files into its result file")
     p.add_argument("out", help="the result TSV (its part files are <out>.part-<rank>-of-<size>)")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("import-checkpoint", help="turn a checkpoint of the 2019-2021 code bases (Cohen et al. "
+                       "layout) into a smoothcert checkpoint, normalization constants kept")
+    p.add_argument("path", help="their file, e.g. models/cifar10/resnet110/noise_0.25/checkpoint.pth.tar")
+    p.add_argument("--from", dest="source_format", choices=SOURCE_FORMATS, default="cohen2019",
+                   help="the file's layout (default cohen2019: locuslab/smoothing and the code bases built on it)")
+    p.add_argument("--dataset", choices=("cifar10", "imagenet"), required=True,
+                   help="the data it was trained on (decides the classes, input size and normalization)")
+    p.add_argument("--sigma", type=float, help="training noise level (default: from a noise_<sigma> directory)")
+    p.add_argument("--arch", help="their architecture name (default: the file's 'arch'), e.g. cifar_resnet110")
+    p.add_argument("--out", required=True, help="the smoothcert checkpoint to write")
+    p.set_defaults(func=cmd_import_checkpoint)
 
     for name, func in (("analyze", cmd_analyze), ("plot", cmd_plot)):
         p = sub.add_parser(name, help="certified-accuracy table" if name == "analyze" else "certified-accuracy curves")

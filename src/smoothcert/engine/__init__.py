@@ -18,7 +18,7 @@ model, shapes already warmed, automatic batch sizes, compile time).
 
 
 from ..checks import AUTO, check_batch_size
-from .core import Engine
+from .core import AUTO_COMPILE_MIN_ROWS, Engine, cxx_compiler, default_compile
 from .memory import (
     AUTO_MAX_ROWS,
     AUTO_MEMORY_FRACTION,
@@ -44,6 +44,7 @@ from .sampling import (
 
 __all__ = [
     "AUTO",
+    "AUTO_COMPILE_MIN_ROWS",
     "AUTO_MAX_ROWS",
     "AUTO_MEMORY_FRACTION",
     "AUTO_MULTIPLE",
@@ -57,6 +58,8 @@ __all__ = [
     "auto_batch_size",
     "check_batch_size",
     "check_precision",
+    "cxx_compiler",
+    "default_compile",
     "fixed_rows",
     "free_device_bytes",
     "measure_row_bytes",

@@ -3,6 +3,8 @@ policy) and the state that goes with it (compiled models, warmed shapes, automat
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -43,6 +45,47 @@ def _graph_steps(compiled: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Ten
     return run
 
 
+#: ``compile=None`` ("auto") of a run compiles on CPU when the run evaluates at least this many
+#: noisy rows (inputs x (n0 + n)). Break-even (compile seconds / seconds saved per row) measured
+#: for LeNet and LeNet-small on a 2-core AVX-512 CPU (BENCHMARKS.md, "CPU engine"): 67,000 to
+#: 325,000 rows; 500,000 rows (50 inputs at N = 10,000) keeps the compile a clear gain.
+AUTO_COMPILE_MIN_ROWS = 500_000
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler inductor would use on CPU (``$CXX``, else g++, c++ or clang++ on PATH), or None."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def default_compile(device: torch.device | str, *, rows: int) -> tuple[bool, str]:
+    """Whether a run that did not choose should compile (``(decision, one-line reason)``).
+
+    On CPU: yes when a C++ compiler is present and the run evaluates at least
+    :data:`AUTO_COMPILE_MIN_ROWS` noisy rows (``rows``: inputs x (n0 + n)), where the frozen
+    compiled graph was measured faster including its compile time; otherwise eager. On other
+    devices: eager (compile stays an explicit choice there)."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        return False, f"eager on {device.type} (pass --compile to compile)"
+    if rows < AUTO_COMPILE_MIN_ROWS:
+        return False, (f"eager: {rows:,} noisy rows is below the {AUTO_COMPILE_MIN_ROWS:,} where a frozen "
+                       "compile pays for itself on CPU")
+    if cxx_compiler() is None:
+        return False, "eager: no C++ compiler found (set CXX), so the CPU model is not compiled"
+    return True, f"compiled with frozen weights: {rows:,} noisy rows amortise the compile on CPU"
+
+
+def _weights_fingerprint(model: nn.Module) -> tuple[tuple[int, int], ...]:
+    """Where each parameter and buffer lives and its version counter: changes when weights are
+    replaced or modified in place (``load_state_dict``, an optimizer step)."""
+    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -54,6 +97,7 @@ class _ModelState:
 
     model: nn.Module
     compiled: Callable[[Tensor], Tensor] | None = None
+    fingerprint: tuple[tuple[int, int], ...] = ()  #: the weights the compiled graph was built (frozen) on
     warm: set[tuple[Any, ...]] = field(default_factory=set)  #: (rows, input shape, device) warmed
     auto: dict[str, int] = field(default_factory=dict)  #: "1x28x28@cpu" -> rows
 
@@ -70,8 +114,16 @@ class Engine:
             and kept. Each batch shape compiles once, on first use, in :meth:`warmup` (which
             :meth:`prepare` calls before any clock starts); warm-up time goes to
             :attr:`compile_seconds`. Needs a C++ compiler on CPU and Triton on GPU; a failure
-            raises :class:`~smoothcert.errors.CompileError`. Meant for GPUs: on 2 CPU cores the
-            compiled LeNet ran 1.5x slower than the eager channels-last one (benchmarks/README.md).
+            raises :class:`~smoothcert.errors.CompileError`. On CPU (``compile_mode`` None or
+            "default") the graph is compiled with inductor's ``freezing``: the weights become
+            constants folded into the kernels (batchnorm into convolutions, weights pre-packed):
+            LeNet ran 2.1-3.3x faster than eager on 2 idle cores where plain compile was not
+            (issue #17), 1.3-2x on heavily shared cores (BENCHMARKS.md). The option is passed to this compilation only (the global
+            ``torch._inductor.config.freezing`` is left as it is). Frozen weights are a
+            precondition: the engine fingerprints the parameters and buffers (storage and
+            version counter) and recompiles, with fresh warm-ups, when they have changed since;
+            that clears torch's compile cache (``torch.compiler.reset()``, process-wide, so
+            every model of this engine is compiled again too). Never train through an engine.
         compile_mode: torch.compile's ``mode`` (:data:`COMPILE_MODES`); implies ``compile``.
             ``"reduce-overhead"`` replays each shape's kernels as one CUDA graph (GPU only; on CPU
             it compiles like ``"default"``); the engine marks a new graph step before every pass
@@ -189,9 +241,21 @@ class Engine:
         if not self.compile:
             return None
         state = self._state(model)
+        if state.compiled is not None and self._frozen(model) and state.fingerprint != _weights_fingerprint(model):
+            # The frozen graph holds the old weights as constants: build it again for the new ones.
+            # Dynamo's cache would hand back the old graph (its guards check shapes, not values),
+            # so it is cleared; other compiled models recompile on their next warm-up or call.
+            torch.compiler.reset()
+            for other in self._models.values():
+                other.compiled, other.warm = None, set()
         if state.compiled is None:
             try:
-                mode = {} if self.compile_mode is None else {"mode": self.compile_mode}
+                if self._frozen(model):
+                    # Scoped to this compilation: torch.compile's options patch inductor's config
+                    # while it compiles this graph only.
+                    mode: dict[str, Any] = {"options": {"freezing": True}}
+                else:
+                    mode = {} if self.compile_mode is None else {"mode": self.compile_mode}
                 compiled = torch.compile(model, dynamic=False, **mode)
             except Exception as e:  # e.g. "Dynamo is not supported on Python 3.x"
                 raise CompileError(
@@ -201,7 +265,12 @@ class Engine:
             if self.compile_mode == "reduce-overhead" and model_device(model).type == "cuda":
                 compiled = _graph_steps(compiled)
             state.compiled = compiled
+            state.fingerprint = _weights_fingerprint(model)
         return state.compiled
+
+    def _frozen(self, model: nn.Module) -> bool:
+        """Compile with frozen weights: on CPU, in the default mode."""
+        return model_device(model).type == "cpu" and self.compile_mode in (None, "default")
 
     def warmup(self, model: nn.Module, x: Tensor, noise: Noise, *, batch_size: int | str) -> float:
         """Run one engine pass of ``batch_size`` rows on inputs shaped like ``x`` (three with CUDA
@@ -218,6 +287,7 @@ class Engine:
         device = model_device(model)
         state = self._state(model)
         key = (rows, tuple(x.shape[1:]), str(device))
+        forward = self.forward(model)  # first: a recompile for changed weights clears the warmed shapes
         if self.compile and key in state.warm:
             return 0.0
         gen = torch.Generator(device=device).manual_seed(0)
@@ -228,7 +298,7 @@ class Engine:
         passes = 3 if self.compile_mode == "reduce-overhead" and device.type == "cuda" else 1
         try:
             for _ in range(passes):
-                self._run_through(model, x[:1], noise, rows, gen, forward=self.forward(model))
+                self._run_through(model, x[:1], noise, rows, gen, forward=forward)
             _sync(device)
         except CompileError:
             raise

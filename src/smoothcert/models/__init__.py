@@ -23,6 +23,15 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from .foreign import (
+    COHEN2019_ARCHS,
+    COHEN2019_NORMALIZATION,
+    SOURCE_FORMATS,
+    ImportedCheckpoint,
+    convert_state_dict,
+    import_checkpoint,
+    infer_sigma,
+)
 from .lenet import LeNet, lenet, lenet_small
 from .normalize import Normalize
 from .registry import (
@@ -42,7 +51,10 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "CLASSIFIER_CHECKPOINT",
+    "COHEN2019_ARCHS",
+    "COHEN2019_NORMALIZATION",
     "MODELS",
+    "SOURCE_FORMATS",
     "BackboneHead",
     "BasicBlock",
     "Bottleneck",
@@ -50,11 +62,15 @@ __all__ = [
     "CheckpointMeta",
     "CifarResNet",
     "ImageNetResNet",
+    "ImportedCheckpoint",
     "LeNet",
     "LipschitzModule",
     "Normalize",
     "build_model",
+    "convert_state_dict",
     "get_model",
+    "import_checkpoint",
+    "infer_sigma",
     "lenet",
     "lenet_small",
     "list_models",

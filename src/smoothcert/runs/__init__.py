@@ -38,6 +38,7 @@ from .classifier import (
     wire_denoiser,
 )
 from .demo import QuickstartResult, quickstart
+from .importing import run_import
 from .launch import run_attack, run_certify, run_predict
 from .settings import (
     CERTIFICATES,
@@ -49,6 +50,7 @@ from .settings import (
     DenoiserSpec,
     DenoiserTrainRun,
     EngineSpec,
+    ImportRun,
     PredictRun,
     Selection,
     TrainRun,
@@ -79,6 +81,7 @@ __all__ = [
     "DenoiserSpec",
     "DenoiserTrainRun",
     "EngineSpec",
+    "ImportRun",
     "InitCheckpoint",
     "PredictRun",
     "QuickstartResult",
@@ -102,6 +105,7 @@ __all__ = [
     "read_init",
     "resolve_device",
     "run_attack",
+    "run_import",
     "run_certify",
     "run_facts",
     "run_predict",

@@ -9,8 +9,9 @@ and the engine's measured facts; with ``progress`` also the notes on decisions t
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,12 @@ from torch.utils.data import Dataset
 
 from ..analysis import AttackSummary
 from ..distributed import Shard, process_group, rank_device
+from ..engine import default_compile
 from ..errors import InputError
 from ..lipschitz import FeatureSmoothedClassifier
 from ..models import CheckpointMeta
 from ..noise import get_noise
+from ..results import find_parts, read_config
 from ..smooth import SmoothedClassifier
 from .attack import attack_dataset
 from .certify import certify_dataset, certify_margin_dataset, predict_dataset
@@ -40,7 +43,7 @@ from .classifier import (
 from .settings import SOFT_CERTIFICATES, AttackRun, CertifyRun, ClassifierSpec, DataSpec, EngineSpec, PredictRun
 from .soft import certify_clean_class_dataset, certify_soft_dataset, deterministic_dataset
 
-__all__ = ["run_attack", "run_certify", "run_predict"]
+__all__ = ["resolve_compile", "run_attack", "run_certify", "run_predict"]
 
 
 def _say(log: Log | None, message: str) -> None:
@@ -57,16 +60,52 @@ def _sharded(device: str | None, minutes: float) -> Iterator[tuple[Shard | None,
         yield shard, rank_device(name, shard)
 
 
+def _recorded_compile(out: Path) -> bool | None:
+    """The ``compile`` recorded by an existing result file at ``out`` (or its first part file)."""
+    for path in (Path(out), *find_parts(out)):
+        config = read_config(path) if path.exists() else None
+        if config is not None and isinstance(config.get("compile"), bool):
+            return config["compile"]
+    return None
+
+
+def resolve_compile(
+    engine: EngineSpec, *, out: Path | None, device: torch.device, rows: int, log: Log | None = None
+) -> EngineSpec:
+    """``engine`` with ``compile`` decided when it is None ("auto"): an existing result file's
+    record first (a resumed run keeps what its rows were computed with: ``compile`` is not among
+    the settings a resume may change, and files written before the automatic default recorded
+    ``false``), else :func:`~smoothcert.engine.default_compile` of the device and the run's
+    ``rows`` (inputs x draws). An explicit ``compile`` is returned unchanged."""
+    if engine.compile is not None:
+        return engine
+    if engine.compile_mode is not None:  # a compile mode asks for compilation
+        return dataclasses.replace(engine, compile=True)
+    recorded = None if out is None else _recorded_compile(out)
+    if recorded is not None:
+        decision, why = recorded, f"{'compiled' if recorded else 'eager'}, as recorded by {Path(out).name}"
+    else:
+        decision, why = default_compile(device, rows=rows)
+    _say(log, f"engine: {why}")
+    return dataclasses.replace(engine, compile=decision)
+
+
 def _smoothed(
     spec: ClassifierSpec, data: DataSpec, split: str, engine: EngineSpec, device: torch.device, *,
     loaded: tuple[Any, CheckpointMeta, str] | None = None, log: Log | None = None, progress: bool = True,
+    out: Path | None = None, count_rows: Callable[[Dataset], int] | None = None,
     space: str = "input",
 ) -> tuple[SmoothedClassifier, Dataset, dict[str, Any]]:
     """``(smoothed classifier, split, run facts)`` of ``spec``; ``loaded`` is the checkpoint already
-    read by :func:`load_classifier`, so a run that looked at its metadata first reads it once."""
+    read by :func:`load_classifier`, so a run that looked at its metadata first reads it once.
+    ``count_rows(dataset)``: the noisy rows the run will evaluate, for ``compile=None``
+    (:func:`resolve_compile`, with ``out``'s record)."""
     model, meta, sha = load_classifier(spec.checkpoint, device) if loaded is None else loaded
     noise = smoothing_noise(spec, meta)
     dataset, name = load_split(data, split, meta)
+    if engine.compile is None and count_rows is not None:
+        engine = resolve_compile(engine, out=out, device=device, rows=int(count_rows(dataset)),
+                                 log=log if progress else None)
     base, record = wire_denoiser(model, spec.denoiser, noise=noise, in_channels=meta.in_channels, device=device)
     if record is not None and progress:
         _say(log, f"denoised smoothing: {base!r}")
@@ -77,6 +116,11 @@ def _smoothed(
         smoothed = smoothed_classifier(base, noise=noise, meta=meta, engine=engine)
     facts = run_facts(dataset=name, data=data, split=split, checkpoint_sha256=sha, meta=meta, denoiser=record)
     return smoothed, dataset, facts
+
+
+def _shard_share(inputs: int, shard: Shard | None) -> int:
+    """Inputs this process certifies: its share under torchrun."""
+    return inputs if shard is None else -(-inputs // shard.world_size)
 
 
 def _feature_options(engine: EngineSpec) -> dict[str, Any]:
@@ -103,9 +147,10 @@ def run_certify(run: CertifyRun, *, progress: bool = True, log: Log | None = Non
     if run.certificate == "lipschitz-margin":
         return _run_margin(run, progress=progress, log=log)
     with _sharded(run.model.device, run.dist_timeout) as (shard, device):
-        smoothed, dataset, facts = _smoothed(run.model, run.data, run.split, run.engine, device, log=log,
-                                             progress=progress,
-                                             space="features" if run.certificate == "feature-smoothing" else "input")
+        smoothed, dataset, facts = _smoothed(
+            run.model, run.data, run.split, run.engine, device, log=log, progress=progress, out=Path(run.out),
+            count_rows=lambda ds: _shard_share(len(run.select.indices(len(ds))), shard) * (run.n0 + run.n),
+            space="features" if run.certificate == "feature-smoothing" else "input")
         if run.certificate != "smoothing":
             facts = {**facts, "certificate": run.certificate}
         indices = run.select.indices(len(dataset))
@@ -167,8 +212,9 @@ def run_predict(run: PredictRun, *, progress: bool = True, log: Log | None = Non
     """PREDICT the selected inputs of ``run`` into ``run.out`` (resumable, sharded like
     :func:`run_certify`). Returns ``run.out``."""
     with _sharded(run.model.device, run.dist_timeout) as (shard, device):
-        smoothed, dataset, facts = _smoothed(run.model, run.data, run.split, run.engine, device,
-                                             log=log, progress=progress)
+        smoothed, dataset, facts = _smoothed(
+            run.model, run.data, run.split, run.engine, device, log=log, progress=progress, out=Path(run.out),
+            count_rows=lambda ds: _shard_share(len(run.select.indices(len(ds))), shard) * run.n)
         indices = run.select.indices(len(dataset))
         predict_dataset(smoothed, dataset, run.out, n=run.n, alpha=run.alpha, batch_size=run.engine.batch_size,
                         seed=run.seed, indices=indices, config=facts, progress=progress, shard=shard, pack=run.pack)

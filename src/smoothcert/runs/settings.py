@@ -28,7 +28,7 @@ from ..denoise import DENOISE_MODES, denoiser_kind, list_denoiser_losses
 from ..distributed import DEFAULT_TIMEOUT
 from ..engine import COMPILE_MODES, PRECISIONS
 from ..errors import InputError, InputTypeError
-from ..models import list_models
+from ..models import SOURCE_FORMATS, list_models
 from ..noise import list_noises
 from ..soft import SELECTIONS
 from ..stats import MEAN_BOUNDS, check_alpha
@@ -46,6 +46,7 @@ __all__ = [
     "DenoiserSpec",
     "DenoiserTrainRun",
     "EngineSpec",
+    "ImportRun",
     "PredictRun",
     "Selection",
     "TrainRun",
@@ -182,12 +183,15 @@ class ClassifierSpec:
 class EngineSpec:
     """How f(x + noise) is sampled: the keywords of :class:`~smoothcert.smooth.SmoothedClassifier`
     (precision, layout, compilation, memory budget, unbounded inputs) and ``batch_size``, the
-    noisy rows per forward pass (an int, or "auto": from free memory / ``max_batch_bytes``)."""
+    noisy rows per forward pass (an int, or "auto": from free memory / ``max_batch_bytes``).
+    ``compile`` None ("auto") is decided by the certify and predict runs
+    (:func:`smoothcert.runs.launch.resolve_compile`: a resumed file's record, else compiled with
+    frozen weights on CPU for runs large enough to amortise it); elsewhere it means off."""
 
     batch_size: int | str = 1000
     precision: str = "fp32"
     channels_last: bool = True
-    compile: bool = False
+    compile: bool | None = None
     compile_mode: str | None = None
     fixed_shape: bool | None = None
     max_batch_bytes: int | None = None
@@ -195,6 +199,8 @@ class EngineSpec:
 
     def __post_init__(self) -> None:
         check_batch_size(self.batch_size)
+        if self.compile is not None and not isinstance(self.compile, bool):
+            raise InputTypeError(f"compile must be True, False or None (auto), got {self.compile!r}")
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("compile_mode", self.compile_mode, COMPILE_MODES, optional=True)
         if self.max_batch_bytes is not None:
@@ -202,7 +208,7 @@ class EngineSpec:
 
     def classifier_options(self) -> dict[str, Any]:
         """The keywords of :class:`~smoothcert.smooth.SmoothedClassifier` (all but ``batch_size``)."""
-        return {"precision": self.precision, "channels_last": self.channels_last, "compile": self.compile,
+        return {"precision": self.precision, "channels_last": self.channels_last, "compile": bool(self.compile),
                 "compile_mode": self.compile_mode, "fixed_shape": self.fixed_shape,
                 "max_batch_bytes": self.max_batch_bytes, "allow_unbounded": self.allow_unbounded}
 
@@ -518,3 +524,28 @@ class DenoiserTrainRun:
     def network_kind(self) -> str:
         """``"denoiser"`` or ``"score"``."""
         return denoiser_kind(self.kind)
+
+
+# ---------------------------------------------------------------------------- import a checkpoint
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportRun:
+    """Turn another code base's checkpoint ``source`` (format ``source_format``, one of
+    :data:`smoothcert.models.SOURCE_FORMATS`) into a smoothcert checkpoint ``out`` for ``dataset``.
+    ``sigma``: the training noise level (None: read from a ``noise_<sigma>`` directory on the
+    path, else refused); ``arch``: their architecture name, default the file's."""
+
+    source: PathLike
+    out: PathLike
+    source_format: str = "cohen2019"
+    dataset: str = "cifar10"
+    sigma: float | None = None
+    arch: str | None = None
+
+    def __post_init__(self) -> None:
+        _set(self, "source", Path(self.source))
+        _set(self, "out", Path(self.out))
+        _check_choice("source_format", self.source_format, SOURCE_FORMATS)
+        if self.sigma is not None:
+            check_float("sigma", self.sigma)

@@ -1,0 +1,100 @@
+"""Milliseconds per forward pass of the CPU engine's options (issue #17): eager, eager in bf16
+autocast, frozen compile (what ``Engine(compile=True)`` builds on CPU) and frozen compile in bf16,
+at several rows per pass and thread counts, plus each compile's one-off cost and the break-even
+number of noisy rows (compile seconds / saving per row).
+
+Random-weight LeNet / LeNet-small (the cost does not depend on the weights), inputs in [0, 1] of
+shape ``[rows, 1, 28, 28]`` in channels-last layout, under ``torch.inference_mode()``; each
+timing is the median of ``--reps`` passes after one untimed pass. Prints one JSON line per
+(model, variant, threads, rows) and one per compile.
+
+    PYTHONPATH=src python benchmarks/cpu_engine.py                      # ~5-15 min on 2 busy cores
+    PYTHONPATH=src python benchmarks/cpu_engine.py --models lenet --rows 256 1000 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from smoothcert.engine import cxx_compiler
+from smoothcert.models import build_model
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512_fp16", "avx512f")))
+
+
+def _time(fn, x: torch.Tensor, reps: int) -> float:
+    with torch.inference_mode():
+        fn(x)
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["lenet-small", "lenet"])
+    p.add_argument("--rows", nargs="+", type=int, default=[128, 256, 500, 1000])
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    args = p.parse_args()
+    print(json.dumps({"cpu": platform.processor() or platform.machine(), "flags": _cpu_flags(),
+                      "capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+                      "cxx": cxx_compiler()}), flush=True)
+    for name in args.models:
+        torch.manual_seed(0)
+        model = build_model(name, num_classes=10, in_channels=1, mean=[0.1307], std=[0.3081]).eval()
+        model = model.to(memory_format=torch.channels_last)
+        variants = {"eager": model}
+        if args.bf16:
+            def bf16_eager(x, model=model):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return model(x)
+            variants["eager-bf16"] = bf16_eager
+        torch.set_num_threads(max(args.threads))
+        for label, dtype in (("frozen", None), ("frozen-bf16", torch.bfloat16)):
+            if dtype is not None and not args.bf16:
+                continue
+            compiled = torch.compile(model, dynamic=False, options={"freezing": True})
+
+            def run(x, compiled=compiled, dtype=dtype):
+                if dtype is None:
+                    return compiled(x)
+                with torch.autocast("cpu", dtype=dtype):
+                    return compiled(x)
+
+            x = torch.rand(args.rows[0], 1, 28, 28).contiguous(memory_format=torch.channels_last)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                run(x)
+            print(json.dumps({"model": name, "variant": label, "compile_s": round(time.perf_counter() - start, 2),
+                              "rows": args.rows[0]}), flush=True)
+            variants[label] = run
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for rows in args.rows:
+                x = torch.rand(rows, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+                for label, fn in variants.items():
+                    ms = _time(fn, x, args.reps)  # a new row count compiles once, in the untimed pass
+                    print(json.dumps({"model": name, "variant": label, "threads": threads, "rows": rows,
+                                      "ms": round(ms, 2), "us_per_row": round(1000 * ms / rows, 2)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
