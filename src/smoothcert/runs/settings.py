@@ -26,7 +26,7 @@ from ..checks import AUTO, check_batch_size, check_float, check_int, check_sampl
 from ..data import list_datasets
 from ..denoise import DENOISE_MODES, denoiser_kind, list_denoiser_losses
 from ..distributed import DEFAULT_TIMEOUT
-from ..engine import COMPILE_MODES, PRECISIONS
+from ..engine import COMPILE_MODES, NOISE_DTYPES, PRECISIONS
 from ..errors import InputError, InputTypeError
 from ..models import list_models
 from ..noise import list_noises
@@ -190,9 +190,12 @@ class EngineSpec:
     fixed_shape: bool | None = None
     max_batch_bytes: int | None = None
     allow_unbounded: bool = False
+    #: "float64" (exact, default) or "float32" (fast; Gaussian tail truncated at 5.768 sigma).
+    noise_dtype: str = "float64"
 
     def __post_init__(self) -> None:
         check_batch_size(self.batch_size)
+        _check_choice("noise_dtype", self.noise_dtype, NOISE_DTYPES)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("compile_mode", self.compile_mode, COMPILE_MODES, optional=True)
         if self.max_batch_bytes is not None:
@@ -202,7 +205,8 @@ class EngineSpec:
         """The keywords of :class:`~smoothcert.smooth.SmoothedClassifier` (all but ``batch_size``)."""
         return {"precision": self.precision, "channels_last": self.channels_last, "compile": self.compile,
                 "compile_mode": self.compile_mode, "fixed_shape": self.fixed_shape,
-                "max_batch_bytes": self.max_batch_bytes, "allow_unbounded": self.allow_unbounded}
+                "max_batch_bytes": self.max_batch_bytes, "allow_unbounded": self.allow_unbounded,
+                "noise_dtype": self.noise_dtype}
 
 
 def _check_dist_timeout(minutes: float) -> None:
