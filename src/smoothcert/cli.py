@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import analysis
+from ._version import __version__
 from .data import list_datasets
 from .denoise import list_denoiser_losses, list_denoisers
 from .distributed import DEFAULT_TIMEOUT
@@ -195,7 +196,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
                      select=_selection(args), engine=_engine(args), n0=args.n0, n=args.n, alpha=args.alpha,
                      seed=args.seed, norm=args.norm, two_class=args.two_class, target=args.target,
                      radii=tuple(args.radii or ()), stages=args.stages, radius_loss=args.radius_loss, pack=args.pack,
-                     dist_timeout=args.dist_timeout)
+                     dist_timeout=args.dist_timeout, wait=args.wait)
     run_certify(run, progress=not args.quiet, log=_stderr)
     return 0
 
@@ -203,7 +204,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     run = PredictRun(model=_classifier(args), out=args.out, data=_data(args), split=args.split,
                      select=_selection(args), engine=_engine(args), n=args.n, alpha=args.alpha, seed=args.seed,
-                     pack=args.pack, dist_timeout=args.dist_timeout)
+                     pack=args.pack, dist_timeout=args.dist_timeout, wait=args.wait)
     run_predict(run, progress=not args.quiet, log=_stderr)
     return 0
 
@@ -277,6 +278,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smoothcert", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"smoothcert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a base classifier with noise (one checkpoint per epoch)")
@@ -388,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--fixed-shape", action=argparse.BooleanOptionalAction, default=None,
                        help="pad every forward pass to --batch rows (default: on with --compile)")
         p.add_argument("--max-batch-bytes", type=int, default=None, help="memory budget of --batch auto (bytes)")
+        p.add_argument("--wait", action="store_true",
+                       help="if another run is writing --out, wait for it to finish (default: refuse at once)")
         p.add_argument("--fast-noise", action="store_true",
                        help="draw the noise in float32 (faster; its Gaussian tail stops at 5.77 sigma, so the "
                             "certificate is for a truncated law; recorded in the result file). Default: float64, "

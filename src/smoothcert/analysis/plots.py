@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..files import check_output_path
 from .load import Results, single_value
 from .metrics import certified_accuracy, check_runs, envelope_of
 
@@ -54,6 +55,7 @@ def plot_certified_accuracy(
     suffix = path.suffix.lower()
     if suffix not in (".png", ".pdf", ".svg"):
         raise InputError(f"unsupported plot format {path.suffix!r} for {path}; use .png, .pdf or .svg")
+    check_output_path(path, what="plot")
     if max_radius is None:
         top = max(float(np.max(run.radius * run.correct)) for run in runs)
         max_radius = math.ceil(top * 1.02 / 0.25) * 0.25 if top > 0 else 1.0
@@ -92,7 +94,6 @@ def plot_certified_accuracy(
     ax.legend(loc="upper right", frameon=True, framealpha=0.9)
     if title:
         ax.set_title(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150 if suffix == ".png" else None)
     return path
 

@@ -105,6 +105,7 @@ def certify_dataset(
     progress: bool = True,
     shard: Shard | None = None,
     pack: int = 1,
+    wait: bool = False,
 ) -> ResultWriter:
     """CERTIFY every selected input of ``dataset`` and append one row each to ``out``.
 
@@ -149,7 +150,7 @@ def certify_dataset(
     run = _run_config(smoothed, n0=n0, n=n, alpha=alpha, seed=seed, norm=norm, two_class=two_class, **adaptive,
                       batch_size=batch_size, pack=pack, **(config or {}))
     todo_all = list(range(len(dataset))) if indices is None else list(indices)
-    with result_rows(out, config=run, indices=todo_all, ignore=MAY_CHANGE, shard=shard, pack=pack) as (
+    with result_rows(out, config=run, indices=todo_all, ignore=MAY_CHANGE, shard=shard, pack=pack, wait=wait) as (
         writer, todo, kept,
     ):
         bar = tqdm(total=len(todo), desc=_desc("certify", shard), unit="input", postfix={"kept": kept},
@@ -199,6 +200,7 @@ def predict_dataset(
     progress: bool = True,
     shard: Shard | None = None,
     pack: int = 1,
+    wait: bool = False,
 ) -> ResultWriter:
     """PREDICT every selected input and append rows ``idx label predict correct time ...`` to
     ``out`` (resumable, shardable and packed like :func:`certify_dataset`; ABSTAIN = -1 counts as
@@ -210,7 +212,7 @@ def predict_dataset(
     run = _run_config(smoothed, n=n, alpha=alpha, seed=seed, batch_size=batch_size, pack=pack, **(config or {}))
     todo_all = list(range(len(dataset))) if indices is None else list(indices)
     with result_rows(out, config=run, indices=todo_all, columns=PREDICT_COLUMNS, ignore=MAY_CHANGE,
-                     shard=shard, pack=pack) as (writer, todo, _):
+                     shard=shard, pack=pack, wait=wait) as (writer, todo, _):
         bar = tqdm(total=len(todo), desc=_desc("predict", shard), unit="input",
                    disable=not progress or (shard is not None and shard.rank != 0))
         for group, missing in _packs(todo_all, todo, pack):

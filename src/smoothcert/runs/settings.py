@@ -99,7 +99,9 @@ class DataSpec:
 @dataclass(frozen=True, kw_only=True)
 class Selection:
     """Which inputs of the split a run visits: ``start``, ``start + skip``, ..., at most
-    ``max_count`` of them (None or -1: all) — Cohen et al.'s ``--skip``/``--max``."""
+    ``max_count`` of them (None or -1: all) — Cohen et al.'s ``--skip``/``--max``. Any other
+    negative ``max_count``, ``max_count = 0`` and a ``start`` past the end of the split are errors
+    (they used to run everything or write a header-only file)."""
 
     skip: int = 1
     max_count: int | None = None
@@ -109,11 +111,17 @@ class Selection:
         check_int("skip", self.skip, minimum=1)
         if self.start < 0:
             raise InputError(f"start must be >= 0, got {self.start}")
-        if self.max_count is not None and self.max_count < 0:
+        if self.max_count == -1:
             _set(self, "max_count", None)
+        elif self.max_count is not None and self.max_count < 1:
+            raise InputError(f"max must be a positive number of inputs, or -1 for all; got {self.max_count}")
 
     def indices(self, length: int) -> list[int]:
-        """The selected indices of a split of ``length`` inputs."""
+        """The selected indices of a split of ``length`` inputs (never empty: a ``start`` at or
+        past ``length`` is an InputError naming the split's size)."""
+        if self.start >= length:
+            raise InputError(f"start {self.start} is past the end of the data, which has {length} inputs "
+                             f"(indices 0..{length - 1})")
         return select_indices(length, skip=self.skip, max_count=self.max_count, start=self.start)
 
 
@@ -245,6 +253,8 @@ class CertifyRun:
     radius_loss: float = 0.02
     pack: int = 1
     dist_timeout: float = _DEFAULT_DIST_MINUTES
+    #: another run writing ``out``: wait for it to finish (True) or refuse at once (False).
+    wait: bool = False
 
     def __post_init__(self) -> None:
         _set(self, "out", Path(self.out))
@@ -293,6 +303,8 @@ class PredictRun:
     seed: int = 0
     pack: int = 1
     dist_timeout: float = _DEFAULT_DIST_MINUTES
+    #: another run writing ``out``: wait for it to finish (True) or refuse at once (False).
+    wait: bool = False
 
     def __post_init__(self) -> None:
         _set(self, "out", Path(self.out))
