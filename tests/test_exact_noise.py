@@ -104,7 +104,8 @@ def test_gaussian_tail_beyond_the_float32_limit_is_seen_through_certify():
     # Issue #16: float32 draws never pass 5.768 sigma, so this detector never fires on them (a
     # truncated law: 0 events, certain failure here). Exact noise fires at the Gaussian rate:
     # d = 3 x 224 x 224 coordinates per draw, P(|z| > 5.77) = 7.9e-9 per coordinate, 8,000 draws:
-    # ~9.5 expected rows; the count must lie in the central 1 - 2e-4 of its Poisson law (~75 s).
+    # ~9.5 expected rows; the count must lie in the central 1 - 2e-4 of its Poisson law (1.2e9
+    # float64 draws: 9 min on a loaded 2-core CPU, hence slow).
     sigma, k, center, n = 0.25, 5.77, 0.5, 8_000
     assert k > FLOAT32_GAUSSIAN_MAX
     d = 3 * 224 * 224

@@ -243,7 +243,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise InputError("--paired compares each file with the first: give at least two")
     runs = _load_all(args.results, args.labels)
     table = analysis.latex_table if args.latex else analysis.markdown_table
-    print(table(runs, args.radii, envelope=not args.no_envelope))
+    print(table(runs, args.radii, envelope=not args.no_envelope, ci=args.ci))
+    if args.ci is not None:
+        print(f"\n[low, high]: {args.ci:.0%} Clopper-Pearson interval over the sample of inputs, per radius")
     if args.paired:
         print(f"\npaired ACR difference against {runs[0].display_name()} (same inputs, 95% paired t interval):")
         for run in runs[1:]:
@@ -257,7 +259,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     runs = _load_all(args.results, args.labels)
     path = analysis.plot_certified_accuracy(runs, args.out, max_radius=args.max_radius, title=args.title,
-                                            envelope=not args.no_envelope)
+                                            envelope=not args.no_envelope, ci=args.ci)
     print(f"wrote {path}")
     return 0
 
@@ -447,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("results", nargs="+", help="result TSV files (several: best-sigma envelope)")
         p.add_argument("--labels", nargs="+", default=None, help="one label per file (default: sigma = ...)")
         p.add_argument("--no-envelope", action="store_true")
+        p.add_argument("--ci", type=float, nargs="?", const=0.95, default=None, metavar="LEVEL",
+                       help="each certified accuracy with its Clopper-Pearson interval over the sample of inputs "
+                            "(the images certified are a sample too); LEVEL default 0.95"
+                            + ("" if name == "analyze" else "; drawn as a band"))
         if name == "analyze":
             p.add_argument("--radii", type=float, nargs="+", default=list(DEFAULT_RADII))
             p.add_argument("--latex", action="store_true", help="LaTeX (booktabs) instead of markdown")
