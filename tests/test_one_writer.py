@@ -103,3 +103,21 @@ def test_cli_version_and_one_line_errors(tmp_path, capsys):
     assert code == 2
     assert main(["analyze", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_certify_projects_the_time_of_the_rest_after_the_first_input(tmp_path, capsys):
+    ckpt = tmp_path / "m.pt"
+    assert main(["train", "--dataset", "embedded", "--arch", "lenet-small", "--sigma", "0.25", "--epochs", "1",
+                 "--limit", "64", "--quiet", "--device", "cpu", "--out", str(ckpt)]) == 0
+    base = ["certify", "--checkpoint", str(ckpt), "--n0", "10", "--n", "32", "--alpha", "0.01", "--batch", "50",
+            "--device", "cpu"]
+    assert main([*base, "--max", "3", "--out", str(tmp_path / "r.tsv")]) == 0
+    assert "the other 2 inputs will take about" in capsys.readouterr().err
+    assert main([*base, "--max", "0", "--out", str(tmp_path / "z.tsv")]) == 2
+    assert "max must be a positive number" in capsys.readouterr().err
+    assert main([*base, "--start", "5000", "--out", str(tmp_path / "z.tsv")]) == 2
+    assert "1000 inputs" in capsys.readouterr().err
+    assert main([*base, "--max", "2", "--device", "tpu", "--out", str(tmp_path / "z.tsv")]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err
+    assert main([*base, "--max", "2", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err

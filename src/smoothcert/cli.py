@@ -372,7 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(default 1000 10000), or 'auto': where unanimous draws first certify each radius")
             p.add_argument("--radius-loss", type=float, default=0.02,
                            help="with --target radius: radius the plan may give up against --n draws")
-        p.add_argument("--n", type=int, default=100_000, help="estimation draws")
+        p.add_argument("--n", type=int, default=100_000,
+                       help="estimation draws (default 100000: about 12 s per MNIST input with LeNet on 2 CPU "
+                            "cores, 3.4 h for the 1,000 embedded test images; the run prints its own projection "
+                            "after the first input)")
         p.add_argument("--alpha", type=float, default=0.001, help="failure probability per input")
         p.add_argument("--skip", type=int, default=1, help="certify every skip-th input")
         p.add_argument("--max", type=int, default=-1, help="at most this many inputs (-1: all)")
