@@ -46,6 +46,13 @@ def check_noise_dtype(noise_dtype: str) -> str:
     return noise_dtype
 
 
+def noise_work_dtype(noise_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
+    """The dtype noise is drawn in and x + delta formed in: float64 for ``noise_dtype="float64"``
+    or a float64 model, else float32. (Rows written before issue #16 were drawn in float32; the
+    legacy-resume tests patch this function to re-draw them exactly.)"""
+    return torch.float64 if noise_dtype == "float64" or model_dtype == torch.float64 else torch.float32
+
+
 def check_precision(precision: str) -> str:
     """``precision`` if it is one of :data:`PRECISIONS`, else an InputError listing them."""
     if precision not in PRECISIONS:
@@ -140,8 +147,7 @@ def noisy_outputs(
     device = model_device(model)
     forward = model if forward is None else forward
     model_dtype = _model_dtype(model)
-    exact = noise_dtype == "float64" or model_dtype == torch.float64
-    work = torch.float64 if exact else torch.float32
+    work = noise_work_dtype(noise_dtype, model_dtype)
     x = x.to(device=device, dtype=work)
     count = x.shape[0]
     gen_device = generator.device if generator is not None else device
