@@ -26,9 +26,8 @@ def test_two_writers_in_one_process_exclude_each_other(tmp_path):
     with ResultWriter(out, config=CONFIG):
         with pytest.raises(ResultFileError, match=r"run\.tsv is being written by another run"):
             ResultWriter(out, config=CONFIG)
-        with pytest.raises(ResultFileError, match="another run"):
-            with result_rows(out, config=CONFIG, indices=[0, 1]):
-                pass
+        with pytest.raises(ResultFileError, match="another run"), result_rows(out, config=CONFIG, indices=[0, 1]):
+            pass
     with ResultWriter(out, config=CONFIG):  # released on close
         pass
     assert lock_path(out).exists()
@@ -121,3 +120,15 @@ def test_certify_projects_the_time_of_the_rest_after_the_first_input(tmp_path, c
     assert "unknown device 'tpu'" in capsys.readouterr().err
     assert main([*base, "--max", "2", "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_analyze_and_plot_refuse_a_repeated_idx(tmp_path, capsys):
+    # Issue #16: two runs on one file once left 120 rows for 60 inputs and changed the table.
+    path = tmp_path / "dup.tsv"
+    rows = ["idx\tlabel\tpredict\tradius\tcorrect\ttime", "0\t1\t1\t0.5\t1\t0:00:01", "3\t1\t1\t0.5\t1\t0:00:01",
+            "0\t1\t1\t0.7\t1\t0:00:01"]
+    path.write_text("\n".join(rows) + "\n")
+    assert main(["analyze", str(path)]) == 2
+    assert "idx" in capsys.readouterr().err
+    assert main(["plot", str(path), "--out", str(tmp_path / "p.png")]) == 2
+    assert "idx" in capsys.readouterr().err

@@ -24,7 +24,15 @@ from .memory import (
     free_device_bytes,
     measure_row_bytes,
 )
-from .sampling import COMPILE_MODES, check_noise_dtype, check_precision, fixed_rows, noisy_outputs, sample_counts, sample_mean_probs
+from .sampling import (
+    COMPILE_MODES,
+    check_noise_dtype,
+    check_precision,
+    fixed_rows,
+    noisy_outputs,
+    sample_counts,
+    sample_mean_probs,
+)
 
 # ------------------------------------------------------------------------------------------
 # The engine object: settings and state
