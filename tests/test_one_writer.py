@@ -29,8 +29,8 @@ def test_two_writers_in_one_process_exclude_each_other(tmp_path):
         with pytest.raises(ResultFileError, match="another run"), result_rows(out, config=CONFIG, indices=[0, 1]):
             pass
     with ResultWriter(out, config=CONFIG):  # released on close
-        pass
-    assert lock_path(out).exists()
+        assert lock_path(out).exists()
+    assert not lock_path(out).exists()  # and removed
 
 
 def test_a_writer_in_another_process_is_refused_until_the_first_finishes(tmp_path):

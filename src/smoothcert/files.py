@@ -43,8 +43,7 @@ def check_output_path(path: str | os.PathLike[str], *, what: str = "output") -> 
 
 
 def lock_path(path: str | os.PathLike[str]) -> Path:
-    """The lock file of ``path``: ``run.tsv`` -> ``run.tsv.lock`` (left in place after use:
-    removing a lock file while another process waits on it would let two runs in)."""
+    """The lock file of ``path``: ``run.tsv`` -> ``run.tsv.lock`` (present while a writer holds it)."""
     path = Path(path)
     return path.with_name(path.name + ".lock")
 
@@ -69,24 +68,39 @@ class FileLock:
         if self._fd is not None or fcntl is None:
             return self
         lock = lock_path(self.path)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
-        except BlockingIOError:
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                raise ResultFileError(
+                    f"{self.path} is being written by another run (its lock {lock.name} is held); wait for that "
+                    "run to finish (--wait waits for it) or choose another --out"
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            # The holder removes the lock file on release: a lock taken on a file that is no longer
+            # (or no longer the same) at that path is worthless, so try again on the current one.
+            try:
+                current = os.stat(lock)
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            mine = os.fstat(fd)
+            if (mine.st_dev, mine.st_ino) == (current.st_dev, current.st_ino):
+                break
             os.close(fd)
-            raise ResultFileError(
-                f"{self.path} is being written by another run (its lock {lock.name} is held); wait for that "
-                "run to finish (--wait waits for it) or choose another --out"
-            ) from None
-        except BaseException:
-            os.close(fd)
-            raise
         self._fd = fd
         return self
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # closing the last descriptor releases the flock
+            # Unlink while still holding it (see acquire), then close: closing releases the flock.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock_path(self.path))
+            os.close(self._fd)
             self._fd = None
 
     @property
