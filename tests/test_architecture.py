@@ -27,7 +27,7 @@ LAYERS: dict[str, int] = {
     # sampling f(x + noise)
     "engine": 4,
     # certify layer
-    "certificate": 5, "adaptive": 5, "smooth": 5,
+    "certificate": 5, "adaptive": 5, "smooth": 5, "lipschitz": 5,
     # result files, analysis of their rows
     "results": 6,
     "analysis": 7,

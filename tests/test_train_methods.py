@@ -26,6 +26,7 @@ from smoothcert.train import (
     train,
 )
 from smoothcert.train import smoothadv as smoothadv_module
+from smoothcert.models.sll import BackboneHead, LipschitzFlatten, LipschitzSequential, NormalizedLinear, SLLLinear
 from smoothcert.train.methods import METHODS
 from smoothcert.train.smoothadv import warmup_eps
 
@@ -33,6 +34,18 @@ from smoothcert.train.smoothadv import warmup_eps
 FAST = {
     "smoothadv": {"eps": 0.5, "steps": 2, "m": 2, "warmup": 1},
     "macer": {"m": 4},
+    # Noise in feature space, so the loss depends on the noise stream like every other method's.
+    "lipschitz-margin": {"epsilon": 0.1, "feature_noise": True},
+}
+
+#: Methods that need a particular architecture: a factory for the 8x8 problem and the registered
+#: architecture (with its keywords) for the tiny training runs. Others use ``_linear``/lenet-small.
+NEEDS_ARCH = {
+    "lipschitz-margin": (
+        lambda k: BackboneHead(LipschitzSequential(LipschitzFlatten(), SLLLinear(64, 32), NormalizedLinear(64, 16)),
+                               nn.Linear(16, k)),
+        ("sll-small", {"width": 8, "features": 16}),
+    ),
 }
 
 
@@ -44,8 +57,10 @@ def _problem(seed: int = 0, n: int = 64, k: int = 4) -> tuple[torch.Tensor, torc
     return (protos[y] + 0.15 * torch.randn(n, 1, 8, 8, generator=g)).clamp(0, 1), y
 
 
-def _linear(seed: int = 0, k: int = 4) -> nn.Module:
+def _linear(seed: int = 0, k: int = 4, *, method: str = "gaussian") -> nn.Module:
     torch.manual_seed(seed)
+    if method in NEEDS_ARCH:
+        return NEEDS_ARCH[method][0](k)
     return nn.Sequential(nn.Flatten(), nn.Linear(64, k))
 
 
@@ -62,7 +77,7 @@ GAUSS = get_noise("gaussian", sigma=0.25)
 @pytest.mark.parametrize("name", list_methods())
 def test_loss_decreases_on_a_tiny_problem(name):
     x, y = _problem()
-    model, method = _linear(), _method(name)
+    model, method = _linear(method=name), _method(name)
 
     def loss_at_fixed_noise() -> float:
         return method.loss(model, x, y, noise=GAUSS, generator=torch.Generator().manual_seed(123))[0].item()
@@ -82,7 +97,7 @@ def test_loss_decreases_on_a_tiny_problem(name):
 @pytest.mark.parametrize("name", list_methods())
 def test_shapes_and_determinism(name):
     x, y = _problem(n=12)
-    model, method = _linear(), _method(name)
+    model, method = _linear(method=name), _method(name)
     loss, logits = method.loss(model, x, y, noise=GAUSS, generator=torch.Generator().manual_seed(5))
     assert loss.shape == () and torch.isfinite(loss) and loss.requires_grad
     assert logits.shape == (12, 4) and torch.isfinite(logits).all()
@@ -108,9 +123,10 @@ def _tiny_training(tmp_path, method, *, epochs=1, resume=False, name="m.pt"):
     data = get_dataset("embedded", split="train").subset(range(64))
     info = data.info
     torch.manual_seed(0)
-    model = build_model("lenet-small", num_classes=10, in_channels=1, mean=list(info.mean), std=list(info.std))
-    meta = CheckpointMeta(arch="lenet-small", dataset="embedded", num_classes=10, in_channels=1, input_size=28,
-                          mean=list(info.mean), std=list(info.std), noise="none", sigma=0.0)
+    arch, arch_kwargs = NEEDS_ARCH[method.name][1] if method.name in NEEDS_ARCH else ("lenet-small", {})
+    model = build_model(arch, num_classes=10, in_channels=1, mean=list(info.mean), std=list(info.std), **arch_kwargs)
+    meta = CheckpointMeta(arch=arch, arch_kwargs=arch_kwargs, dataset="embedded", num_classes=10, in_channels=1,
+                          input_size=28, mean=list(info.mean), std=list(info.std), noise="none", sigma=0.0)
     history = train(model, data, method=method, noise=GAUSS, meta=meta, checkpoint=tmp_path / name,
                     config=TrainConfig(epochs=epochs, batch_size=32, lr=0.01, gamma=0.5, step_size=7, seed=0),
                     resume=resume, progress=False)
@@ -411,11 +427,11 @@ def test_macer_refuses_non_gaussian_noise():
 
 def test_methods_return_the_log_mean_softmax_of_their_copies_in_float64_for_a_float64_model():
     x, y = _problem(n=6)
-    model = _linear().double()
     for name in list_methods():
+        model = _linear(method=name).double()
         loss, logits = _method(name).loss(model, x.double(), y, noise=GAUSS, generator=torch.Generator().manual_seed(0))
         assert loss.dtype == torch.float64 and logits.dtype == torch.float64, name
-        if name != "gaussian":  # the others return log-probabilities of the smoothed soft classifier
+        if name not in ("gaussian", "lipschitz-margin"):  # those two return the base model's logits  # the others return log-probabilities of the smoothed soft classifier
             torch.testing.assert_close(logits.exp().sum(1), torch.ones(6, dtype=torch.float64))
 
 

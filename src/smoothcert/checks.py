@@ -20,14 +20,20 @@ __all__ = [
 
 
 def as_batch(
-    x: Tensor, *, allow_unbounded: bool = False, name: str = "x", input_shape: Sequence[int | None] | None = None
+    x: Tensor,
+    *,
+    allow_unbounded: bool = False,
+    name: str = "x",
+    input_shape: Sequence[int | None] | None = None,
+    bounded: bool = True,
 ) -> Tensor:
     """Validate inputs and return them batch-first.
 
     Accepted: ``[B, C, H, W]`` images, a single ``[C, H, W]`` image (promoted to ``[1, C, H, W]``),
     ``[B, D]`` vectors, or a single ``[D]`` vector (promoted to ``[1, D]``). Inputs must be
     floating point, finite and — the toolkit's convention — in [0, 1]; with
-    ``allow_unbounded=True`` values outside [0, 1] only warn.
+    ``allow_unbounded=True`` values outside [0, 1] only warn; ``bounded=False`` is for inputs that
+    are unbounded by design (a backbone's features, :mod:`smoothcert.lipschitz`): no range check.
 
     ``input_shape``: the shape of one input the model takes (``(C, H, W)`` or ``(D,)``; a None
     entry matches any size). Given, it decides what ``x`` is: exactly that shape is one input, a
@@ -55,6 +61,8 @@ def as_batch(
         raise InputError(f"{name} is an empty batch")
     if not torch.isfinite(x).all():
         raise InputError(f"{name} contains NaN or inf")
+    if not bounded:
+        return x
     lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
         msg = (

@@ -27,6 +27,7 @@ from .noise import list_noises
 from .results import find_parts, merge_result_parts
 from .runs import (
     ATTACKS,
+    CERTIFICATES,
     DEFAULT_RADII,
     AttackRun,
     CertifyRun,
@@ -196,7 +197,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
                      select=_selection(args), engine=_engine(args), n0=args.n0, n=args.n, alpha=args.alpha,
                      seed=args.seed, norm=args.norm, two_class=args.two_class, target=args.target,
                      radii=tuple(args.radii or ()), stages=args.stages, radius_loss=args.radius_loss, pack=args.pack,
-                     dist_timeout=args.dist_timeout, wait=args.wait)
+                     dist_timeout=args.dist_timeout, wait=args.wait, certificate=args.certificate)
     run_certify(run, progress=not args.quiet, log=_stderr)
     return 0
 
@@ -360,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--noise", default=None, choices=list_noises(), help="default: the checkpoint's")
         p.add_argument("--sigma", type=float, default=None, help="default: the checkpoint's")
         if name == "certify":
+            p.add_argument("--certificate", choices=CERTIFICATES, default="smoothing",
+                           help="smoothing: noise on the input (default); for a model with a 1-Lipschitz backbone "
+                                "(sll-small, sll-small-mlp): feature-smoothing (noise on the features, sampling "
+                                "through the head only) or lipschitz-margin (linear head: deterministic, one "
+                                "forward pass; n, n0, alpha and the noise are not used)")
             p.add_argument("--n0", type=int, default=100, help="selection draws")
             p.add_argument("--norm", default=None, help="l1, l2 or linf (default: the noise's own)")
             p.add_argument("--two-class", action="store_true", help="(pA, pB) certificate, Bonferroni split")

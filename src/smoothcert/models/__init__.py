@@ -36,12 +36,14 @@ from .registry import (
 )
 from .resnet import BasicBlock, CifarResNet, resnet20, resnet56, resnet110
 from .resnet_imagenet import Bottleneck, ImageNetResNet, resnet50
+from .sll import BackboneHead, LipschitzModule, sll_small, sll_small_mlp
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "CLASSIFIER_CHECKPOINT",
     "MODELS",
+    "BackboneHead",
     "BasicBlock",
     "Bottleneck",
     "CheckpointError",
@@ -49,6 +51,7 @@ __all__ = [
     "CifarResNet",
     "ImageNetResNet",
     "LeNet",
+    "LipschitzModule",
     "Normalize",
     "build_model",
     "get_model",
@@ -65,4 +68,6 @@ __all__ = [
     "resnet56",
     "resnet110",
     "save_checkpoint",
+    "sll_small",
+    "sll_small_mlp",
 ]

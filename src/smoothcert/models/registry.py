@@ -14,6 +14,7 @@ from .lenet import lenet, lenet_small
 from .normalize import Normalize
 from .resnet import resnet20, resnet56, resnet110
 from .resnet_imagenet import resnet50
+from .sll import sll_small, sll_small_mlp
 
 __all__ = ["MODELS", "build_model", "get_model", "list_models", "model_input_size", "model_kwargs", "register_model"]
 
@@ -95,3 +96,5 @@ register_model("resnet20", input_size=32)(resnet20)
 register_model("resnet56", input_size=32)(resnet56)
 register_model("resnet110", input_size=32)(resnet110)
 register_model("resnet50", input_size=224)(resnet50)
+register_model("sll-small", input_size=28)(sll_small)
+register_model("sll-small-mlp", input_size=28)(sll_small_mlp)

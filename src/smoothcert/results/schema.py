@@ -23,6 +23,7 @@ __all__ = [
     "COHEN_COLUMNS",
     "COLUMNS",
     "DDN_CONFIRM_STEPS",
+    "MARGIN",
     "MAY_CHANGE",
     "NOT_TRACKED",
     "PREDICT",
@@ -35,6 +36,7 @@ __all__ = [
     "eps_key",
     "field_parser",
     "format_time",
+    "margin_row",
     "parse_int",
     "parse_time",
     "predict_row",
@@ -74,6 +76,15 @@ COLUMNS: tuple[str, ...] = CERTIFY.columns
 PREDICT = RowSchema("predict", ("idx", "label", "predict", "correct", "time", "n", "alpha", "noise", "sigma",
                                 "precision"))
 PREDICT_COLUMNS: tuple[str, ...] = PREDICT.columns
+
+#: A margin-certificate row (``certify_margin_dataset``, FaRS with a linear head): Cohen's layout,
+#: then ``feature_radius`` (min_j (l_y - l_j) / ||w_y - w_j||_2, the exact l2 distance of the
+#: features to the head's nearest decision boundary; ``radius`` = feature_radius / lipschitz),
+#: ``lipschitz`` (the backbone's proven bound L, input to features), ``norm`` (always l2),
+#: ``precision`` and ``seconds``. The certificate is deterministic: there is no p_lower, no counts,
+#: no n and no alpha, and ``predict`` is never ABSTAIN. Feature-space smoothing writes
+#: :data:`CERTIFY` rows (its statistics are CERTIFY's).
+MARGIN = RowSchema("margin", (*COHEN_COLUMNS, "feature_radius", "lipschitz", "norm", "precision", "seconds"))
 
 #: ``count_b`` of a row whose runner-up count was not tracked (``certify_at`` decisions on a grid).
 NOT_TRACKED = -1
@@ -199,7 +210,7 @@ def _parse_float(text: str) -> float:
 
 _INT_FIELDS = ("idx", "label", "predict", "correct", "count_a", "count_b", "n", "n0", "m", "n_predict",
                "recheck_n", "steps", "ddn")
-_FLOAT_FIELDS = ("radius", "p_lower", "alpha", "sigma", "seconds", "ddn_l2", "min_l2", "ddn_abstain_l2",
+_FLOAT_FIELDS = ("radius", "feature_radius", "lipschitz", "p_lower", "alpha", "sigma", "seconds", "ddn_l2", "min_l2", "ddn_abstain_l2",
                  "recheck_radius", "radius_native")
 _TEXT_FIELDS = ("noise", "norm", "precision", "native_norm", "confirmed")
 
@@ -252,4 +263,18 @@ def predict_row(
         "idx": int(idx), "label": int(label), "predict": int(predict),
         "correct": int(predict != ABSTAIN and predict == label), "time": format_time(seconds), "n": int(n),
         "alpha": alpha, "noise": noise, "sigma": sigma, "precision": precision,
+    })  # fmt: skip
+
+
+def margin_row(
+    *, idx: int, label: int, predict: int, radius: float, feature_radius: float, lipschitz: float, precision: str,
+    seconds: float,
+) -> dict[str, Any]:
+    """A :data:`MARGIN` row (``radius`` as computed, feature_radius / lipschitz: recomputing it here
+    could round it up); ``correct`` and ``time`` follow from the others."""
+    return MARGIN.row({
+        "idx": int(idx), "label": int(label), "predict": int(predict),
+        "radius": float(radius), "correct": int(predict == label),
+        "time": format_time(seconds), "feature_radius": float(feature_radius), "lipschitz": float(lipschitz),
+        "norm": "l2", "precision": precision, "seconds": float(seconds),
     })  # fmt: skip

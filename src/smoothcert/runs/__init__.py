@@ -19,7 +19,14 @@ Example::
 """
 
 from .attack import ATTACKS, attack_columns, attack_dataset, l2_radius
-from .certify import PREDICT_COLUMNS, certify_dataset, check_pack, predict_dataset, select_indices
+from .certify import (
+    PREDICT_COLUMNS,
+    certify_dataset,
+    certify_margin_dataset,
+    check_pack,
+    predict_dataset,
+    select_indices,
+)
 from .classifier import (
     load_classifier,
     load_dataset,
@@ -33,6 +40,7 @@ from .classifier import (
 from .demo import QuickstartResult, quickstart
 from .launch import run_attack, run_certify, run_predict
 from .settings import (
+    CERTIFICATES,
     DEFAULT_RADII,
     AttackRun,
     CertifyRun,
@@ -58,6 +66,7 @@ from .training import (
 
 __all__ = [
     "ATTACKS",
+    "CERTIFICATES",
     "DEFAULT_RADII",
     "PREDICT_COLUMNS",
     "TRAIN_DEFAULTS",
@@ -76,6 +85,7 @@ __all__ = [
     "attack_columns",
     "attack_dataset",
     "certify_dataset",
+    "certify_margin_dataset",
     "check_finetune",
     "check_pack",
     "l2_radius",

@@ -21,11 +21,12 @@ from torch.utils.data import Dataset
 from ..analysis import AttackSummary
 from ..distributed import Shard, process_group, rank_device
 from ..errors import InputError
+from ..lipschitz import FeatureSmoothedClassifier
 from ..models import CheckpointMeta
 from ..noise import get_noise
 from ..smooth import SmoothedClassifier
 from .attack import attack_dataset
-from .certify import certify_dataset, predict_dataset
+from .certify import certify_dataset, certify_margin_dataset, predict_dataset
 from .classifier import (
     Log,
     load_classifier,
@@ -58,6 +59,7 @@ def _sharded(device: str | None, minutes: float) -> Iterator[tuple[Shard | None,
 def _smoothed(
     spec: ClassifierSpec, data: DataSpec, split: str, engine: EngineSpec, device: torch.device, *,
     loaded: tuple[Any, CheckpointMeta, str] | None = None, log: Log | None = None, progress: bool = True,
+    space: str = "input",
 ) -> tuple[SmoothedClassifier, Dataset, dict[str, Any]]:
     """``(smoothed classifier, split, run facts)`` of ``spec``; ``loaded`` is the checkpoint already
     read by :func:`load_classifier`, so a run that looked at its metadata first reads it once."""
@@ -67,9 +69,21 @@ def _smoothed(
     base, record = wire_denoiser(model, spec.denoiser, noise=noise, in_channels=meta.in_channels, device=device)
     if record is not None and progress:
         _say(log, f"denoised smoothing: {base!r}")
-    smoothed = smoothed_classifier(base, noise=noise, meta=meta, engine=engine)
+    if space == "features":  # FaRS: the noise goes on the backbone's features (no denoiser: checked by CertifyRun)
+        smoothed: SmoothedClassifier = FeatureSmoothedClassifier(model, noise=noise, num_classes=meta.num_classes,
+                                                                 **_feature_options(engine))
+    else:
+        smoothed = smoothed_classifier(base, noise=noise, meta=meta, engine=engine)
     facts = run_facts(dataset=name, data=data, split=split, checkpoint_sha256=sha, meta=meta, denoiser=record)
     return smoothed, dataset, facts
+
+
+def _feature_options(engine: EngineSpec) -> dict[str, Any]:
+    """The engine keywords for sampling a head over features: vectors, so no channels-last layout,
+    and unbounded by design (the [0, 1] check is the backbone's input's)."""
+    options = engine.classifier_options()
+    options.pop("allow_unbounded")
+    return {**options, "channels_last": False}
 
 
 def _report_engine(smoothed: SmoothedClassifier, log: Log | None) -> None:
@@ -85,9 +99,14 @@ def run_certify(run: CertifyRun, *, progress: bool = True, log: Log | None = Non
 
     Raises :class:`~smoothcert.errors.ConfigMismatchError` if ``run.out`` holds rows of another
     configuration (nothing is written then)."""
+    if run.certificate == "lipschitz-margin":
+        return _run_margin(run, progress=progress, log=log)
     with _sharded(run.model.device, run.dist_timeout) as (shard, device):
-        smoothed, dataset, facts = _smoothed(run.model, run.data, run.split, run.engine, device,
-                                             log=log, progress=progress)
+        smoothed, dataset, facts = _smoothed(run.model, run.data, run.split, run.engine, device, log=log,
+                                             progress=progress,
+                                             space="features" if run.certificate == "feature-smoothing" else "input")
+        if run.certificate != "smoothing":
+            facts = {**facts, "certificate": run.certificate}
         indices = run.select.indices(len(dataset))
         if shard is None or shard.rank == 0:
             _say(log, f"certifying {len(indices)} inputs of {facts['dataset']}/{run.split} with {smoothed!r}, "
@@ -98,6 +117,20 @@ def run_certify(run: CertifyRun, *, progress: bool = True, log: Log | None = Non
                         stages=run.stages, config=facts, progress=progress, shard=shard, pack=run.pack,
                         wait=run.wait)
         _report_engine(smoothed, log)
+    return Path(run.out)
+
+
+def _run_margin(run: CertifyRun, *, progress: bool, log: Log | None) -> Path:
+    """``run_certify`` with ``certificate="lipschitz-margin"``: one forward pass per batch, MARGIN rows."""
+    device = resolve_device(run.model.device)
+    model, meta, sha = load_classifier(run.model.checkpoint, device)
+    dataset, name = load_split(run.data, run.split, meta)
+    indices = run.select.indices(len(dataset))
+    facts = run_facts(dataset=name, data=run.data, split=run.split, checkpoint_sha256=sha, meta=meta, denoiser=None)
+    batch = run.engine.batch_size if isinstance(run.engine.batch_size, int) else 256
+    _say(log, f"margin certificate of {len(indices)} inputs of {name}/{run.split} -> {run.out}")
+    certify_margin_dataset(model, dataset, run.out, batch_size=batch, indices=indices, config=facts,
+                           progress=progress)
     return Path(run.out)
 
 

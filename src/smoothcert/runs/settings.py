@@ -36,6 +36,7 @@ from .attack import ATTACKS
 from .certify import check_pack, select_indices
 
 __all__ = [
+    "CERTIFICATES",
     "DEFAULT_RADII",
     "AttackRun",
     "CertifyRun",
@@ -227,6 +228,9 @@ _DEFAULT_DIST_MINUTES = DEFAULT_TIMEOUT.total_seconds() / 60
 
 # ---------------------------------------------------------------------------- certify / predict
 
+#: What :class:`CertifyRun` certifies with (``certificate``).
+CERTIFICATES = ("smoothing", "feature-smoothing", "lipschitz-margin")
+
 
 @dataclass(frozen=True, kw_only=True)
 class CertifyRun:
@@ -255,12 +259,21 @@ class CertifyRun:
     dist_timeout: float = _DEFAULT_DIST_MINUTES
     #: another run writing ``out``: wait for it to finish (True) or refuse at once (False).
     wait: bool = False
+    #: "smoothing" (noise on the input), or for a model with a declared 1-Lipschitz backbone
+    #: (:mod:`smoothcert.lipschitz`): "feature-smoothing" (noise on the features, CERTIFY rows) or
+    #: "lipschitz-margin" (linear head: deterministic, MARGIN rows; n, n0, alpha, noise unused).
+    certificate: str = "smoothing"
 
     def __post_init__(self) -> None:
         _set(self, "out", Path(self.out))
         check_alpha(self.alpha)
         check_sample_sizes(n=self.n, n0=self.n0, batch_size=self.engine.batch_size)
         check_pack(self.pack)
+        _check_choice("certificate", self.certificate, CERTIFICATES)
+        if self.certificate != "smoothing" and (self.target != "fixed" or self.model.denoiser is not None):
+            raise InputError(f"certificate={self.certificate!r} supports target='fixed' and no denoiser")
+        if self.certificate == "feature-smoothing" and self.norm not in (None, "l2"):
+            raise InputError("feature-space certificates transfer in l2 only (norm='l2')")
         _check_choice("target", self.target, ("fixed", "radius", "grid"))
         if self.target != "fixed" and self.two_class:
             raise InputError(f"target={self.target!r} works with the one-class certificate; "

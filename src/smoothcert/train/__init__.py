@@ -5,6 +5,7 @@ The loop (:func:`run_epochs`) is also the one denoisers train in (``smoothcert.d
 
 # Importing a method's module registers it (gaussian lives in methods.py).
 from .augment import RandomCropFlip, random_crop_flip
+from .lipschitz_margin import LipschitzMargin, head_lipschitz, margin_logits
 from .loop import EpochCheckpoint, TrainConfig, TrainStep, learning_rate, noisy_accuracy, run_epochs, train
 from .macer import Macer, macer_terms, soft_margin
 from .methods import GaussianAugmentation, TrainingMethod, get_method, list_methods, method_record, register_method
@@ -15,6 +16,7 @@ __all__ = [
     "ConsistencyRegularization",
     "EpochCheckpoint",
     "GaussianAugmentation",
+    "LipschitzMargin",
     "Macer",
     "RandomCropFlip",
     "SmoothAdv",
@@ -24,9 +26,11 @@ __all__ = [
     "TrainingMethod",
     "consistency_loss",
     "get_method",
+    "head_lipschitz",
     "learning_rate",
     "list_methods",
     "macer_terms",
+    "margin_logits",
     "method_record",
     "noisy_accuracy",
     "random_crop_flip",

@@ -7,7 +7,8 @@ scalar loss for the optimiser; the training loop (:mod:`smoothcert.train.loop`) 
 MACER's deferred start) are functions of the epoch and survive a resume.
 
 Registered: ``gaussian`` (here), ``consistency`` and ``stability`` (:mod:`.stability`),
-``smoothadv`` (:mod:`.smoothadv`), ``macer`` (:mod:`.macer`).
+``smoothadv`` (:mod:`.smoothadv`), ``macer`` (:mod:`.macer`), ``lipschitz-margin``
+(:mod:`.lipschitz_margin`).
 
 A method records itself in a checkpoint as ``{"method": name, "hparams": method.hparams()}``;
 :func:`method_record` reads such a record as the current code would write it (a record written by
