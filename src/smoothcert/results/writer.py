@@ -130,7 +130,7 @@ class ResultWriter:
             )
         if table.torn_line is not None:
             warnings.warn(f"{self.path}: line {table.torn_line} has no newline at its end (a row cut short by an "
-                          "interrupted write); cut off, that input is done again", ResultsWarning, stacklevel=3)
+                          "interrupted write); cut off, that input is done again", ResultsWarning, stacklevel=4)
         if table.end != self.path.stat().st_size:  # a torn row, or blanks without a newline
             with open(self.path, "r+b") as f:
                 f.truncate(table.end)
