@@ -23,17 +23,17 @@ LAYERS: dict[str, int] = {
     # the checkpoint core, architectures and their checkpoints, datasets, off-the-shelf models
     "checkpoints": 2, "models": 2, "data": 2, "pretrained": 2,
     # methods: attacks, training, denoisers
-    "attacks": 3, "train": 3, "denoise": 3,
+    "attacks": 3, "train": 3, "denoise": 3, "attacks_regression": 3,
     # sampling f(x + noise)
     "engine": 4,
     # certify layer
-    "certificate": 5, "adaptive": 5, "smooth": 5, "lipschitz": 5,
+    "certificate": 5, "adaptive": 5, "smooth": 5, "lipschitz": 5, "soft": 5, "regression": 5,
     # result files, analysis of their rows
     "results": 6,
     "analysis": 7,
     # runs over datasets, command line, package front door
     "runs": 8,
-    "cli": 9, "__main__": 9, "__init__": 9,
+    "cli": 9, "cli_superres": 9, "__main__": 9, "__init__": 9,
 }
 
 

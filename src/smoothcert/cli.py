@@ -17,6 +17,7 @@ from typing import Any
 
 from . import analysis
 from ._version import __version__
+from .cli_superres import add_sr_parser
 from .data import list_datasets
 from .denoise import list_denoiser_losses, list_denoisers
 from .distributed import DEFAULT_TIMEOUT
@@ -197,7 +198,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
                      select=_selection(args), engine=_engine(args), n0=args.n0, n=args.n, alpha=args.alpha,
                      seed=args.seed, norm=args.norm, two_class=args.two_class, target=args.target,
                      radii=tuple(args.radii or ()), stages=args.stages, radius_loss=args.radius_loss, pack=args.pack,
-                     dist_timeout=args.dist_timeout, wait=args.wait, certificate=args.certificate)
+                     dist_timeout=args.dist_timeout, wait=args.wait, certificate=args.certificate, selection=args.selection,
+                     bound_method=args.bound_method)
     run_certify(run, progress=not args.quiet, log=_stderr)
     return 0
 
@@ -361,11 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--noise", default=None, choices=list_noises(), help="default: the checkpoint's")
         p.add_argument("--sigma", type=float, default=None, help="default: the checkpoint's")
         if name == "certify":
-            p.add_argument("--certificate", choices=CERTIFICATES, default="smoothing",
-                           help="smoothing: noise on the input (default); for a model with a 1-Lipschitz backbone "
-                                "(sll-small, sll-small-mlp): feature-smoothing (noise on the features, sampling "
-                                "through the head only) or lipschitz-margin (linear head: deterministic, one "
-                                "forward pass; n, n0, alpha and the noise are not used)")
+            p.add_argument("--certificate", choices=list(CERTIFICATES), default="smoothing",
+                           help="smoothing (or hard): CERTIFY, noise on the input (default); for a model with a "
+                                "1-Lipschitz backbone (sll-small, sll-small-mlp): feature-smoothing (noise on the "
+                                "features, sampling through the head only) or lipschitz-margin (linear head: "
+                                "deterministic, one forward pass; n, n0, alpha and the noise are not used); "
+                                "soft-phi / soft-lbound: certificates of the smoothed soft classifier (Gaussian noise); "
+                                "deterministic: the one-pass HeatSmoothing radius, a HEURISTIC written as "
+                                "heuristic_radius, never as a certified radius")
             p.add_argument("--n0", type=int, default=100, help="selection draws")
             p.add_argument("--norm", default=None, help="l1, l2 or linf (default: the noise's own)")
             p.add_argument("--two-class", action="store_true", help="(pA, pB) certificate, Bonferroni split")
@@ -378,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(default 1000 10000), or 'auto': where unanimous draws first certify each radius")
             p.add_argument("--radius-loss", type=float, default=0.02,
                            help="with --target radius: radius the plan may give up against --n draws")
+            p.add_argument("--selection", choices=["draws", "clean"], default="draws",
+                           help="class from --n0 noisy draws, or from one clean forward pass (the HeatSmoothing "
+                                "paper's variant; equally sound)")
+            p.add_argument("--bound-method", choices=["best", "hoeffding", "bernstein"], default="best",
+                           help="soft certificates: confidence bound on each mean (best: both at alpha/2)")
         p.add_argument("--n", type=int, default=100_000,
                        help="estimation draws (default 100000: about 12 s per MNIST input with LeNet on 2 CPU "
                             "cores, 3.4 h for the 1,000 embedded test images; the run prints its own projection "
@@ -483,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_quickstart)
+
+    add_sr_parser(sub)
     return parser
 
 

@@ -24,6 +24,13 @@ __all__ = [
     "binomial_test_pvalue",
     "bonferroni",
     "min_samples_to_certify",
+    "hoeffding_lower",
+    "hoeffding_upper",
+    "bernstein_lower",
+    "bernstein_upper",
+    "mean_lower",
+    "mean_upper",
+    "MEAN_BOUNDS",
 ]
 
 
@@ -112,3 +119,103 @@ def min_samples_to_certify(alpha: float, p_threshold: float = 0.5) -> int:
     while a ** (1.0 / n) <= p_threshold:
         n += 1
     return n
+
+
+# ------------------------------------------------------------------------------------------
+# Bounds on the mean of [0, 1]-valued draws (soft-classifier certificates)
+# ------------------------------------------------------------------------------------------
+
+#: Methods of :func:`mean_lower` / :func:`mean_upper`.
+MEAN_BOUNDS = ("hoeffding", "bernstein", "best")
+
+
+def _moments(
+    mean: ArrayLike, n: ArrayLike, var: ArrayLike | None = None
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    m = np.asarray(getattr(mean, "cpu", lambda: mean)(), dtype=np.float64)
+    n_arr = np.asarray(getattr(n, "cpu", lambda: n)(), dtype=np.float64)
+    v = np.zeros_like(m) if var is None else np.asarray(getattr(var, "cpu", lambda: var)(), dtype=np.float64)
+    if np.any(n_arr < 2):
+        raise InputError("bounds on a mean need n >= 2 draws")
+    # A float sum of n values in [0, 1] may land a few ulps outside; anything further is a bug.
+    if np.any(m < -1e-9) or np.any(m > 1 + 1e-9) or np.any(~np.isfinite(m)):
+        raise InputError("the sample mean of [0, 1]-valued draws must lie in [0, 1]")
+    if np.any(v < -1e-9) or np.any(~np.isfinite(v)):
+        raise InputError("the sample variance must be finite and non-negative")
+    m, n_arr, v = np.broadcast_arrays(np.clip(m, 0.0, 1.0), n_arr, np.clip(v, 0.0, 0.25 * n_arr / (n_arr - 1)))
+    return m, n_arr, v
+
+
+def hoeffding_lower(mean: ArrayLike, n: ArrayLike, alpha: float) -> NDArray[np.float64]:
+    """One-sided Hoeffding lower bound on E X from the mean of n i.i.d. draws of X in [0, 1].
+
+    P(E X >= mean - sqrt(ln(1/alpha) / (2n))) >= 1 - alpha (Hoeffding 1963, Thm. 2). Clipped to
+    [0, 1] (clipping keeps the guarantee: E X lies in [0, 1]).
+    """
+    a = check_alpha(alpha)
+    m, n_arr, _ = _moments(mean, n)
+    return np.clip(m - np.sqrt(math.log(1.0 / a) / (2.0 * n_arr)), 0.0, 1.0)
+
+
+def hoeffding_upper(mean: ArrayLike, n: ArrayLike, alpha: float) -> NDArray[np.float64]:
+    """One-sided Hoeffding upper bound: P(E X <= mean + sqrt(ln(1/alpha) / (2n))) >= 1 - alpha."""
+    a = check_alpha(alpha)
+    m, n_arr, _ = _moments(mean, n)
+    return np.clip(m + np.sqrt(math.log(1.0 / a) / (2.0 * n_arr)), 0.0, 1.0)
+
+
+def _bernstein_width(n_arr: NDArray[np.float64], var: NDArray[np.float64], a: float) -> NDArray[np.float64]:
+    log_term = math.log(2.0 / a)
+    return np.sqrt(2.0 * var * log_term / n_arr) + 7.0 * log_term / (3.0 * (n_arr - 1.0))
+
+
+def bernstein_lower(mean: ArrayLike, var: ArrayLike, n: ArrayLike, alpha: float) -> NDArray[np.float64]:
+    """One-sided empirical-Bernstein lower bound on E X from n i.i.d. draws of X in [0, 1].
+
+    ``var`` is the unbiased sample variance (divisor n - 1). With probability at least 1 - alpha,
+    E X >= mean - sqrt(2 var ln(2/alpha) / n) - 7 ln(2/alpha) / (3 (n - 1))
+    (Maurer & Pontil 2009, Thm. 4; the ln(2/alpha) pays for estimating the variance). Much tighter
+    than Hoeffding when the draws barely vary (a confident soft classifier: var << 1/4).
+    """
+    a = check_alpha(alpha)
+    m, n_arr, v = _moments(mean, n, var)
+    return np.clip(m - _bernstein_width(n_arr, v, a), 0.0, 1.0)
+
+
+def bernstein_upper(mean: ArrayLike, var: ArrayLike, n: ArrayLike, alpha: float) -> NDArray[np.float64]:
+    """One-sided empirical-Bernstein upper bound (as :func:`bernstein_lower`, other side)."""
+    a = check_alpha(alpha)
+    m, n_arr, v = _moments(mean, n, var)
+    return np.clip(m + _bernstein_width(n_arr, v, a), 0.0, 1.0)
+
+
+def mean_lower(
+    mean: ArrayLike, var: ArrayLike, n: ArrayLike, alpha: float, *, method: str = "best"
+) -> NDArray[np.float64]:
+    """Lower confidence bound on E X, X in [0, 1]: P(E X >= bound) >= 1 - alpha.
+
+    ``method``: "hoeffding", "bernstein" or "best" -- both, each at level alpha/2 (a union
+    bound, so choosing the larger after seeing the data keeps the guarantee), the larger kept.
+    """
+    if method == "hoeffding":
+        return hoeffding_lower(mean, n, alpha)
+    if method == "bernstein":
+        return bernstein_lower(mean, var, n, alpha)
+    if method == "best":
+        half = check_alpha(alpha) / 2
+        return np.maximum(hoeffding_lower(mean, n, half), bernstein_lower(mean, var, n, half))
+    raise InputError(f"method must be one of {', '.join(MEAN_BOUNDS)}, got {method!r}")
+
+
+def mean_upper(
+    mean: ArrayLike, var: ArrayLike, n: ArrayLike, alpha: float, *, method: str = "best"
+) -> NDArray[np.float64]:
+    """Upper confidence bound on E X, X in [0, 1]: P(E X <= bound) >= 1 - alpha (see :func:`mean_lower`)."""
+    if method == "hoeffding":
+        return hoeffding_upper(mean, n, alpha)
+    if method == "bernstein":
+        return bernstein_upper(mean, var, n, alpha)
+    if method == "best":
+        half = check_alpha(alpha) / 2
+        return np.minimum(hoeffding_upper(mean, n, half), bernstein_upper(mean, var, n, half))
+    raise InputError(f"method must be one of {', '.join(MEAN_BOUNDS)}, got {method!r}")

@@ -193,6 +193,9 @@ def load_results(path: str | Path, *, label: str | None = None) -> Results:
     table = read_table(path)
     if not table.columns:
         raise ResultFileError(f"{path}: empty file; expected a header line {' '.join(REQUIRED_COLUMNS)!r}")
+    if "heuristic_radius" in table.columns and "radius" not in table.columns:
+        raise ResultFileError(f"{path} holds the one-pass HeatSmoothing heuristic (heuristic_radius), not certified "
+                              "radii: it is never read as a certified-accuracy table")
     table.require(REQUIRED_COLUMNS)
     if not len(table):
         raise ResultFileError(f"{path}: no data rows")

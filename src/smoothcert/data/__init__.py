@@ -27,7 +27,7 @@ Sources and licences (for attribution):
 from __future__ import annotations
 
 # Importing a source module registers its datasets.
-from . import cifar, embedded, folders, idx, samples
+from . import cifar, embedded, folders, idx, samples  # noqa: F401 (importing a source registers its datasets)
 from .core import (
     DATASETS,
     ENV_DATA_ROOT,

@@ -23,16 +23,19 @@ __all__ = [
     "COHEN_COLUMNS",
     "COLUMNS",
     "DDN_CONFIRM_STEPS",
+    "DETERMINISTIC",
     "MARGIN",
     "MAY_CHANGE",
     "NOT_TRACKED",
     "PREDICT",
     "PREDICT_COLUMNS",
     "RECHECK_ALPHA_DIVISOR",
+    "SOFT_CERTIFY",
     "RowSchema",
     "attack_columns",
     "attack_schema",
     "certify_row",
+    "deterministic_row",
     "eps_key",
     "field_parser",
     "format_time",
@@ -40,6 +43,7 @@ __all__ = [
     "parse_int",
     "parse_time",
     "predict_row",
+    "soft_certify_row",
 ]
 
 
@@ -85,6 +89,24 @@ PREDICT_COLUMNS: tuple[str, ...] = PREDICT.columns
 #: no n and no alpha, and ``predict`` is never ABSTAIN. Feature-space smoothing writes
 #: :data:`CERTIFY` rows (its statistics are CERTIFY's).
 MARGIN = RowSchema("margin", (*COHEN_COLUMNS, "feature_radius", "lipschitz", "norm", "precision", "seconds"))
+#: A soft-classifier certificate row (:func:`smoothcert.soft.certify_soft`): Cohen's layout (the
+#: ``radius`` is certified: phi or L-bound of the smoothed soft classifier G), then the confidence
+#: bounds it came from (``g_lower`` on G_A, ``g_upper`` on the largest other G_c), the certificate
+#: (``soft-phi`` / ``soft-lbound``), the kind of confidence bound and how the class was chosen.
+SOFT_CERTIFY = RowSchema("soft-certify", (
+    *COHEN_COLUMNS,
+    "g_lower", "g_upper", "n", "n0", "alpha", "certificate", "bound_method", "selection",
+    "noise", "sigma", "norm", "precision", "seconds",
+))  # fmt: skip
+
+#: The one-pass HeatSmoothing heuristic (:func:`smoothcert.soft.deterministic_radius`). **Not a
+#: certificate**: there is no ``radius`` column, so no certified-accuracy reader takes these rows;
+#: the number sits in ``heuristic_radius`` (the bound computed from the network's own softmax as if
+#: it were its Gaussian average) beside the softmax's top two values.
+DETERMINISTIC = RowSchema("deterministic", (
+    "idx", "label", "predict", "heuristic_radius", "correct", "time",
+    "p_top", "p_second", "bound", "sigma", "precision", "seconds",
+))  # fmt: skip
 
 #: ``count_b`` of a row whose runner-up count was not tracked (``certify_at`` decisions on a grid).
 NOT_TRACKED = -1
@@ -210,9 +232,11 @@ def _parse_float(text: str) -> float:
 
 _INT_FIELDS = ("idx", "label", "predict", "correct", "count_a", "count_b", "n", "n0", "m", "n_predict",
                "recheck_n", "steps", "ddn")
-_FLOAT_FIELDS = ("radius", "feature_radius", "lipschitz", "p_lower", "alpha", "sigma", "seconds", "ddn_l2", "min_l2", "ddn_abstain_l2",
-                 "recheck_radius", "radius_native")
-_TEXT_FIELDS = ("noise", "norm", "precision", "native_norm", "confirmed")
+_FLOAT_FIELDS = ("radius", "feature_radius", "lipschitz", "p_lower", "alpha", "sigma", "seconds", "ddn_l2", "min_l2",
+                 "ddn_abstain_l2", "recheck_radius", "radius_native", "g_lower", "g_upper", "heuristic_radius",
+                 "p_top", "p_second")
+_TEXT_FIELDS = ("noise", "norm", "precision", "native_norm", "confirmed", "certificate", "bound_method", "selection",
+                "bound")
 
 #: How the text of each known column reads back.
 FIELD_TYPES: dict[str, Callable[[str], Any]] = {
@@ -277,4 +301,32 @@ def margin_row(
         "radius": float(radius), "correct": int(predict == label),
         "time": format_time(seconds), "feature_radius": float(feature_radius), "lipschitz": float(lipschitz),
         "norm": "l2", "precision": precision, "seconds": float(seconds),
+    })  # fmt: skip
+
+
+def soft_certify_row(
+    *, idx: int, label: int, predict: int, radius: float, g_lower: float, g_upper: float, n: int, n0: int,
+    alpha: float, certificate: str, bound_method: str, selection: str, noise: str, sigma: float, precision: str,
+    seconds: float,
+) -> dict[str, Any]:
+    """A :data:`SOFT_CERTIFY` row (l2 ``norm``); an abstention (``predict == ABSTAIN``) is not correct."""
+    return SOFT_CERTIFY.row({
+        "idx": int(idx), "label": int(label), "predict": int(predict), "radius": float(radius),
+        "correct": int(predict != ABSTAIN and predict == label), "time": format_time(seconds),
+        "g_lower": float(g_lower), "g_upper": float(g_upper), "n": int(n), "n0": int(n0), "alpha": alpha,
+        "certificate": certificate, "bound_method": bound_method, "selection": selection, "noise": noise,
+        "sigma": sigma, "norm": "l2", "precision": precision, "seconds": float(seconds),
+    })  # fmt: skip
+
+
+def deterministic_row(
+    *, idx: int, label: int, predict: int, heuristic_radius: float, p_top: float, p_second: float, bound: str,
+    sigma: float, precision: str, seconds: float,
+) -> dict[str, Any]:
+    """A :data:`DETERMINISTIC` row: the one-pass heuristic, never a certified radius."""
+    return DETERMINISTIC.row({
+        "idx": int(idx), "label": int(label), "predict": int(predict), "heuristic_radius": float(heuristic_radius),
+        "correct": int(predict == label), "time": format_time(seconds), "p_top": float(p_top),
+        "p_second": float(p_second), "bound": bound, "sigma": sigma, "precision": precision,
+        "seconds": float(seconds),
     })  # fmt: skip

@@ -54,6 +54,7 @@ from .settings import (
     TrainRun,
     training_method,
 )
+from .soft import SOFT_CERTIFICATES, certify_clean_class_dataset, certify_soft_dataset, deterministic_dataset
 from .training import (
     TRAIN_DEFAULTS,
     InitCheckpoint,
@@ -69,6 +70,7 @@ __all__ = [
     "CERTIFICATES",
     "DEFAULT_RADII",
     "PREDICT_COLUMNS",
+    "SOFT_CERTIFICATES",
     "TRAIN_DEFAULTS",
     "AttackRun",
     "CertifyRun",
@@ -84,10 +86,13 @@ __all__ = [
     "TrainRun",
     "attack_columns",
     "attack_dataset",
+    "certify_clean_class_dataset",
     "certify_dataset",
     "certify_margin_dataset",
+    "certify_soft_dataset",
     "check_finetune",
     "check_pack",
+    "deterministic_dataset",
     "l2_radius",
     "load_classifier",
     "load_dataset",

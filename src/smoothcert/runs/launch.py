@@ -37,7 +37,8 @@ from .classifier import (
     smoothing_noise,
     wire_denoiser,
 )
-from .settings import AttackRun, CertifyRun, ClassifierSpec, DataSpec, EngineSpec, PredictRun
+from .settings import SOFT_CERTIFICATES, AttackRun, CertifyRun, ClassifierSpec, DataSpec, EngineSpec, PredictRun
+from .soft import certify_clean_class_dataset, certify_soft_dataset, deterministic_dataset
 
 __all__ = ["run_attack", "run_certify", "run_predict"]
 
@@ -108,6 +109,12 @@ def run_certify(run: CertifyRun, *, progress: bool = True, log: Log | None = Non
         if run.certificate != "smoothing":
             facts = {**facts, "certificate": run.certificate}
         indices = run.select.indices(len(dataset))
+        if run.certificate in SOFT_CERTIFICATES or run.selection != "draws":
+            if shard is not None:
+                raise InputError(f"certificate={run.certificate!r} (selection={run.selection!r}) runs in one "
+                                 "process: start it without torchrun")
+            _run_soft(run, smoothed, dataset, indices, facts, progress=progress, log=log)
+            return Path(run.out)
         if shard is None or shard.rank == 0:
             _say(log, f"certifying {len(indices)} inputs of {facts['dataset']}/{run.split} with {smoothed!r}, "
                       f"n0={run.n0} n={run.n} alpha={run.alpha} -> {run.out}")
@@ -132,6 +139,29 @@ def _run_margin(run: CertifyRun, *, progress: bool, log: Log | None) -> Path:
     certify_margin_dataset(model, dataset, run.out, batch_size=batch, indices=indices, config=facts,
                            progress=progress)
     return Path(run.out)
+
+
+def _run_soft(run: CertifyRun, smoothed: SmoothedClassifier, dataset: Dataset, indices: list[int],
+              facts: dict[str, Any], *, progress: bool, log: Log | None) -> None:
+    """The certificates of :mod:`smoothcert.runs.soft` on the smoothed classifier's base model."""
+    model, noise, k = smoothed.base, smoothed.noise, smoothed.num_classes
+    where = f"{len(indices)} inputs of {facts['dataset']}/{run.split} -> {run.out}"
+    if run.certificate == "deterministic":
+        _say(log, f"one-pass heuristic radius (HEURISTIC, not certified; sigma {noise.sigma}) on {where}")
+        deterministic_dataset(model, dataset, run.out, sigma=noise.sigma, num_classes=k, indices=indices,
+                              config=facts, progress=progress)
+    elif run.certificate == "smoothing":  # selection "clean"
+        _say(log, f"certifying (class from one clean pass) {where}, n={run.n} alpha={run.alpha}")
+        certify_clean_class_dataset(model, dataset, run.out, noise=noise, num_classes=k, n=run.n, alpha=run.alpha,
+                                    batch_size=run.engine.batch_size, seed=run.seed, indices=indices,
+                                    engine=smoothed.engine, config=facts, progress=progress)
+    else:
+        _say(log, f"{run.certificate} certificate of the soft smoothed classifier on {where}, n0={run.n0} "
+                  f"n={run.n} alpha={run.alpha} ({run.bound_method} bounds, class from {run.selection})")
+        certify_soft_dataset(model, dataset, run.out, noise=noise, num_classes=k, certificate=run.certificate,
+                             n0=run.n0, n=run.n, alpha=run.alpha, batch_size=run.engine.batch_size, seed=run.seed,
+                             indices=indices, method=run.bound_method, selection=run.selection,
+                             engine=smoothed.engine, config=facts, progress=progress)
 
 
 def run_predict(run: PredictRun, *, progress: bool = True, log: Log | None = None) -> Path:

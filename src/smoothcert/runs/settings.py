@@ -30,7 +30,8 @@ from ..engine import COMPILE_MODES, NOISE_DTYPES, PRECISIONS
 from ..errors import InputError, InputTypeError
 from ..models import list_models
 from ..noise import list_noises
-from ..stats import check_alpha
+from ..soft import SELECTIONS
+from ..stats import MEAN_BOUNDS, check_alpha
 from ..train import TrainConfig, TrainingMethod, get_method
 from .attack import ATTACKS
 from .certify import check_pack, select_indices
@@ -228,8 +229,14 @@ _DEFAULT_DIST_MINUTES = DEFAULT_TIMEOUT.total_seconds() / 60
 
 # ---------------------------------------------------------------------------- certify / predict
 
-#: What :class:`CertifyRun` certifies with (``certificate``).
-CERTIFICATES = ("smoothing", "feature-smoothing", "lipschitz-margin")
+#: What :class:`CertifyRun` certifies with (``certificate``): CERTIFY of the input-smoothed classifier
+#: (``smoothing``; ``hard`` is the same, named as the HeatSmoothing paper does), for a model with a declared
+#: 1-Lipschitz backbone (:mod:`smoothcert.lipschitz`) smoothing on the features or the margin of a linear
+#: head, the soft-classifier certificates (:mod:`smoothcert.soft`), or the one-pass HeatSmoothing
+#: heuristic (rows without a certified radius; see :mod:`smoothcert.runs.soft`).
+CERTIFICATES = ("smoothing", "hard", "feature-smoothing", "lipschitz-margin", "soft-phi", "soft-lbound", "deterministic")
+#: The certificates run by :mod:`smoothcert.runs.soft` (one input at a time, their own row schemas).
+SOFT_CERTIFICATES = ("soft-phi", "soft-lbound", "deterministic")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -237,7 +244,14 @@ class CertifyRun:
     """CERTIFY every selected input of ``data``'s ``split`` (see
     :func:`smoothcert.runs.certify.certify_dataset` for ``target``, ``radii``, ``stages``,
     ``radius_loss``, ``pack``) and write one row each to ``out`` (resumable). Under torchrun the run
-    is sharded over the processes, which wait ``dist_timeout`` minutes for each other."""
+    is sharded over the processes, which wait ``dist_timeout`` minutes for each other.
+
+    ``certificate``: "hard" (CERTIFY), "soft-phi" / "soft-lbound" (certificates of the smoothed soft
+    classifier, Gaussian noise only, ``bound_method`` the confidence bound) or "deterministic" (the
+    one-pass HeatSmoothing heuristic: not a certificate, its rows hold ``heuristic_radius`` and no
+    ``radius``). ``selection="clean"`` takes the class from one clean forward pass instead of n0 draws
+    (the HeatSmoothing paper's variant; sound). Anything but hard CERTIFY with n0 draws runs in one
+    process, one input at a time (:mod:`smoothcert.runs.soft`)."""
 
     model: ClassifierSpec
     out: PathLike
@@ -259,10 +273,11 @@ class CertifyRun:
     dist_timeout: float = _DEFAULT_DIST_MINUTES
     #: another run writing ``out``: wait for it to finish (True) or refuse at once (False).
     wait: bool = False
-    #: "smoothing" (noise on the input), or for a model with a declared 1-Lipschitz backbone
-    #: (:mod:`smoothcert.lipschitz`): "feature-smoothing" (noise on the features, CERTIFY rows) or
-    #: "lipschitz-margin" (linear head: deterministic, MARGIN rows; n, n0, alpha, noise unused).
+    #: see :data:`CERTIFICATES`; "feature-smoothing" writes CERTIFY rows, "lipschitz-margin" MARGIN rows
+    #: (deterministic; n, n0, alpha, noise unused), the soft certificates SOFT_CERTIFY rows.
     certificate: str = "smoothing"
+    selection: str = "draws"
+    bound_method: str = "best"
 
     def __post_init__(self) -> None:
         _set(self, "out", Path(self.out))
@@ -270,10 +285,24 @@ class CertifyRun:
         check_sample_sizes(n=self.n, n0=self.n0, batch_size=self.engine.batch_size)
         check_pack(self.pack)
         _check_choice("certificate", self.certificate, CERTIFICATES)
-        if self.certificate != "smoothing" and (self.target != "fixed" or self.model.denoiser is not None):
+        if self.certificate == "hard":
+            _set(self, "certificate", "smoothing")
+        lipschitz = self.certificate in ("feature-smoothing", "lipschitz-margin")
+        if lipschitz and (self.target != "fixed" or self.model.denoiser is not None):
             raise InputError(f"certificate={self.certificate!r} supports target='fixed' and no denoiser")
         if self.certificate == "feature-smoothing" and self.norm not in (None, "l2"):
             raise InputError("feature-space certificates transfer in l2 only (norm='l2')")
+        if lipschitz and self.selection != "draws":
+            raise InputError(f"certificate={self.certificate!r} takes no class selection: leave selection at 'draws'")
+        _check_choice("selection", self.selection, SELECTIONS)
+        _check_choice("bound_method", self.bound_method, MEAN_BOUNDS)
+        if (self.certificate != "smoothing" or self.selection != "draws") and (
+            self.target != "fixed" or self.two_class or self.pack != 1
+        ):
+            raise InputError(f"certificate={self.certificate!r} with selection={self.selection!r} runs one input "
+                             "at a time with n draws: leave target fixed, two_class off and pack 1")
+        if self.certificate == "deterministic" and self.selection != "draws":
+            raise InputError("the deterministic heuristic takes no class selection: leave selection at 'draws'")
         _check_choice("target", self.target, ("fixed", "radius", "grid"))
         if self.target != "fixed" and self.two_class:
             raise InputError(f"target={self.target!r} works with the one-class certificate; "
@@ -424,7 +453,9 @@ class TrainRun:
         check_float("sigma", self.sigma, strict=True)
         _check_choice("arch", self.arch, list_models(), optional=True)
         _set(self, "hparams", dict(self.hparams))
-        training_method(self.method, self.hparams)  # a bad hyperparameter fails before any data is read
+        method = training_method(self.method, self.hparams)  # a bad hyperparameter fails before any data is read
+        if method.needs_init and self.init is None:
+            raise InputError(f"method {self.method!r} fine-tunes a trained model: give its checkpoint as init (--init)")
         if not isinstance(self.config, TrainConfig):
             raise InputTypeError(f"config must be a TrainConfig, got {type(self.config).__name__}")
         if self.limit is not None:

@@ -5,6 +5,7 @@ The loop (:func:`run_epochs`) is also the one denoisers train in (``smoothcert.d
 
 # Importing a method's module registers it (gaussian lives in methods.py).
 from .augment import RandomCropFlip, random_crop_flip
+from .heat import HeatSmoothing, heat_terms
 from .lipschitz_margin import LipschitzMargin, head_lipschitz, margin_logits
 from .loop import EpochCheckpoint, TrainConfig, TrainStep, learning_rate, noisy_accuracy, run_epochs, train
 from .macer import Macer, macer_terms, soft_margin
@@ -16,6 +17,7 @@ __all__ = [
     "ConsistencyRegularization",
     "EpochCheckpoint",
     "GaussianAugmentation",
+    "HeatSmoothing",
     "LipschitzMargin",
     "Macer",
     "RandomCropFlip",
@@ -27,6 +29,7 @@ __all__ = [
     "consistency_loss",
     "get_method",
     "head_lipschitz",
+    "heat_terms",
     "learning_rate",
     "list_methods",
     "macer_terms",

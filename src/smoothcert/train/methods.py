@@ -89,6 +89,9 @@ class TrainingMethod(ABC):
     """A loss for training base classifiers that smooth well."""
 
     name: ClassVar[str]
+    #: Whether the method fine-tunes a trained model and is meaningless from random weights
+    #: (HeatSmoothing's teacher is the starting model): ``smoothcert train`` then requires ``--init``.
+    needs_init: ClassVar[bool] = False
 
     def hparams(self) -> dict[str, Any]:
         """The hyperparameters, as stored in checkpoints (plain JSON-able values);

@@ -1,0 +1,252 @@
+"""Super-resolution runs: typed frozen settings and the functions executing them over an image folder.
+
+* :class:`SRTrainRun` -> :func:`run_sr_train`: train a U-Net (standard, noise-augmented or
+  adversarial) on random patches of image folders (and scikit-image's photos); a resumable checkpoint.
+* :class:`SRAttackRun` -> :func:`run_sr_attack`: per test image and relative budget, attack the base
+  model (l2 PGD) or the smoothed mean (EOT-PGD) and write MSE/PSNR/SSIM rows (resumable TSV).
+* :class:`SRCertifyRun` -> :func:`run_sr_certify`: per test image, median bounds and center smoothing
+  at each l2 radius; certified worst-case PSNR and output radius rows (resumable TSV).
+
+Test images are the degraded centre crops of a folder's images (``../shared/data/samples`` with
+pattern ``imagenet_*`` here); per-image randomness comes from ``input_seed(seed, idx)``, so a resumed
+run writes the rows an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..attacks_regression import eot_pgd_regression, pgd_regression, relative_eps
+from ..checks import check_float, check_int
+from ..errors import InputError
+from ..models.unet import UNet, load_unet
+from ..noise import get_noise
+from ..regression import (
+    SmoothedRegressor,
+    center_from_draws,
+    median_bounds_from_draws,
+    mse,
+    psnr,
+    ssim,
+    worst_mse_ball,
+    worst_mse_box,
+)
+from ..results.superres import sr_attack_schema, sr_certify_schema
+from ..results.writer import ResultWriter
+from ..rng import input_seed
+from ..data.superres import center_crop, degrade, load_folder, skimage_photos
+from ..train.superres import SRTrainConfig, train_superres
+
+__all__ = ["SRAttackRun", "SRCertifyRun", "SRTrainRun", "run_sr_attack", "run_sr_certify", "run_sr_train"]
+
+PathLike = str | os.PathLike[str]
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SRTrainRun:
+    """Train a U-Net. ``folders``: image folders (``pattern`` selects files); ``skimage``: add
+    scikit-image's bundled photos; ``init``: a U-Net checkpoint to start from (fine-tuning);
+    ``channels``: the U-Net's (thesis: 8/16/32/64/128)."""
+
+    out: PathLike
+    config: SRTrainConfig = field(default_factory=SRTrainConfig)
+    folders: tuple[PathLike, ...] = ()
+    pattern: str = "*"
+    skimage: bool = False
+    init: PathLike | None = None
+    channels: tuple[int, ...] = (8, 16, 32, 64, 128)
+    resume: bool = True
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.folders and not self.skimage:
+            raise InputError("give at least one image folder or skimage=True (--skimage)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _TestSet:
+    folder: PathLike
+    pattern: str = "*"
+    crop: int = 160
+    limit: int | None = None
+    factor: int = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class SRAttackRun(_TestSet):
+    """Attack a U-Net or its smoothed mean on a folder's centre crops at relative budgets ``eps_rel``
+    (eps = sqrt(d)·eps_rel). ``sigma_g`` None: attack f with l2 PGD; else EOT-PGD with ``samples``
+    draws per step against ĝ = mean of f(y + N(0, sigma_g²)), evaluated with ``n`` draws."""
+
+    checkpoint: PathLike
+    out: PathLike
+    eps_rel: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
+    steps: int = 10
+    sigma_g: float | None = None
+    n: int = 32
+    samples: int = 4
+    batch_size: int = 256
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        for e in self.eps_rel:
+            check_float("eps_rel", e)
+        check_int("steps", self.steps, minimum=1)
+        check_int("n", self.n, minimum=1)
+        check_int("samples", self.samples, minimum=1)
+        check_int("crop", self.crop, minimum=1)
+        if self.sigma_g is not None:
+            check_float("sigma_g", self.sigma_g, strict=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SRCertifyRun(_TestSet):
+    """Median bounds and center smoothing of a U-Net at noise level ``sigma`` for each l2 radius in
+    ``eps``; ``outputs_in_unit_range``: clip the median box to [0, 1] for the worst-case PSNR (only
+    for a model whose outputs are known to lie there)."""
+
+    checkpoint: PathLike
+    out: PathLike
+    sigma: float = 0.25
+    eps: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5)
+    n0: int = 32
+    n: int = 1000
+    alpha: float = 0.05
+    delta: float = 0.05
+    batch_size: int = 256
+    outputs_in_unit_range: bool = False
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        check_float("sigma", self.sigma, strict=True)
+        for e in self.eps:
+            check_float("eps", e)
+        check_int("n0", self.n0, minimum=1)
+        check_int("n", self.n, minimum=self.n0 + 1)
+        check_int("crop", self.crop, minimum=1)
+        if not 0 < self.alpha < 1:
+            raise InputError(f"alpha must be in (0, 1), got {self.alpha}")
+
+
+def run_sr_train(run: SRTrainRun, *, progress: bool = True) -> list[dict[str, Any]]:
+    """Train as ``run`` says; returns the history (the checkpoint holds it too)."""
+    device = _device(run.device)
+    images = [im for folder in run.folders for im in load_folder(folder, pattern=run.pattern)]
+    if run.skimage:
+        images += skimage_photos()
+    net = UNet(channels=run.channels)
+    if run.init is not None:
+        init, _ = load_unet(run.init)
+        net.load_state_dict(init.state_dict())
+    net.to(device)
+    meta = {"folders": [str(f) for f in run.folders], "pattern": run.pattern, "skimage": run.skimage,
+            "init": None if run.init is None else str(run.init)}
+    return train_superres(net, images, config=run.config, checkpoint=run.out, resume=run.resume, meta=meta,
+                          progress=progress)
+
+
+def _test_images(ts: _TestSet) -> tuple[list[str], torch.Tensor]:
+    folder = Path(ts.folder)
+    names = sorted(p.name for p in folder.glob(ts.pattern) if p.is_file() and not p.name.startswith("."))
+    images = load_folder(folder, pattern=ts.pattern, limit=ts.limit)
+    x = torch.stack([center_crop(im, ts.crop) for im in images])
+    return names[: len(images)], x
+
+
+def _config(run: Any) -> dict[str, Any]:
+    cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(run).items() if k not in ("out", "device")}
+    cfg["checkpoint"] = str(cfg["checkpoint"])
+    cfg["folder"] = str(cfg["folder"])
+    return cfg | {"batch_size": run.batch_size}
+
+
+def run_sr_attack(run: SRAttackRun) -> Path:
+    """One row per test image (:func:`~smoothcert.results.superres.sr_attack_schema`); images already
+    in ``run.out`` (same settings) are skipped. Returns the result file's path."""
+    device = _device(run.device)
+    net, _ = load_unet(run.checkpoint, map_location=device)
+    names, xs = _test_images(run)
+    schema = sr_attack_schema(run.eps_rel)
+    sr = None if run.sigma_g is None else SmoothedRegressor(net, noise=get_noise("gaussian", sigma=run.sigma_g))
+    with ResultWriter(run.out, config=_config(run), columns=schema.columns) as writer:
+        for idx, name in enumerate(names):
+            if idx in writer.done:
+                continue
+            t0 = time.perf_counter()
+            x = xs[idx:idx + 1].to(device)
+            y = degrade(x, factor=run.factor)
+            row: dict[str, Any] = {"idx": idx, "image": name}
+            for j, e in enumerate(run.eps_rel):
+                eps = relative_eps(e, x.shape)
+                seed = input_seed(run.seed, idx) + j
+                if sr is None:
+                    adv = y if eps == 0 else pgd_regression(net, y, x, eps=eps, steps=run.steps, generator=seed)
+                    with torch.no_grad():
+                        out = net(adv)
+                else:
+                    adv = y if eps == 0 else eot_pgd_regression(net, y, x, noise=sr.noise, eps=eps, steps=run.steps,
+                                                                samples=run.samples, generator=seed)
+                    out = sr.mean(adv, n=run.n, batch_size=run.batch_size, generator=seed + 1)
+                m = mse(out, x)
+                k = repr(float(e))
+                row |= {f"mse@{k}": float(m[0]), f"psnr@{k}": float(psnr(m)[0]), f"ssim@{k}": float(ssim(out, x)[0]),
+                        f"l2@{k}": float((adv - y).norm())}
+            row |= {"model": str(run.checkpoint), "smoothing": "none" if sr is None else "mean",
+                    "sigma_g": math.nan if run.sigma_g is None else run.sigma_g, "n": 1 if sr is None else run.n,
+                    "attack": "pgd" if sr is None else "eot", "steps": run.steps,
+                    "samples": 1 if sr is None else run.samples, "seconds": time.perf_counter() - t0}
+            writer.write(schema.row(row))
+    return Path(run.out)
+
+
+def run_sr_certify(run: SRCertifyRun) -> Path:
+    """One row per test image (:func:`~smoothcert.results.superres.sr_certify_schema`): the same n0 + n
+    draws serve every radius (each radius's statement holds at level 1 − alpha). Resumable."""
+    device = _device(run.device)
+    net, _ = load_unet(run.checkpoint, map_location=device)
+    names, xs = _test_images(run)
+    schema = sr_certify_schema(run.eps)
+    sr = SmoothedRegressor(net, noise=get_noise("gaussian", sigma=run.sigma))
+    value_range = (0.0, 1.0) if run.outputs_in_unit_range else None
+    with ResultWriter(run.out, config=_config(run), columns=schema.columns) as writer:
+        for idx, name in enumerate(names):
+            if idx in writer.done:
+                continue
+            t0 = time.perf_counter()
+            x = xs[idx:idx + 1].to(device)
+            y = degrade(x, factor=run.factor)
+            seed = input_seed(run.seed, idx)
+            draws0 = sr.samples(y, n=run.n0, batch_size=run.batch_size, generator=seed)
+            draws = sr.samples(y, n=run.n, batch_size=run.batch_size, generator=seed + 1)
+            row: dict[str, Any] = {"idx": idx, "image": name}
+            for e in run.eps:
+                box = median_bounds_from_draws(draws, sigma=run.sigma, eps=e, alpha=run.alpha)
+                ball = center_from_draws(draws0, draws, sigma=run.sigma, eps=e, alpha=run.alpha, delta=run.delta)
+                if "clean_psnr_median" not in row:
+                    row["clean_psnr_median"] = float(psnr(mse(box.median, x))[0])
+                    row["clean_psnr_center"] = float(psnr(mse(ball.center, x))[0])
+                k = repr(float(e))
+                row |= {f"median_cert_psnr@{k}": float(psnr(worst_mse_box(box.lower, box.upper, x,
+                                                                           value_range=value_range))[0]),
+                        f"center_radius@{k}": float(ball.radius[0]),
+                        f"center_cert_psnr@{k}": float(psnr(worst_mse_ball(ball.center, ball.radius, x))[0])}
+            row |= {"model": str(run.checkpoint), "sigma": run.sigma, "n0": run.n0, "n": run.n, "alpha": run.alpha,
+                    "delta": run.delta, "seconds": time.perf_counter() - t0}
+            writer.write(schema.row(row))
+    return Path(run.out)
+

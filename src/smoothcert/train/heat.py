@@ -1,0 +1,214 @@
+"""HeatSmoothing (Campbell, Finlay & Oberman, "Adversarial Boot Camp"): label-free fine-tuning of a
+trained classifier f towards its own Gaussian average.
+
+One implicit step of the heat equation d/dt u = (sigma^2 / 2) Laplace(u) over time h is the
+variational problem (the paper's eq. 13/15, Appendix A)
+
+    f^{k+1} = argmin_v E_x [ 1/2 ||v(x) - f^k(x)||^2 + (h sigma^2 / 2) ||grad_x v(x)||^2 ],
+
+and n_T such steps with h = 1/n_T reach time 1, the Gaussian average of f at level sigma
+(Theorem 2). The paper's practical loss (eq. 10), used here, compares softmaxes and adds noise
+eta ~ N(0, sigma^2 I) to half of each batch:
+
+    1/2 ||softmax v(x + eta) - softmax f(x)||^2 + (h sigma^2 / 2) ||grad_x v(x + eta)||^2.
+
+The Jacobian norm is estimated as in Algorithm 1 / Appendix B (eq. 16-18): kappa random output
+directions w ~ N(0, I_K / K) (so E||J^T w||^2 = ||J||_F^2 / K, a Johnson-Lindenstrauss sketch),
+and for each the directional finite difference (w.v(x + delta g) - w.v(x)) / delta along the
+normalised, detached input gradient g = grad_x(w.v) / ||grad_x(w.v)||, which approximates
+||grad_x(w.v)||. The squares are summed over the kappa directions (Algorithm 1's accumulation);
+v is the student's logits, as in the authors' code.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import InputError
+from ..noise import Noise
+from .methods import TrainingMethod, check_float, check_int, register_method
+
+__all__ = ["HeatSmoothing", "HeatTerms", "directional_gradient_fd", "heat_terms", "noisy_half"]
+
+
+def _unit_rows(g: Tensor) -> Tensor:
+    """Each row of ``g`` [B, ...] divided by its l2 norm; zero rows stay zero (eq. 18)."""
+    norms = g.flatten(1).norm(dim=1).view(-1, *([1] * (g.ndim - 1)))
+    return torch.where(norms > 0, g / norms.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(g))
+
+
+def directional_gradient_fd(
+    model: nn.Module, x: Tensor, w: Tensor, *, delta: float, logits: Tensor | None = None
+) -> Tensor:
+    """Finite-difference estimate of ||grad_x (w . v(x))||_2 per input (Appendix B, eq. 16-18).
+
+    Args:
+        model: v, returning ``[B, K]``.
+        x: ``[B, ...]`` with ``requires_grad=True`` (the gradient direction is taken w.r.t. it).
+        w: ``[B, K]`` output directions.
+        delta: finite-difference step (> 0), in input units.
+        logits: ``model(x)`` if already computed (saves a forward pass).
+    Returns:
+        ``[B]``: (w.v(x + delta g) - w.v(x)) / delta with g the unit gradient direction, detached;
+        differentiable w.r.t. the model's parameters. For v linear in x it equals the gradient norm
+        exactly; otherwise the error is O(delta) (the curvature of w.v along g).
+    """
+    if not x.requires_grad:
+        raise InputError("directional_gradient_fd needs x with requires_grad=True")
+    logits = model(x) if logits is None else logits
+    s = (logits * w).sum(dim=1)
+    (grad,) = torch.autograd.grad(s.sum(), x, retain_graph=True)
+    direction = _unit_rows(grad)  # no graph: the direction is detached, as in Algorithm 1
+    s_step = (model(x.detach() + delta * direction) * w).sum(dim=1)
+    return (s_step - s) / delta
+
+
+def noisy_half(x: Tensor, noise: Noise, *, fraction: float, generator: torch.Generator | None) -> Tensor:
+    """``x`` with noise added to ``round(fraction * B)`` rows chosen at random (the paper adds
+    eta ~ N(0, sigma^2 I) to half of the training images); a new tensor."""
+    b = x.shape[0]
+    count = int(round(fraction * b))
+    device = generator.device if generator is not None else x.device
+    rows = torch.randperm(b, generator=generator, device=device)[:count].to(x.device)
+    out = x.clone()
+    if count:
+        out[rows] = out[rows] + noise.sample((count, *x.shape[1:]), generator=generator, device=x.device,
+                                             dtype=x.dtype)
+    return out
+
+
+class HeatTerms(NamedTuple):
+    loss: Tensor  #: scalar: mean over the batch of match + penalty
+    match: Tensor  #: [B]: 1/2 ||softmax v(x + eta) - p_teacher||^2
+    penalty: Tensor  #: [B]: (gamma h sigma^2 / 2) * sum over kappa directions of the squared FD estimate
+    logits: Tensor  #: [B, K]: the student's logits on x + eta
+
+
+def heat_terms(
+    student: nn.Module,
+    x_noisy: Tensor,
+    teacher_probs: Tensor,
+    *,
+    sigma: float,
+    kappa: int,
+    delta: float,
+    h: float = 1.0,
+    gamma: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> HeatTerms:
+    """The HeatSmoothing loss (eq. 10, with Appendix A's time step h) of a batch.
+
+    Args:
+        student: v (logits ``[B, K]``), in train mode; gradients flow to its parameters.
+        x_noisy: ``[B, ...]``, the inputs with noise already added to part of them.
+        teacher_probs: ``[B, K]``, softmax f(x) of the frozen teacher on the *clean* inputs.
+        sigma: smoothing level (> 0); kappa: output directions (>= 1); delta: FD step (> 0);
+        h: time step 1/n_T (1 for the one-step method); gamma: weight of the penalty (1 in eq. 10).
+        generator: draws the directions w ~ N(0, I_K / K).
+    """
+    x_in = x_noisy.detach().requires_grad_(True)
+    logits = student(x_in)
+    k = logits.shape[1]
+    if teacher_probs.shape != logits.shape:
+        raise InputError(f"teacher probabilities {tuple(teacher_probs.shape)} do not match the student's "
+                         f"outputs {tuple(logits.shape)}")
+    match = 0.5 * (logits.softmax(dim=1) - teacher_probs).pow(2).sum(dim=1)
+    squares = torch.zeros_like(match)
+    for _ in range(kappa):
+        w = torch.randn(logits.shape, generator=generator, device=generator.device if generator is not None
+                        else logits.device, dtype=logits.dtype).to(logits.device) / math.sqrt(k)
+        squares = squares + directional_gradient_fd(student, x_in, w, delta=delta, logits=logits).pow(2)
+    penalty = 0.5 * gamma * h * sigma**2 * squares
+    return HeatTerms((match + penalty).mean(), match, penalty, logits)
+
+
+@register_method("heat")
+class HeatSmoothing(TrainingMethod):
+    """HeatSmoothing fine-tuning (label-free): start from a trained model (``smoothcert train
+    --method heat --init CKPT``); the starting model, frozen, is the teacher f.
+
+    Hyperparameters (the paper's defaults, Algorithm 1 / Appendix B):
+
+    * ``kappa`` = 10: random output directions of the gradient-norm sketch.
+    * ``delta`` = 0.1: finite-difference step (input units, inputs in [0, 1]).
+    * ``steps`` = 1: time steps n_T; the run's epochs are split evenly over them (``epochs`` must
+      be a multiple of ``steps``), the penalty uses h = 1/n_T, and the teacher becomes the student
+      at the start of every step. The paper: 1 step of 1 epoch at a fixed learning rate 0.01
+      (ImageNet); 5 steps on CIFAR-10.
+    * ``noisy_fraction`` = 0.5: share of each batch that gets Gaussian noise (the paper: half).
+    * ``gamma`` = 1: weight of the gradient penalty (eq. 10 has 1; the authors' code calls it
+      ``gamma``, default 1 for ImageNet and 5 for CIFAR-10). BENCHMARKS.md has a setting where the
+      default collapses the model.
+
+    Needs Gaussian noise (the heat equation is Gaussian averaging); sigma is the noise's. The
+    labels are not used (the returned logits only feed the training-accuracy readout).
+
+    A resume within a time step (not at its first epoch) restarts that step's teacher from the
+    resumed model and warns: the checkpoint keeps the student only.
+    """
+
+    name = "heat"
+    needs_init = True
+
+    def __init__(
+        self, *, kappa: int = 10, delta: float = 0.1, steps: int = 1, noisy_fraction: float = 0.5, gamma: float = 1.0
+    ) -> None:
+        self.kappa = check_int("kappa", kappa, minimum=1)
+        self.delta = check_float("delta", delta, strict=True)
+        self.steps = check_int("steps", steps, minimum=1)
+        self.noisy_fraction = check_float("noisy_fraction", noisy_fraction)
+        self.gamma = check_float("gamma", gamma)
+        if self.noisy_fraction > 1:
+            raise InputError(f"noisy_fraction must lie in [0, 1], got {noisy_fraction}")
+        self._teacher: nn.Module | None = None
+        self._epoch = 0
+        self._epochs_per_step = 1
+        self._renew = True  # take a new teacher from the student on the next batch
+
+    def hparams(self) -> dict[str, Any]:
+        return {"kappa": self.kappa, "delta": self.delta, "steps": self.steps, "noisy_fraction": self.noisy_fraction,
+                "gamma": self.gamma}
+
+    def begin_epoch(self, epoch: int, epochs: int) -> None:
+        if epochs % self.steps:
+            raise InputError(f"heat: epochs ({epochs}) must be a multiple of steps ({self.steps}); "
+                             "each time step trains epochs/steps epochs")
+        self._epochs_per_step = epochs // self.steps
+        first_of_step = epoch % self._epochs_per_step == 0
+        if self._teacher is None and not first_of_step:
+            warnings.warn(
+                f"heat: resumed at epoch {epoch}, inside time step {epoch // self._epochs_per_step + 1}; "
+                "that step's teacher is taken from the resumed model, not from the step's start",
+                stacklevel=2,
+            )
+        self._renew = self._teacher is None or first_of_step
+        self._epoch = epoch
+
+    def teacher_from(self, model: nn.Module) -> nn.Module:
+        """A frozen eval-mode copy of ``model``: the teacher f^k of the current time step."""
+        teacher = copy.deepcopy(model).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher
+
+    def loss(
+        self, model: nn.Module, x: Tensor, y: Tensor, *, noise: Noise, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        if noise.name != "gaussian":
+            raise InputError(f"heat smoothing is Gaussian averaging: train it with Gaussian noise, got {noise.name}")
+        if self._renew or self._teacher is None:
+            self._teacher = self.teacher_from(model)
+            self._renew = False
+        with torch.no_grad():
+            teacher_probs = self._teacher(x).softmax(dim=1)
+        x_noisy = noisy_half(x, noise, fraction=self.noisy_fraction, generator=generator)
+        terms = heat_terms(model, x_noisy, teacher_probs, sigma=noise.sigma, kappa=self.kappa, delta=self.delta,
+                           h=1.0 / self.steps, gamma=self.gamma, generator=generator)
+        # Log-probabilities of the student on the (partly noisy) batch: the training-accuracy readout.
+        return terms.loss, terms.logits.detach().log_softmax(dim=1)
