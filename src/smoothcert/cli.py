@@ -198,8 +198,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
                      select=_selection(args), engine=_engine(args), n0=args.n0, n=args.n, alpha=args.alpha,
                      seed=args.seed, norm=args.norm, two_class=args.two_class, target=args.target,
                      radii=tuple(args.radii or ()), stages=args.stages, radius_loss=args.radius_loss, pack=args.pack,
-                     dist_timeout=args.dist_timeout, wait=args.wait, certificate=args.certificate, selection=args.selection,
-                     bound_method=args.bound_method)
+                     dist_timeout=args.dist_timeout, wait=args.wait, certificate=args.certificate,
+                     selection=args.selection, bound_method=args.bound_method)
     run_certify(run, progress=not args.quiet, log=_stderr)
     return 0
 
