@@ -17,6 +17,7 @@ from torch.utils.data import TensorDataset
 
 from smoothcert import SmoothedClassifier, cli, get_noise
 from smoothcert.cli import main
+from smoothcert.engine import sampling
 from smoothcert.errors import InputError, MissingFileError, SmoothcertError
 from smoothcert.runs import (
     AttackRun,
@@ -98,6 +99,8 @@ def test_a_certify_run_from_python_writes_the_cli_rows_and_sidecar(tmp_path, mon
     # --n 200 --alpha 0.01 --max 6 --batch 100 --quiet --out certify.tsv` (README there).
     shutil.copy(LEGACY / "model.pt", tmp_path / "model.pt")
     monkeypatch.chdir(tmp_path)
+    # Those rows were drawn with float32 noise, before issue #16 made float64 the default.
+    monkeypatch.setattr(sampling, "noise_work_dtype", lambda noise_dtype, model_dtype: model_dtype)
     lines: list[str] = []
     out = run_certify(CertifyRun(model=ClassifierSpec(checkpoint="model.pt", device="cpu"), out="certify.tsv",
                                  n0=20, n=200, alpha=0.01, select=Selection(max_count=6),

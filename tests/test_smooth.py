@@ -298,11 +298,15 @@ def _rows_without_time(path: Path) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("name", sorted(LEGACY_RUNS))
-def test_legacy_result_files_are_reproduced_and_resumed(name, tmp_path):
+def test_legacy_result_files_are_reproduced_and_resumed(name, tmp_path, monkeypatch):
     # Same checkpoint, seed and batch: the engine and certify layer give the very rows (counts,
     # bounds, radii, n used per input) written before the refactor, and a copy of the old file
-    # resumes with nothing left to do.
+    # resumes with nothing left to do. Those rows were drawn with float32 noise (before issue #16
+    # made float64 the default): the test draws the same way.
     from smoothcert.cli import main
+    from smoothcert.engine import sampling
+
+    monkeypatch.setattr(sampling, "noise_work_dtype", lambda noise_dtype, model_dtype: model_dtype)
 
     args = ["certify", "--checkpoint", str(LEGACY / "model.pt"), "--alpha", "0.01", "--batch", "100", "--quiet",
             *LEGACY_RUNS[name]]

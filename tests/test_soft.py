@@ -49,7 +49,7 @@ def test_phi_reaches_the_boundary_distance_and_never_exceeds_it():
     cert = certify_soft(OneHot(lin), x, noise=noise, num_classes=2, n0=100, n=20_000, alpha=0.001,
                         batch_size=20_000, generator=0, outputs="probs")
     ok = ~cert.abstained
-    assert ok.sum() >= 7
+    assert ok.sum() >= 6  # seed-dependent count: 7 with the old float32 draws, 6 with the exact float64 ones
     assert torch.equal(cert.prediction[ok], lin.label(x)[ok])
     # Never above the exact answer; within the Monte Carlo slack of it. The slack: each bound is
     # off by at most eps ~ 0.015 in G (n = 2e4, alpha / 2 = 5e-4), which moves Phi^-1 by

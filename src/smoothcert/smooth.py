@@ -50,7 +50,8 @@ __all__ = [
 ]
 
 #: The engine keywords SmoothedClassifier still takes itself (they build its Engine).
-_ENGINE_KEYWORDS = ("precision", "channels_last", "compile", "compile_mode", "fixed_shape", "max_batch_bytes")
+_ENGINE_KEYWORDS = ("precision", "channels_last", "compile", "compile_mode", "fixed_shape", "max_batch_bytes",
+                    "noise_dtype")
 
 
 class SmoothedClassifier:
@@ -96,6 +97,7 @@ class SmoothedClassifier:
         compile_mode: str | None = None,
         fixed_shape: bool | None = None,
         max_batch_bytes: int | None = None,
+        noise_dtype: str | None = None,
     ) -> None:
         if not isinstance(base, nn.Module):
             raise InputTypeError(f"base must be a torch.nn.Module, got {type(base).__name__}")
@@ -104,7 +106,7 @@ class SmoothedClassifier:
         if int(num_classes) != num_classes or num_classes < 2:
             raise InputError(f"num_classes must be an integer >= 2, got {num_classes}")
         given = {k: v for k, v in zip(_ENGINE_KEYWORDS, (precision, channels_last, compile, compile_mode,
-                                                         fixed_shape, max_batch_bytes)) if v is not None}
+                                                         fixed_shape, max_batch_bytes, noise_dtype)) if v is not None}
         if engine is None:
             engine = Engine(**given)
         elif not isinstance(engine, Engine):

@@ -11,7 +11,16 @@ plotting) and :mod:`.attack` (:class:`AttackSummary` of attack rows).
 from ..results import ResultsWarning, parse_time
 from .attack import AttackSummary, Violation, find_violations, summarize_attack, summary_table
 from .load import ABSTAIN, REQUIRED_COLUMNS, Results, load_results
-from .metrics import Envelope, abstain_rate, acr, certified_accuracy, clean_accuracy, envelope, summary
+from .metrics import (
+    Envelope,
+    abstain_rate,
+    acr,
+    certified_accuracy,
+    certified_accuracy_interval,
+    clean_accuracy,
+    envelope,
+    summary,
+)
 from .paired import PairedDifference, paired_acr_difference
 from .plots import plot_certified_accuracy
 from .tables import AccuracyTable, accuracy_table, latex_table, markdown_table
@@ -30,6 +39,7 @@ __all__ = [
     "accuracy_table",
     "acr",
     "certified_accuracy",
+    "certified_accuracy_interval",
     "clean_accuracy",
     "envelope",
     "find_violations",

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import InputError, InputTypeError
 from ..results import ResultsWarning
+from ..stats import clopper_pearson_interval
 from .load import ABSTAIN, Results, single_value
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "acr",
     "as_radii",
     "certified_accuracy",
+    "certified_accuracy_interval",
     "check_runs",
     "clean_accuracy",
     "envelope",
@@ -97,6 +99,29 @@ def certified_accuracy(results: Results, radii: float | Iterable[float]) -> np.n
     # count of certified radii >= r, exact for ties thanks to side="left"
     count = len(certified) - np.searchsorted(certified, r, side="left")
     return count / float(len(results))
+
+
+def certified_accuracy_interval(
+    results: Results, radii: float | Iterable[float], *, confidence: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sided Clopper–Pearson interval ``(lower, upper)`` on the certified accuracy at each
+    radius, over the sample of test inputs.
+
+    The rows are a sample of m inputs; the count k of certified-correct rows at radius r is
+    Binomial(m, q_r), with q_r the probability that an input drawn like these (and certified with
+    fresh noise) is certified correct at r. With probability at least ``confidence`` (each radius
+    separately) ``lower <= q_r <= upper`` (exact binomial interval, each side at
+    (1 - confidence) / 2; Cohen et al.'s analysis applies a comparable high-probability
+    correction). On 500 inputs at accuracy 0.6 it is about +-0.044. Arrays shaped like
+    :func:`certified_accuracy`'s result.
+    """
+    if not 0 < confidence < 1:
+        raise InputError(f"confidence must lie in (0, 1), got {confidence}")
+    accuracy = certified_accuracy(results, radii)
+    m = len(results)
+    k = np.rint(accuracy * m).astype(np.int64)
+    lower, upper = clopper_pearson_interval(k, np.full_like(k, m), 1 - confidence)
+    return np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
 
 
 def clean_accuracy(results: Results) -> float:

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..files import check_output_path
 from .load import Results, single_value
-from .metrics import certified_accuracy, check_runs, envelope_of
+from .metrics import certified_accuracy, certified_accuracy_interval, check_runs, envelope_of
 
 __all__ = ["plot_certified_accuracy"]
 
@@ -30,6 +31,7 @@ def plot_certified_accuracy(
     max_radius: float | None = None,
     title: str | None = None,
     envelope: bool = True,
+    ci: float | None = None,
 ) -> Path:
     """Plot certified accuracy against radius for each run and save it.
 
@@ -45,6 +47,8 @@ def plot_certified_accuracy(
             to a multiple of 0.25.
         title: optional title.
         envelope: draw the envelope (ignored for a single run).
+        ci: a confidence level (e.g. 0.95): draw each run's Clopper–Pearson interval over the
+            sample of inputs as a band (:func:`~smoothcert.analysis.metrics.certified_accuracy_interval`).
 
     Returns:
         The path written.
@@ -54,6 +58,7 @@ def plot_certified_accuracy(
     suffix = path.suffix.lower()
     if suffix not in (".png", ".pdf", ".svg"):
         raise InputError(f"unsupported plot format {path.suffix!r} for {path}; use .png, .pdf or .svg")
+    check_output_path(path, what="plot")
     if max_radius is None:
         top = max(float(np.max(run.radius * run.correct)) for run in runs)
         max_radius = math.ceil(top * 1.02 / 0.25) * 0.25 if top > 0 else 1.0
@@ -70,7 +75,12 @@ def plot_certified_accuracy(
     ymax = 0.0
     for run in runs:
         xs, ys = _step_curve(run, max_radius)
-        ax.step(xs, ys, where="pre", linewidth=1.8, label=run.display_name("plot"))
+        line = ax.step(xs, ys, where="pre", linewidth=1.8, label=run.display_name("plot"))[0]
+        if ci is not None:
+            # The interval over the sample of inputs, on the curve's own radii (a step function).
+            low, high = certified_accuracy_interval(run, xs, confidence=ci)
+            ax.fill_between(xs, low, high, step="pre", color=line.get_color(), alpha=0.18, linewidth=0)
+            ys = np.maximum(ys, high)
         ymax = max(ymax, float(ys.max()))
     if envelope and len(runs) > 1:
         grid = np.unique(np.concatenate([_step_curve(run, max_radius)[0] for run in runs]))
@@ -92,7 +102,6 @@ def plot_certified_accuracy(
     ax.legend(loc="upper right", frameon=True, framealpha=0.9)
     if title:
         ax.set_title(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150 if suffix == ".png" else None)
     return path
 

@@ -9,7 +9,15 @@ import numpy as np
 
 from ..errors import InputError
 from .load import Results
-from .metrics import abstain_rate, acr, as_radii, certified_accuracy, check_runs, envelope_of
+from .metrics import (
+    abstain_rate,
+    acr,
+    as_radii,
+    certified_accuracy,
+    certified_accuracy_interval,
+    check_runs,
+    envelope_of,
+)
 
 __all__ = ["AccuracyTable", "accuracy_table", "latex_table", "markdown_table"]
 
@@ -31,6 +39,10 @@ class AccuracyTable:
         abstain: each run's abstain rate, or None (no abstain column).
         envelope: float64 ``[R]``, the best-over-runs accuracy (a last row), or None.
         digits: decimals of every number.
+        ci: float64 ``[runs, R, 2]``, a Clopper–Pearson interval on each certified accuracy over
+            the sample of inputs (:func:`~smoothcert.analysis.metrics.certified_accuracy_interval`),
+            shown as ``0.61 [0.57, 0.65]``, or None.
+        confidence: the level of ``ci``.
     """
 
     runs: tuple[Results, ...]
@@ -40,6 +52,8 @@ class AccuracyTable:
     abstain: tuple[float, ...] | None
     envelope: np.ndarray | None
     digits: int
+    ci: np.ndarray | None = None
+    confidence: float | None = None
 
     def is_best(self, i: int, j: int) -> bool:
         """Whether run ``i`` is set in bold at radius ``j``: every run tied at the column's
@@ -57,6 +71,8 @@ class AccuracyTable:
             cells = [run.display_name(style)]
             for j in range(len(self.radii)):
                 text = fmt.format(self.accuracy[i, j])
+                if self.ci is not None:
+                    text += " [" + fmt.format(self.ci[i, j, 0]) + ", " + fmt.format(self.ci[i, j, 1]) + "]"
                 cells.append(bold.format(text) if self.is_best(i, j) else text)
             for column in (self.acr, self.abstain):
                 if column is not None:
@@ -98,7 +114,7 @@ class AccuracyTable:
 
 
 def _build(results_list: Sequence[Results], radii: float | Iterable[float], *, envelope: bool, acr_column: bool,
-           abstain: bool, digits: int, stacklevel: int) -> AccuracyTable:
+           abstain: bool, digits: int, stacklevel: int, ci: float | None = None) -> AccuracyTable:
     runs = check_runs(results_list)
     r = np.atleast_1d(as_radii(radii))
     if len(r) == 0:
@@ -114,6 +130,9 @@ def _build(results_list: Sequence[Results], radii: float | Iterable[float], *, e
         abstain=tuple(abstain_rate(run) for run in runs) if abstain else None,
         envelope=None if env is None else env.accuracy,
         digits=digits,
+        ci=None if ci is None else np.stack([np.stack(certified_accuracy_interval(run, r, confidence=ci), axis=-1)
+                                            for run in runs]),
+        confidence=ci,
     )
 
 
@@ -125,14 +144,16 @@ def accuracy_table(
     acr: bool = True,
     abstain: bool = True,
     digits: int = 2,
+    ci: float | None = None,
 ) -> AccuracyTable:
     """The table of ``results_list`` at ``radii``: rows are runs, columns ``r = ...`` for each
     radius, then ``ACR`` and ``abstain`` when asked; with several runs and ``envelope=True``, a
     last row with the best-over-runs accuracy (warns when the runs were certified on different
     inputs). Numbers are fractions with ``digits`` decimals. Render with :meth:`AccuracyTable.markdown`
-    or :meth:`AccuracyTable.latex`."""
+    or :meth:`AccuracyTable.latex`. ``ci``: a confidence level (e.g. 0.95) adds to every accuracy its
+    Clopper–Pearson interval over the sample of inputs (``0.61 [0.57, 0.65]``)."""
     return _build(results_list, radii, envelope=envelope, acr_column=acr, abstain=abstain, digits=digits,
-                  stacklevel=4)
+                  stacklevel=4, ci=ci)
 
 
 def markdown_table(
@@ -143,10 +164,11 @@ def markdown_table(
     acr: bool = True,
     abstain: bool = True,
     digits: int = 2,
+    ci: float | None = None,
 ) -> str:
     """:func:`accuracy_table` as a GitHub-flavoured markdown table (:meth:`AccuracyTable.markdown`)."""
     return _build(results_list, radii, envelope=envelope, acr_column=acr, abstain=abstain, digits=digits,
-                  stacklevel=4).markdown()
+                  stacklevel=4, ci=ci).markdown()
 
 
 def latex_table(
@@ -157,8 +179,9 @@ def latex_table(
     acr: bool = True,
     abstain: bool = True,
     digits: int = 2,
+    ci: float | None = None,
 ) -> str:
     """:func:`accuracy_table` as a booktabs LaTeX ``tabular`` (:meth:`AccuracyTable.latex`). Explicit
     run names are escaped (``_`` -> ``\\_`` etc.); default names are set as ``$\\sigma = 0.25$``."""
     return _build(results_list, radii, envelope=envelope, acr_column=acr, abstain=abstain, digits=digits,
-                  stacklevel=4).latex()
+                  stacklevel=4, ci=ci).latex()

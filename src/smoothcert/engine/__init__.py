@@ -33,7 +33,9 @@ from .memory import (
 )
 from .sampling import (
     COMPILE_MODES,
+    NOISE_DTYPES,
     PRECISIONS,
+    check_noise_dtype,
     check_precision,
     fixed_rows,
     noisy_outputs,
@@ -52,11 +54,13 @@ __all__ = [
     "CPU_BATCH_BYTES",
     "LIVE_OUTPUTS",
     "OPAQUE_ACTIVATION_FACTOR",
+    "NOISE_DTYPES",
     "PRECISIONS",
     "PROBE_ROWS",
     "Engine",
     "auto_batch_size",
     "check_batch_size",
+    "check_noise_dtype",
     "check_precision",
     "cxx_compiler",
     "default_compile",

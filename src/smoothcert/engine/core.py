@@ -26,7 +26,15 @@ from .memory import (
     free_device_bytes,
     measure_row_bytes,
 )
-from .sampling import COMPILE_MODES, check_precision, fixed_rows, noisy_outputs, sample_counts, sample_mean_probs
+from .sampling import (
+    COMPILE_MODES,
+    check_noise_dtype,
+    check_precision,
+    fixed_rows,
+    noisy_outputs,
+    sample_counts,
+    sample_mean_probs,
+)
 
 # ------------------------------------------------------------------------------------------
 # The engine object: settings and state
@@ -135,6 +143,10 @@ class Engine:
         max_batch_bytes: memory budget of ``batch_size="auto"``: on CUDA the batch uses at most
             this and at most 70% of the free device memory; elsewhere this (default
             :data:`CPU_BATCH_BYTES`, 56 MiB).
+        noise_dtype: "float64" (default): noise drawn and added in float64, rounded once to the
+            model's dtype -- exact far below any alpha for every input size (docs/soundness.md).
+            "float32": the faster float32 draws (Gaussian tail truncated at 5.768 sigma); recorded
+            in :meth:`settings`, so its result rows are marked.
 
     State (measurements, not settings): :attr:`compile_seconds`, :attr:`last_batch_size`,
     :attr:`auto_batch_sizes`; compiled models and warmed shapes are kept per model, so one
@@ -150,6 +162,7 @@ class Engine:
         compile_mode: str | None = None,
         fixed_shape: bool | None = None,
         max_batch_bytes: int | None = None,
+        noise_dtype: str = "float64",
     ) -> None:
         if max_batch_bytes is not None and (
             isinstance(max_batch_bytes, bool) or int(max_batch_bytes) != max_batch_bytes or max_batch_bytes < 1
@@ -158,6 +171,7 @@ class Engine:
         if compile_mode is not None and compile_mode not in COMPILE_MODES:
             raise InputError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
         self.precision = check_precision(precision)
+        self.noise_dtype = check_noise_dtype(noise_dtype)
         self.channels_last = bool(channels_last)
         self.compile_mode = compile_mode
         self.compile = bool(compile) or compile_mode is not None
@@ -182,14 +196,17 @@ class Engine:
         extra += f", compile_mode={self.compile_mode!r}" if self.compile_mode is not None else ""
         extra += f", fixed_shape={self.fixed_shape}" if self.fixed_shape != self.compile else ""
         extra += f", max_batch_bytes={self.max_batch_bytes}" if self.max_batch_bytes is not None else ""
+        extra += f", noise_dtype={self.noise_dtype!r}" if self.noise_dtype != "float64" else ""
         return f"Engine(precision={self.precision!r}, channels_last={self.channels_last}{extra})"
 
     def settings(self) -> dict[str, Any]:
         """Every engine setting, as a plain JSON-ready dict for a run's record. These decide the
         classifier evaluated (precision) or only the speed; measurements (the rows an automatic
         batch chose, compile time) are in :attr:`auto_batch_sizes`, :attr:`last_batch_size` and
-        :attr:`compile_seconds`."""
-        return {
+        :attr:`compile_seconds`. ``noise_dtype`` is recorded only when it is not the exact default
+        ("float64"), so records written before it existed (float32 noise, docs/soundness.md)
+        compare equal to a default engine's and their runs resume."""
+        record = {
             "precision": self.precision,
             "channels_last": self.channels_last,
             "compile": self.compile,
@@ -200,6 +217,9 @@ class Engine:
             "auto_batch_multiple": AUTO_MULTIPLE,
             "auto_batch_max_rows": AUTO_MAX_ROWS,
         }
+        if self.noise_dtype != "float64":
+            record["noise_dtype"] = self.noise_dtype
+        return record
 
     def _state(self, model: nn.Module) -> _ModelState:
         state = self._models.get(id(model))
@@ -327,6 +347,7 @@ class Engine:
             for _, outputs in noisy_outputs(
                 model, x1, noise=noise, n=rows, batch_size=rows, generator=gen, precision=self.precision,
                 channels_last=self.channels_last, fixed_shape=True, forward=forward,
+                noise_dtype=self.noise_dtype,
             ):
                 outputs.flatten(1).argmax(dim=1)
 
@@ -366,7 +387,7 @@ class Engine:
         return sample_counts(
             model, x, noise=noise, n=n, num_classes=num_classes, batch_size=rows, generator=generator,
             precision=self.precision, channels_last=self.channels_last, fixed_shape=self.fixed_shape,
-            forward=self.forward(model),
+            forward=self.forward(model), noise_dtype=self.noise_dtype,
         )
 
     def mean_probs(
@@ -386,7 +407,7 @@ class Engine:
         return sample_mean_probs(
             model, x, noise=noise, n=n, num_classes=num_classes, batch_size=rows, generator=generator,
             precision=self.precision, channels_last=self.channels_last, fixed_shape=self.fixed_shape,
-            forward=self.forward(model),
+            forward=self.forward(model), noise_dtype=self.noise_dtype,
         )
 
     def outputs(
@@ -406,4 +427,5 @@ class Engine:
         return noisy_outputs(
             model, x, noise=noise, n=n, batch_size=rows, generator=generator, precision=self.precision,
             channels_last=self.channels_last, fixed_shape=self.fixed_shape, forward=self.forward(model),
+            noise_dtype=self.noise_dtype,
         )

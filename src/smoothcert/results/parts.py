@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from ..distributed import Shard
 from ..errors import ConfigMismatchError, InputError, MissingFileError, ResultFileError
-from ..files import atomic_write_text
+from ..files import FileLock, atomic_write_text, check_output_path
 from .reader import ResultTable, read_table
 from .schema import COLUMNS, MAY_CHANGE
 from .writer import ResultWriter, config_diff, normalise_config, read_config, sidecar_path, sidecar_text
@@ -198,6 +198,7 @@ def result_rows(
     ignore: tuple[str, ...] = MAY_CHANGE,
     shard: Shard | None = None,
     pack: int = 1,
+    wait: bool = False,
 ) -> Iterator[tuple[ResultWriter, list[int], int]]:
     """Open the rows of one run: yields ``(writer, todo, kept)`` — the writer to append rows to,
     the inputs of ``indices`` this process still has to do, in order, and how many of
@@ -214,14 +215,20 @@ def result_rows(
     rank. On leaving, the ranks wait for each other; rank 0 merges the parts into ``out``. An
     error on one rank is reported at that point — the others' rows are merged and kept — and is
     raised on that rank; a KeyboardInterrupt leaves the part files for the next run.
+
+    One writer per file: ``out`` is locked (:class:`~smoothcert.files.FileLock`) for the whole
+    run (single process, or rank 0 of a sharded run) and each part file by its own writer; a
+    second run on the same ``out`` is refused with a ResultFileError naming it, or waits for the
+    first with ``wait=True``.
     """
     todo_all = list(indices)
     if shard is None:
-        if find_parts(out):
-            merge_result_parts(out, config=config, columns=columns, ignore=ignore)
-        with ResultWriter(out, config=config, columns=columns, ignore=ignore) as writer:
-            todo = [i for i in todo_all if i not in writer.done]
-            yield writer, todo, len(todo_all) - len(todo)
+        with FileLock(check_output_path(out, what="result file"), wait=wait):
+            if find_parts(out):
+                merge_result_parts(out, config=config, columns=columns, ignore=ignore)
+            with ResultWriter(out, config=config, columns=columns, ignore=ignore, lock=False) as writer:
+                todo = [i for i in todo_all if i not in writer.done]
+                yield writer, todo, len(todo_all) - len(todo)
         return
 
     if not (dist.is_available() and dist.is_initialized()):
@@ -232,13 +239,16 @@ def result_rows(
     # Control messages over gloo: it runs on the CPU, honours the timeout and leaves NCCL to the user.
     own_group = dist.get_backend() != "gloo"
     group = dist.new_group(backend="gloo", timeout=shard.timeout) if own_group else None
+    head_lock = FileLock(out, wait=wait)  # rank 0 holds out's lock from the start to the merge
     try:
         box: list[Any] = [None]
         failure: BaseException | None = None
         if shard.rank == 0:
             try:
+                head_lock.path = check_output_path(out, what="result file")
+                head_lock.acquire()
                 merge_result_parts(out, config=config, columns=columns, ignore=ignore)
-                with ResultWriter(out, config=config, columns=columns, ignore=ignore) as head:
+                with ResultWriter(out, config=config, columns=columns, ignore=ignore, lock=False) as head:
                     box = [("ok", sorted(head.done))]
             except Exception as e:  # reported to every rank, raised on all of them below
                 failure, box = e, [("error", *_describe(e))]
@@ -251,7 +261,7 @@ def result_rows(
         done = set(status[1])
         remaining = [i for i in todo_all if i not in done]
         with ResultWriter(part_path(out, shard.rank, shard.world_size), config=config, columns=columns,
-                          ignore=ignore) as writer:
+                          ignore=ignore, wait=wait) as writer:
             mine = [i for i in shard.take_packs(todo_all, done, pack) if i not in writer.done]
             try:
                 yield writer, mine, len(todo_all) - len(remaining)
@@ -264,6 +274,7 @@ def result_rows(
             writer.close()
             _finish(out, shard, group, None, columns=columns, ignore=ignore)
     finally:
+        head_lock.release()
         if own_group:
             dist.destroy_process_group(group)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigMismatchError, InputError
-from ..files import atomic_write_text
+from ..files import FileLock, atomic_write_text, check_output_path
 from .reader import ResultsWarning, read_table
 from .schema import COLUMNS, MAY_CHANGE, format_time
 
@@ -70,6 +70,11 @@ class ResultWriter:
             Keys listed in ``ignore`` are recorded but may change on resume.
         columns: the header; defaults to :data:`~smoothcert.results.schema.COLUMNS` (a CERTIFY row).
         ignore: the settings a resume may change; default :data:`~smoothcert.results.schema.MAY_CHANGE`.
+        lock: hold an exclusive :class:`~smoothcert.files.FileLock` on ``path`` from opening to
+            :meth:`close`, so a second writer of the same file (another run, or another writer in
+            this process) is refused with a ResultFileError naming it; False when the caller holds
+            the lock already (:func:`~smoothcert.results.parts.result_rows`).
+        wait: with ``lock``, wait for another writer to finish instead of refusing.
 
     On opening an existing file with rows, its sidecar must record the same configuration (up to
     ``ignore``) and its header must be ``columns`` (else ConfigMismatchError, nothing touched); the
@@ -85,13 +90,22 @@ class ResultWriter:
         config: Mapping[str, Any],
         columns: tuple[str, ...] = COLUMNS,
         ignore: Iterable[str] = MAY_CHANGE,
+        lock: bool = True,
+        wait: bool = False,
     ) -> None:
-        self.path = Path(path)
+        self.path = check_output_path(path, what="result file")
+        self._lock = FileLock(self.path, wait=wait).acquire() if lock else None
+        try:
+            self._open(config, columns, ignore)
+        except BaseException:
+            self.release_lock()
+            raise
+
+    def _open(self, config: Mapping[str, Any], columns: tuple[str, ...], ignore: Iterable[str]) -> None:
         self.columns = tuple(columns)
         self.config = normalise_config(config)
         self.ignore = tuple(ignore)
         self.done: set[int] = set()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size > 0:
             self._resume()
         else:
@@ -116,7 +130,7 @@ class ResultWriter:
             )
         if table.torn_line is not None:
             warnings.warn(f"{self.path}: line {table.torn_line} has no newline at its end (a row cut short by an "
-                          "interrupted write); cut off, that input is done again", ResultsWarning, stacklevel=3)
+                          "interrupted write); cut off, that input is done again", ResultsWarning, stacklevel=4)
         if table.end != self.path.stat().st_size:  # a torn row, or blanks without a newline
             with open(self.path, "r+b") as f:
                 f.truncate(table.end)
@@ -151,6 +165,11 @@ class ResultWriter:
 
     def close(self) -> None:
         self._file.close()
+        self.release_lock()
+
+    def release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> ResultWriter:
         return self

@@ -16,6 +16,7 @@ missing rows are written.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -123,6 +124,7 @@ def certify_dataset(
     progress: bool = True,
     shard: Shard | None = None,
     pack: int = 1,
+    wait: bool = False,
 ) -> ResultWriter:
     """CERTIFY every selected input of ``dataset`` and append one row each to ``out``.
 
@@ -167,12 +169,13 @@ def certify_dataset(
     run = _run_config(smoothed, n0=n0, n=n, alpha=alpha, seed=seed, norm=norm, two_class=two_class, **adaptive,
                       batch_size=batch_size, pack=pack, **(config or {}))
     todo_all = list(range(len(dataset))) if indices is None else list(indices)
-    with result_rows(out, config=run, indices=todo_all, ignore=MAY_CHANGE, shard=shard, pack=pack) as (
+    with result_rows(out, config=run, indices=todo_all, ignore=MAY_CHANGE, shard=shard, pack=pack, wait=wait) as (
         writer, todo, kept,
     ):
         bar = tqdm(total=len(todo), desc=_desc("certify", shard), unit="input", postfix={"kept": kept},
                    disable=not progress or (shard is not None and shard.rank != 0))
-        for group, missing in _packs(todo_all, todo, pack):
+        started = time.perf_counter()
+        for first, (group, missing) in enumerate(_packs(todo_all, todo, pack)):
             x, labels = _stack(dataset, group)
             stream = input_seed(seed, group[0])
             if target == "grid":
@@ -199,8 +202,22 @@ def certify_dataset(
                         noise=smoothed.noise.name, sigma=smoothed.noise.sigma, norm=norm,
                         precision=smoothed.precision, seconds=float(cert.seconds[j])))
             bar.update(len(missing))
+            if first == 0:
+                _project(time.perf_counter() - started, done=len(missing), left=len(todo) - len(missing),
+                         show=not bar.disable)
         bar.close()
     return writer
+
+
+def _project(seconds: float, *, done: int, left: int, show: bool) -> None:
+    """Say on stderr, after the first input(s), how long the rest will take at that pace (it
+    includes any warm-up, so it errs long), so a multi-hour run is known before it is waited for."""
+    if not show or left < 1 or done < 1:
+        return
+    each = seconds / done
+    total = int(each * left)
+    tqdm.write(f"first input: {each:.2f} s; the other {left} inputs will take about "
+               f"{total // 3600}:{total // 60 % 60:02d}:{total % 60:02d} (h:mm:ss) at this pace", file=sys.stderr)
 
 
 def predict_dataset(
@@ -217,6 +234,7 @@ def predict_dataset(
     progress: bool = True,
     shard: Shard | None = None,
     pack: int = 1,
+    wait: bool = False,
 ) -> ResultWriter:
     """PREDICT every selected input and append rows ``idx label predict correct time ...`` to
     ``out`` (resumable, shardable and packed like :func:`certify_dataset`; ABSTAIN = -1 counts as
@@ -228,7 +246,7 @@ def predict_dataset(
     run = _run_config(smoothed, n=n, alpha=alpha, seed=seed, batch_size=batch_size, pack=pack, **(config or {}))
     todo_all = list(range(len(dataset))) if indices is None else list(indices)
     with result_rows(out, config=run, indices=todo_all, columns=PREDICT_COLUMNS, ignore=MAY_CHANGE,
-                     shard=shard, pack=pack) as (writer, todo, _):
+                     shard=shard, pack=pack, wait=wait) as (writer, todo, _):
         bar = tqdm(total=len(todo), desc=_desc("predict", shard), unit="input",
                    disable=not progress or (shard is not None and shard.rank != 0))
         for group, missing in _packs(todo_all, todo, pack):

@@ -47,7 +47,10 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     build without CUDA is refused."""
     if not name:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device {str(name)!r}; use cpu, cuda or cuda:N (or mps where torch has it)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {name} asked for, but this torch build sees no CUDA device")
     return device

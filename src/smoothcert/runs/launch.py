@@ -166,7 +166,8 @@ def run_certify(run: CertifyRun, *, progress: bool = True, log: Log | None = Non
         certify_dataset(smoothed, dataset, run.out, n0=run.n0, n=run.n, alpha=run.alpha,
                         batch_size=run.engine.batch_size, seed=run.seed, indices=indices, norm=run.norm,
                         two_class=run.two_class, target=run.target, radius_loss=run.radius_loss, radii=run.radii,
-                        stages=run.stages, config=facts, progress=progress, shard=shard, pack=run.pack)
+                        stages=run.stages, config=facts, progress=progress, shard=shard, pack=run.pack,
+                        wait=run.wait)
         _report_engine(smoothed, log)
     return Path(run.out)
 
@@ -217,7 +218,8 @@ def run_predict(run: PredictRun, *, progress: bool = True, log: Log | None = Non
             count_rows=lambda ds: _shard_share(len(run.select.indices(len(ds))), shard) * run.n)
         indices = run.select.indices(len(dataset))
         predict_dataset(smoothed, dataset, run.out, n=run.n, alpha=run.alpha, batch_size=run.engine.batch_size,
-                        seed=run.seed, indices=indices, config=facts, progress=progress, shard=shard, pack=run.pack)
+                        seed=run.seed, indices=indices, config=facts, progress=progress, shard=shard, pack=run.pack,
+                        wait=run.wait)
     return Path(run.out)
 
 

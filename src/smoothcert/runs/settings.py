@@ -26,7 +26,7 @@ from ..checks import AUTO, check_batch_size, check_float, check_int, check_sampl
 from ..data import list_datasets
 from ..denoise import DENOISE_MODES, denoiser_kind, list_denoiser_losses
 from ..distributed import DEFAULT_TIMEOUT
-from ..engine import COMPILE_MODES, PRECISIONS
+from ..engine import COMPILE_MODES, NOISE_DTYPES, PRECISIONS
 from ..errors import InputError, InputTypeError
 from ..models import SOURCE_FORMATS, list_models
 from ..noise import list_noises
@@ -102,7 +102,9 @@ class DataSpec:
 @dataclass(frozen=True, kw_only=True)
 class Selection:
     """Which inputs of the split a run visits: ``start``, ``start + skip``, ..., at most
-    ``max_count`` of them (None or -1: all) — Cohen et al.'s ``--skip``/``--max``."""
+    ``max_count`` of them (None or -1: all) — Cohen et al.'s ``--skip``/``--max``. Any other
+    negative ``max_count``, ``max_count = 0`` and a ``start`` past the end of the split are errors
+    (they used to run everything or write a header-only file)."""
 
     skip: int = 1
     max_count: int | None = None
@@ -112,11 +114,17 @@ class Selection:
         check_int("skip", self.skip, minimum=1)
         if self.start < 0:
             raise InputError(f"start must be >= 0, got {self.start}")
-        if self.max_count is not None and self.max_count < 0:
+        if self.max_count == -1:
             _set(self, "max_count", None)
+        elif self.max_count is not None and self.max_count < 1:
+            raise InputError(f"max must be a positive number of inputs, or -1 for all; got {self.max_count}")
 
     def indices(self, length: int) -> list[int]:
-        """The selected indices of a split of ``length`` inputs."""
+        """The selected indices of a split of ``length`` inputs (never empty: a ``start`` at or
+        past ``length`` is an InputError naming the split's size)."""
+        if self.start >= length:
+            raise InputError(f"start {self.start} is past the end of the data, which has {length} inputs "
+                             f"(indices 0..{length - 1})")
         return select_indices(length, skip=self.skip, max_count=self.max_count, start=self.start)
 
 
@@ -196,11 +204,14 @@ class EngineSpec:
     fixed_shape: bool | None = None
     max_batch_bytes: int | None = None
     allow_unbounded: bool = False
+    #: "float64" (exact, default) or "float32" (fast; Gaussian tail truncated at 5.768 sigma).
+    noise_dtype: str = "float64"
 
     def __post_init__(self) -> None:
         check_batch_size(self.batch_size)
         if self.compile is not None and not isinstance(self.compile, bool):
             raise InputTypeError(f"compile must be True, False or None (auto), got {self.compile!r}")
+        _check_choice("noise_dtype", self.noise_dtype, NOISE_DTYPES)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("compile_mode", self.compile_mode, COMPILE_MODES, optional=True)
         if self.max_batch_bytes is not None:
@@ -210,7 +221,8 @@ class EngineSpec:
         """The keywords of :class:`~smoothcert.smooth.SmoothedClassifier` (all but ``batch_size``)."""
         return {"precision": self.precision, "channels_last": self.channels_last, "compile": bool(self.compile),
                 "compile_mode": self.compile_mode, "fixed_shape": self.fixed_shape,
-                "max_batch_bytes": self.max_batch_bytes, "allow_unbounded": self.allow_unbounded}
+                "max_batch_bytes": self.max_batch_bytes, "allow_unbounded": self.allow_unbounded,
+                "noise_dtype": self.noise_dtype}
 
 
 def _check_dist_timeout(minutes: float) -> None:
@@ -265,6 +277,8 @@ class CertifyRun:
     radius_loss: float = 0.02
     pack: int = 1
     dist_timeout: float = _DEFAULT_DIST_MINUTES
+    #: another run writing ``out``: wait for it to finish (True) or refuse at once (False).
+    wait: bool = False
     #: see :data:`CERTIFICATES`; "feature-smoothing" writes CERTIFY rows, "lipschitz-margin" MARGIN rows
     #: (deterministic; n, n0, alpha, noise unused), the soft certificates SOFT_CERTIFY rows.
     certificate: str = "smoothing"
@@ -337,6 +351,8 @@ class PredictRun:
     seed: int = 0
     pack: int = 1
     dist_timeout: float = _DEFAULT_DIST_MINUTES
+    #: another run writing ``out``: wait for it to finish (True) or refuse at once (False).
+    wait: bool = False
 
     def __post_init__(self) -> None:
         _set(self, "out", Path(self.out))

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..denoise import DenoiserMeta, build_denoiser, get_denoiser_loss, sigma_ladder, train_denoiser
 from ..errors import InputError
-from ..files import file_sha256
+from ..files import check_output_path, file_sha256
 from ..models import MODELS, CheckpointMeta, build_model, load_checkpoint, model_kwargs
 from ..noise import get_noise
 from ..train import RandomCropFlip, train
@@ -106,6 +106,8 @@ def check_finetune(
 
 
 def _refuse_existing(out: Path, resume: bool) -> None:
+    # The checkpoint is written after the first epoch: check that it can be, before any training.
+    check_output_path(out, what="checkpoint")
     if not resume and out.exists():
         raise InputError(f"{out} exists; pass --resume to continue it or choose another --out")
 
