@@ -35,7 +35,7 @@ import torch
 from scipy.stats import binom, norm
 from torch import Tensor, nn
 
-from .checks import as_batch, check_float, check_int, check_sample_sizes, ensure_eval, model_device
+from .checks import as_batch, check_float, check_sample_sizes, ensure_eval, model_device
 from .engine import Engine
 from .errors import InputError, InputTypeError
 from .noise import Gaussian, Noise
