@@ -63,7 +63,13 @@ def test_changed_weights_are_compiled_again_with_fresh_warm_ups(monkeypatch):
     assert len(calls) == 3
 
 
-def test_default_compile_decision():
+def test_default_compile_is_eager_on_cpu_while_measured_slower():
+    decision, why = default_compile("cpu", rows=10**9)
+    assert decision is False and "measured slower" in why and "\n" not in why
+
+
+def test_default_compile_decision(monkeypatch):
+    monkeypatch.setattr(engine_core, "AUTO_COMPILE_CPU", True)
     assert default_compile("cpu", rows=AUTO_COMPILE_MIN_ROWS - 1)[0] is False
     decision, why = default_compile("cpu", rows=AUTO_COMPILE_MIN_ROWS)
     assert decision is (engine_core.cxx_compiler() is not None) and why
@@ -72,13 +78,15 @@ def test_default_compile_decision():
 
 
 def test_no_cxx_compiler_falls_back_to_eager_with_one_line(monkeypatch):
+    monkeypatch.setattr(engine_core, "AUTO_COMPILE_CPU", True)
     monkeypatch.setenv("CXX", "/nonexistent/c++-compiler")
     assert engine_core.cxx_compiler() is None
     decision, why = default_compile("cpu", rows=10**8)
     assert decision is False and "no C++ compiler" in why and "\n" not in why
 
 
-def test_resolve_compile_follows_an_existing_file_then_the_work(tmp_path):
+def test_resolve_compile_follows_an_existing_file_then_the_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine_core, "AUTO_COMPILE_CPU", True)
     lines: list[str] = []
     cpu = torch.device("cpu")
     # explicit choices are kept whatever the file says

@@ -59,6 +59,13 @@ def _graph_steps(compiled: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Ten
 #: 325,000 rows; 500,000 rows (50 inputs at N = 10,000) keeps the compile a clear gain.
 AUTO_COMPILE_MIN_ROWS = 500_000
 
+#: Whether ``compile=None`` may choose to compile on CPU at all. Off: on an idle 2-core AVX-512 CPU
+#: (2026-12-05, torch 2.13, float64-exact noise), the quickstart's certify step (LeNet-small, 500
+#: inputs x 1,100 draws = 550,000 rows, 250 rows per pass) took 49.4 s of sampling compiled with
+#: frozen weights against 30.3 s eager (57.8 s vs 33.0 s wall): with the noise drawn in float64 the
+#: frozen graph no longer pays for itself there. The rows rule above applies once this is measured true.
+AUTO_COMPILE_CPU = False
+
 
 def cxx_compiler() -> str | None:
     """The C++ compiler inductor would use on CPU (``$CXX``, else g++, c++ or clang++ on PATH), or None."""
@@ -73,13 +80,17 @@ def cxx_compiler() -> str | None:
 def default_compile(device: torch.device | str, *, rows: int) -> tuple[bool, str]:
     """Whether a run that did not choose should compile (``(decision, one-line reason)``).
 
-    On CPU: yes when a C++ compiler is present and the run evaluates at least
+    On CPU, only while :data:`AUTO_COMPILE_CPU` is on (it is off: measured slower with float64 noise):
+    yes when a C++ compiler is present and the run evaluates at least
     :data:`AUTO_COMPILE_MIN_ROWS` noisy rows (``rows``: inputs x (n0 + n)), where the frozen
     compiled graph was measured faster including its compile time; otherwise eager. On other
     devices: eager (compile stays an explicit choice there)."""
     device = torch.device(device)
     if device.type != "cpu":
         return False, f"eager on {device.type} (pass --compile to compile)"
+    if not AUTO_COMPILE_CPU:
+        return False, ("eager: with float64-exact noise the frozen compile was measured slower than eager on CPU "
+                       "(BENCHMARKS.md, CPU engine); pass --compile to compile")
     if rows < AUTO_COMPILE_MIN_ROWS:
         return False, (f"eager: {rows:,} noisy rows is below the {AUTO_COMPILE_MIN_ROWS:,} where a frozen "
                        "compile pays for itself on CPU")
