@@ -177,6 +177,9 @@ def test_grid_target_rows_give_exact_certified_accuracy_at_the_grid(checkpoint, 
     assert set(res.radius.tolist()) <= {0.0, 0.1, 0.2}
     assert all(n in (16, 64) for n in res.extra["n"].tolist())
     assert '"stages": [\n    16,\n    64\n  ]' in (tmp_path / "g.tsv.json").read_text()
+    # two looks (16 and 64 draws): each at alpha / 2, and alpha itself stays the level of the whole input
+    alpha = res.extra["alpha"][0]
+    assert res.extra["alpha_look"].tolist() == [alpha / 2] * 4
     capsys.readouterr()
     assert main(["analyze", str(out), "--radii", "0", "0.1", "0.2"]) == 0
     assert "r = 0.1" in capsys.readouterr().out

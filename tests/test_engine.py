@@ -584,3 +584,34 @@ def test_precision_is_scoped_to_each_forward_pass(precision):
         assert not torch.is_autocast_enabled("cpu") and not torch.is_inference_mode_enabled()
     assert chunks == 5
     assert inside == [(precision == "tf32", precision == "bf16")] * 5
+
+
+def test_on_rows_reports_every_forward_pass_without_changing_the_certificate():
+    model, x, _ = _image_model_and_inputs(0.25)
+    noise = get_noise("gaussian", sigma=0.25)
+    s = SmoothedClassifier(model, noise=noise, num_classes=2)
+    seen: list[int] = []
+    cert = s.certify(x, n0=50, n=1000, alpha=0.01, batch_size=256, generator=4, on_rows=seen.append)
+    plain = s.certify(x, n0=50, n=1000, alpha=0.01, batch_size=256, generator=4)
+    assert torch.equal(cert.counts, plain.counts) and torch.equal(cert.radius, plain.radius)
+    # one call per forward pass, never larger than a batch, adding up to the draws (no fixed-shape padding here)
+    assert sum(seen) == len(x) * (50 + 1000) and max(seen) <= 256 and len(seen) >= len(x) * 1050 // 256
+
+
+def test_the_dataset_run_shows_a_bar_inside_a_long_engine_call(tmp_path, monkeypatch, capsys):
+    from smoothcert.runs import certify as certify_run
+    from smoothcert.runs.certify import certify_dataset
+
+    model, x, _ = _image_model_and_inputs(0.25)
+    data = torch.utils.data.TensorDataset(x[:2], torch.zeros(2, dtype=torch.long))
+    s = SmoothedClassifier(model, noise=get_noise("gaussian", sigma=0.25), num_classes=2)
+    steps: list[int] = []
+    real = certify_run._InnerBar.step
+    monkeypatch.setattr(certify_run._InnerBar, "step", lambda self, rows: (steps.append(rows), real(self, rows)))
+    monkeypatch.setattr(certify_run, "INNER_BAR_MIN_DRAWS", 1_000)
+    certify_dataset(s, data, tmp_path / "r.tsv", n0=50, n=1000, alpha=0.01, batch_size=256, progress=True)
+    assert sum(steps) == 2 * 1050  # one engine call per input, each of 1,050 draws
+    steps.clear()
+    monkeypatch.setattr(certify_run, "INNER_BAR_MIN_DRAWS", 100_000)
+    certify_dataset(s, data, tmp_path / "q.tsv", n0=50, n=1000, alpha=0.01, batch_size=256, progress=True)
+    assert steps == []  # short calls: no inner bar

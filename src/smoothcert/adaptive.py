@@ -337,4 +337,5 @@ def certify_at(
         alpha=alpha,
         norm=norm,
         seconds=torch.full((b,), (time.perf_counter() - start) / b, dtype=torch.float64),
+        alpha_look=a_s,
     )

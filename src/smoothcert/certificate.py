@@ -100,6 +100,8 @@ class CertifyAtResult:
     alpha: float
     norm: str
     seconds: Tensor  #: float64 [B]
+    #: the level of each look: alpha / (number of stages), Bonferroni over the stages (None: not recorded)
+    alpha_look: float | None = None
 
     def __len__(self) -> int:
         return int(self.prediction.shape[0])

@@ -237,7 +237,8 @@ class FeatureSmoothedClassifier(SmoothedClassifier):
     def certify(self, x: Tensor, *, n0: int, n: int, alpha: float, batch_size: int | str,
                 generator: int | torch.Generator | None = None, norm: str | None = "l2",
                 two_class: bool = False, target: str = "fixed", max_n: int | None = None,
-                radius_loss: float = 0.02) -> Certificate | PlannedCertificate:
+                radius_loss: float = 0.02,
+                on_rows: Callable[[int], None] | None = None) -> Certificate | PlannedCertificate:
         """CERTIFY on the head at z = e(x), radius transferred to input space.
 
         Guarantee: for each input, with probability at least 1 - alpha over the draws, either the
@@ -252,7 +253,8 @@ class FeatureSmoothedClassifier(SmoothedClassifier):
             raise InputError(f"feature-space smoothing certifies with target='fixed' only, got {target!r}")
         z, backbone_seconds = self.features(x)
         cert = super().certify(z, n0=n0, n=n, alpha=alpha, batch_size=batch_size, generator=generator, norm="l2",
-                               two_class=two_class, target=target, max_n=max_n, radius_loss=radius_loss)
+                               two_class=two_class, target=target, max_n=max_n, radius_loss=radius_loss,
+                               on_rows=on_rows)
         return replace(cert, radius=cert.radius / self.lipschitz, seconds=cert.seconds + backbone_seconds / len(z))
 
     def certify_at(self, *args: Any, **kwargs: Any) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -214,11 +214,15 @@ class SmoothedClassifier:
         before starting a clock (:meth:`Engine.prepare <smoothcert.engine.Engine.prepare>`)."""
         return self.engine.prepare(self.base, x, self.noise, batch_size=batch_size, draws=draws)
 
-    def counts(self, x: Tensor, *, n: int, batch_size: int | str, generator: torch.Generator | None) -> Tensor:
+    def counts(
+        self, x: Tensor, *, n: int, batch_size: int | str, generator: torch.Generator | None,
+        on_rows: Callable[[int], None] | None = None,
+    ) -> Tensor:
         """int64 ``[B, num_classes]`` class counts of n fresh draws per input of ``x`` (``[B, ...]``,
-        validated), on the model's device. Call :meth:`prepare` first to keep compiling untimed."""
+        validated), on the model's device. Call :meth:`prepare` first to keep compiling untimed.
+        ``on_rows``: called with the rows of each forward pass (progress; no effect on the counts)."""
         return self.engine.counts(self.base, x, self.noise, n=n, num_classes=self.num_classes,
-                                  batch_size=batch_size, generator=generator)
+                                  batch_size=batch_size, generator=generator, on_rows=on_rows)
 
     # ---- the algorithms ----
 
@@ -278,6 +282,7 @@ class SmoothedClassifier:
         target: str = "fixed",
         max_n: int | None = None,
         radius_loss: float = 0.02,
+        on_rows: Callable[[int], None] | None = None,
     ) -> Certificate | PlannedCertificate:
         """CERTIFY: a prediction and a certified radius for each input.
 
@@ -303,6 +308,9 @@ class SmoothedClassifier:
             target, max_n, radius_loss: deprecated. ``target="radius"`` forwards to
                 :meth:`certify_planned` (``max_n`` default n) with a DeprecationWarning and returns
                 its :class:`~smoothcert.certificate.PlannedCertificate`; call that method instead.
+            on_rows: called with the number of noisy rows after each forward pass (n0 + n draws per
+                input in all, plus fixed-shape padding): a progress bar inside a long call. No effect
+                on the certificate.
         Returns:
             a :class:`~smoothcert.certificate.Certificate`: every input used n estimation draws.
         """
@@ -335,9 +343,9 @@ class SmoothedClassifier:
         dim = math.prod(x.shape[1:])
         batch_size = self.prepare(x, batch_size=batch_size, draws=(n0, n))  # probe and compile: not timed
         start = time.perf_counter()
-        selection = self.counts(x, n=n0, batch_size=batch_size, generator=gen)
+        selection = self.counts(x, n=n0, batch_size=batch_size, generator=gen, on_rows=on_rows)
         c_a = selection.argmax(dim=1)
-        counts = self.counts(x, n=n, batch_size=batch_size, generator=gen)
+        counts = self.counts(x, n=n, batch_size=batch_size, generator=gen, on_rows=on_rows)
         # One host transfer for the whole batch, after all sampling is queued.
         counts, c_a = counts.cpu(), c_a.cpu()
         count_a, count_b, others = split_counts(counts, c_a)

@@ -389,6 +389,7 @@ class Engine:
         num_classes: int,
         batch_size: int | str,
         generator: torch.Generator | None,
+        on_rows: Callable[[int], None] | None = None,
     ) -> Tensor:
         """:func:`sample_counts` with this engine's settings: int64 ``[B, num_classes]`` class
         counts of n draws per input, on the model's device. ``x``: ``[B, ...]``, validated. Call
@@ -398,7 +399,7 @@ class Engine:
         return sample_counts(
             model, x, noise=noise, n=n, num_classes=num_classes, batch_size=rows, generator=generator,
             precision=self.precision, channels_last=self.channels_last, fixed_shape=self.fixed_shape,
-            forward=self.forward(model), noise_dtype=self.noise_dtype,
+            forward=self.forward(model), noise_dtype=self.noise_dtype, on_rows=on_rows,
         )
 
     def mean_probs(

@@ -209,6 +209,7 @@ def sample_counts(
     channels_last: bool = True,
     fixed_shape: bool = False,
     forward: Callable[[Tensor], Tensor] | None = None,
+    on_rows: Callable[[int], None] | None = None,
     noise_dtype: str = "float64",
 ) -> Tensor:
     """How often each class is the argmax of f(x_i + delta) over n fresh draws per input.
@@ -247,6 +248,8 @@ def sample_counts(
             _check_logits(logits, num_classes)
             flat = owner.mul_(num_classes).add_(logits.argmax(dim=1))
             counts.index_add_(0, flat, torch.ones_like(flat))
+            if on_rows is not None:  # a Python int from the shape: no device sync
+                on_rows(flat.shape[0])
     return counts[: b * num_classes].view(b, num_classes)
 
 

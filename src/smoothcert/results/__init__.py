@@ -18,6 +18,7 @@ from .schema import (
     COLUMNS,
     DDN_CONFIRM_STEPS,
     DETERMINISTIC,
+    GRID,
     MARGIN,
     MAY_CHANGE,
     NOT_TRACKED,
@@ -44,6 +45,7 @@ from .writer import ResultWriter, config_diff, normalise_config, read_config, si
 __all__ = [
     "ATTACKS",
     "CERTIFY",
+    "GRID",
     "COHEN_COLUMNS",
     "COLUMNS",
     "DDN_CONFIRM_STEPS",

@@ -20,6 +20,7 @@ from ..errors import InputError
 __all__ = [
     "ATTACKS",
     "CERTIFY",
+    "GRID",
     "COHEN_COLUMNS",
     "COLUMNS",
     "DDN_CONFIRM_STEPS",
@@ -75,6 +76,12 @@ CERTIFY = RowSchema("certify", (
     "noise", "sigma", "norm", "precision", "seconds",
 ))  # fmt: skip
 COLUMNS: tuple[str, ...] = CERTIFY.columns
+
+#: A staged CERTIFY row (``certify_dataset`` with ``target="grid"``, :func:`smoothcert.adaptive.certify_at`):
+#: the CERTIFY columns, then ``alpha_look``, the level of each of the staged tests (alpha split evenly over
+#: the stages); ``alpha`` stays the per-input failure probability of all looks together. Grid files written
+#: before this column existed keep the CERTIFY header when they are resumed.
+GRID = RowSchema("grid", (*CERTIFY.columns, "alpha_look"))
 
 #: A PREDICT row (``predict_dataset``): Cohen et al.'s predict log layout, then how it was obtained.
 PREDICT = RowSchema("predict", ("idx", "label", "predict", "correct", "time", "n", "alpha", "noise", "sigma",
@@ -232,7 +239,7 @@ def _parse_float(text: str) -> float:
 
 _INT_FIELDS = ("idx", "label", "predict", "correct", "count_a", "count_b", "n", "n0", "m", "n_predict",
                "recheck_n", "steps", "ddn")
-_FLOAT_FIELDS = ("radius", "feature_radius", "lipschitz", "p_lower", "alpha", "sigma", "seconds", "ddn_l2", "min_l2",
+_FLOAT_FIELDS = ("alpha_look", "radius", "feature_radius", "lipschitz", "p_lower", "alpha", "sigma", "seconds", "ddn_l2", "min_l2",
                  "ddn_abstain_l2", "recheck_radius", "radius_native", "g_lower", "g_upper", "heuristic_radius",
                  "p_top", "p_second")
 _TEXT_FIELDS = ("noise", "norm", "precision", "native_norm", "confirmed", "certificate", "bound_method", "selection",

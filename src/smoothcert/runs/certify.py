@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +32,8 @@ from ..distributed import Shard
 from ..errors import InputError
 from ..lipschitz import certify_margin
 from ..results import (
+    CERTIFY,
+    GRID,
     MARGIN,
     MAY_CHANGE,
     PREDICT_COLUMNS,
@@ -169,7 +172,9 @@ def certify_dataset(
     run = _run_config(smoothed, n0=n0, n=n, alpha=alpha, seed=seed, norm=norm, two_class=two_class, **adaptive,
                       batch_size=batch_size, pack=pack, **(config or {}))
     todo_all = list(range(len(dataset))) if indices is None else list(indices)
-    with result_rows(out, config=run, indices=todo_all, ignore=MAY_CHANGE, shard=shard, pack=pack, wait=wait) as (
+    columns = _grid_columns(out) if target == "grid" else CERTIFY.columns
+    with result_rows(out, config=run, indices=todo_all, columns=columns, ignore=MAY_CHANGE, shard=shard, pack=pack,
+                     wait=wait) as (
         writer, todo, kept,
     ):
         bar = tqdm(total=len(todo), desc=_desc("certify", shard), unit="input", postfix={"kept": kept},
@@ -190,23 +195,64 @@ def certify_dataset(
                                                 radius_loss=radius_loss, generator=stream, norm=norm)
                 radius, count_b, draws = cert.radius, cert.count_b, cert.n_used
             else:
+                inner = _inner_bar((n0 + n) * len(group), show=not bar.disable)
                 cert = smoothed.certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size, generator=stream,
-                                        norm=norm, two_class=two_class)
+                                        norm=norm, two_class=two_class, on_rows=None if inner is None else inner.step)
+                if inner is not None:
+                    inner.close()
                 radius, count_b, draws = cert.radius, cert.count_b, torch.full((len(group),), cert.n)
             for j, i in enumerate(group):
                 if i in missing:
-                    writer.write(certify_row(
+                    row = certify_row(
                         idx=i, label=labels[j], predict=int(cert.prediction[j]), radius=float(radius[j]),
                         p_lower=float(cert.p_lower[j]), count_a=int(cert.count_a[j]),
                         count_b=None if count_b is None else int(count_b[j]), n=int(draws[j]), n0=n0, alpha=alpha,
                         noise=smoothed.noise.name, sigma=smoothed.noise.sigma, norm=norm,
-                        precision=smoothed.precision, seconds=float(cert.seconds[j])))
+                        precision=smoothed.precision, seconds=float(cert.seconds[j]))
+                    if columns == GRID.columns:
+                        row = GRID.row({**row, "alpha_look": float(cert.alpha_look)})  # type: ignore[union-attr]
+                    writer.write(row)
             bar.update(len(missing))
             if first == 0:
                 _project(time.perf_counter() - started, done=len(missing), left=len(todo) - len(missing),
                          show=not bar.disable)
         bar.close()
     return writer
+
+
+#: One engine call of at least this many noisy draws (Cohen et al.'s N = 100,000 for one input: minutes on a
+#: CPU) gets a progress bar of its own below the per-input bar.
+INNER_BAR_MIN_DRAWS = 100_000
+
+
+class _InnerBar:
+    """A transient tqdm bar over the draws of one engine call; ``step`` is the engine's ``on_rows``."""
+
+    def __init__(self, total: int) -> None:
+        self._bar = tqdm(total=total, desc="  draws", unit="draw", unit_scale=True, leave=False)
+
+    def step(self, rows: int) -> None:
+        # fixed-shape padding rows are evaluated too: never run past the total
+        self._bar.update(min(rows, self._bar.total - self._bar.n))
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _inner_bar(draws: int, *, show: bool) -> _InnerBar | None:
+    """A bar inside one engine call when it is long enough to need one (:data:`INNER_BAR_MIN_DRAWS`)."""
+    return _InnerBar(draws) if show and draws >= INNER_BAR_MIN_DRAWS else None
+
+
+def _grid_columns(out: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The columns of a staged (grid) run's file: :data:`~smoothcert.results.GRID`, or the CERTIFY
+    columns of a grid file written before the per-look level had its column, so that it resumes."""
+    path = Path(out)
+    if path.exists():
+        with open(path, encoding="utf-8") as f:
+            if f.readline().rstrip("\n").split("\t") == list(CERTIFY.columns):
+                return CERTIFY.columns
+    return GRID.columns
 
 
 def _project(seconds: float, *, done: int, left: int, show: bool) -> None:

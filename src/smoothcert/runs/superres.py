@@ -25,6 +25,7 @@ import torch
 
 from ..attacks_regression import eot_pgd_regression, pgd_regression, relative_eps
 from ..checks import check_float, check_int
+from ..data.superres import center_crop, degrade, load_folder, skimage_photos
 from ..errors import InputError
 from ..models.unet import UNet, load_unet
 from ..noise import get_noise
@@ -41,7 +42,6 @@ from ..regression import (
 from ..results.superres import sr_attack_schema, sr_certify_schema
 from ..results.writer import ResultWriter
 from ..rng import input_seed
-from ..data.superres import center_crop, degrade, load_folder, skimage_photos
 from ..train.superres import SRTrainConfig, train_superres
 
 __all__ = ["SRAttackRun", "SRCertifyRun", "SRTrainRun", "run_sr_attack", "run_sr_certify", "run_sr_train"]

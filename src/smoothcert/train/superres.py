@@ -31,12 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..attacks_regression import pgd_regression, relative_eps
+from ..data.superres import degrade, random_crops
 from ..errors import InputError
 from ..files import atomic_write
 from ..models.unet import UNet, load_unet, save_unet
 from ..noise import get_noise
 from ..rng import sub_seed
-from ..data.superres import degrade, random_crops
 
 __all__ = ["SR_METHODS", "SRTrainConfig", "train_superres"]
 
