@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .errors import InputError
 
-__all__ = ["log_mean_softmax", "upcast_logits"]
+__all__ = ["log_mean_softmax", "mse", "psnr", "upcast_logits"]
 
 
 def upcast_logits(t: Tensor) -> Tensor:
@@ -28,3 +28,16 @@ def log_mean_softmax(logits: Tensor) -> Tensor:
         raise InputError(f"logits must be [m, B, K], got shape {list(logits.shape)}")
     log_p = F.log_softmax(upcast_logits(logits), dim=-1)
     return torch.logsumexp(log_p, dim=0) - math.log(logits.shape[0])
+
+
+def mse(output: Tensor, reference: Tensor) -> Tensor:
+    """Per-image mean squared error ``[B]`` (float64, no gradient) between ``[B, ...]`` tensors."""
+    if output.shape != reference.shape:
+        raise InputError(f"shapes differ: {tuple(output.shape)} vs {tuple(reference.shape)}")
+    return (output.detach().double() - reference.detach().double()).flatten(1).pow(2).mean(dim=1)
+
+
+def psnr(mse_value: Tensor | float, *, data_range: float = 1.0) -> Tensor:
+    """PSNR in dB from an MSE, 10·log10(data_range² / MSE); +inf at MSE 0, −inf at MSE inf."""
+    m = torch.as_tensor(mse_value, dtype=torch.float64)
+    return 10 * torch.log10(float(data_range) ** 2 / m)

@@ -39,6 +39,7 @@ from .checks import as_batch, check_float, check_sample_sizes, ensure_eval, mode
 from .engine import Engine
 from .errors import InputError, InputTypeError
 from .noise import Gaussian, Noise
+from .ops import mse, psnr
 from .rng import make_generator
 
 __all__ = [
@@ -423,18 +424,6 @@ def _center_certificate(
 
 
 # ---- metrics and certified worst cases ----
-
-
-def mse(output: Tensor, reference: Tensor) -> Tensor:
-    """Per-image mean squared error ``[B]`` (float64) between ``[B, ...]`` tensors."""
-    _same_shape(output, reference)
-    return (output.double() - reference.double()).flatten(1).pow(2).mean(dim=1)
-
-
-def psnr(mse_value: Tensor | float, *, data_range: float = 1.0) -> Tensor:
-    """PSNR in dB, 10·log10(data_range² / MSE); +inf at MSE 0, −inf at MSE inf."""
-    m = torch.as_tensor(mse_value, dtype=torch.float64)
-    return 10 * torch.log10(data_range**2 / m)
 
 
 def ssim(output: Tensor, reference: Tensor, *, data_range: float = 1.0) -> Tensor:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from .. import ops
 from ..checks import model_device
 from ..errors import InputError
 from ..noise import Noise
@@ -38,8 +39,7 @@ def psnr(x_hat: Tensor, x: Tensor, *, data_range: float = 1.0) -> Tensor:
     a perfect reconstruction)."""
     if x_hat.shape != x.shape:
         raise InputError(f"x_hat and x must have the same shape, got {tuple(x_hat.shape)} and {tuple(x.shape)}")
-    mse = (x_hat.detach().double() - x.detach().double()).flatten(1).pow(2).mean(1)
-    return 10.0 * torch.log10(float(data_range) ** 2 / mse)
+    return ops.psnr(ops.mse(x_hat, x), data_range=data_range)
 
 
 def denoising_psnr(
