@@ -5,11 +5,22 @@ for damaged files); this package only computes.
 Modules: :mod:`.load` (:class:`Results`, :func:`load_results`), :mod:`.metrics` (certified
 accuracy, ACR, envelope), :mod:`.paired` (paired ACR difference with a t interval), :mod:`.tables`
 (one table builder, markdown and LaTeX renderers), :mod:`.plots` (matplotlib, imported only when
-plotting) and :mod:`.attack` (:class:`AttackSummary` of attack rows).
+plotting), :mod:`.attack` (:class:`AttackSummary` of attack rows) and :mod:`.distances` (minimal
+adversarial distances and L-bounds in the HeatSmoothing paper's Table 3/5 layout).
 """
 
 from ..results import ResultsWarning, parse_time
 from .attack import AttackSummary, Violation, find_violations, summarize_attack, summary_table
+from .distances import (
+    DistanceSummary,
+    RobustnessRow,
+    attacked_curve,
+    ddn_distances,
+    distance_summary,
+    pgd_distances,
+    robustness_row,
+    robustness_table,
+)
 from .load import ABSTAIN, REQUIRED_COLUMNS, Results, load_results
 from .metrics import (
     Envelope,
@@ -30,17 +41,22 @@ __all__ = [
     "REQUIRED_COLUMNS",
     "AccuracyTable",
     "AttackSummary",
+    "DistanceSummary",
     "Envelope",
     "PairedDifference",
     "Results",
+    "RobustnessRow",
     "ResultsWarning",
     "Violation",
     "abstain_rate",
     "accuracy_table",
     "acr",
+    "attacked_curve",
     "certified_accuracy",
     "certified_accuracy_interval",
     "clean_accuracy",
+    "ddn_distances",
+    "distance_summary",
     "envelope",
     "find_violations",
     "latex_table",
@@ -48,7 +64,10 @@ __all__ = [
     "markdown_table",
     "paired_acr_difference",
     "parse_time",
+    "pgd_distances",
     "plot_certified_accuracy",
+    "robustness_row",
+    "robustness_table",
     "summarize_attack",
     "summary",
     "summary_table",
