@@ -17,23 +17,28 @@ augmentation (``gaussian``, the baseline's schedule) and SmoothAdv fine-tuned fr
 * PGD and DDN minimal l2 distances (Table 3/5 layout) on ``--attack-inputs`` images: the base
   network for the undefended and HeatSmoothing models (eq. 8), the soft smoothed model with
   ``--attack-m`` fresh draws per step for the stochastic ones (eq. 9); PGD's distance is the
-  smallest eps of a grid at which it succeeds; attack curves as PNG;
+  smallest eps of a grid at which it succeeds; summarised by :mod:`smoothcert.analysis.distances`
+  (median / mean with failures at the budget 4, % attacked curves as PNG);
 * seconds per prediction (one forward pass vs PREDICT with ``--predict-n`` draws) and per
-  certificate (one-pass radius vs CERTIFY / certify_soft with N draws) -- the paper's Table 2.
+  certificate (one-pass radius vs CERTIFY / certify_soft with N draws), one image at a time,
+  interleaved image by image in this process, medians over ``--timing-inputs`` images -- the
+  paper's Table 2.
 
-Everything is cached in ``--out`` (checkpoints, one JSON per model and stage), so an interrupted
-run continues. JSON lines on stdout; ``summary.md`` and the PNGs in ``--out``.
+Models are trained and evaluated one after the other; every stage is cached in ``--out``
+(checkpoints, one JSON per model and stage: accuracy, certify, timing, attack), so an interrupted
+run keeps its finished rows and continues where it stopped. JSON lines on stdout; ``summary.md``
+(rewritten after every model) and the PNGs in ``--out``.
 
     PYTHONPATH=src python benchmarks/heat.py --data-root ../shared/data --out runs/heat            # GPU
-    PYTHONPATH=src python benchmarks/heat.py --data-root ../shared/data --out runs/heat-cpu \\
-        --train-size 10000 --n 10000 --inputs 20 --kappa 2 --models baseline gaussian heat       # CPU
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/heat.py --data-root ../shared/data \\
+        --out runs/heat-cpu --datasets mnist fashion-mnist --train-size 6000 --n 10000 --inputs 20 \\
+        --skip 500 --attack-inputs 20 --attack-m 8 --timing-inputs 5                                # CPU
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import subprocess
 import sys
@@ -47,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smoothcert import SmoothedClassifier, get_noise
+from smoothcert.analysis import attacked_curve, robustness_row, robustness_table
 from smoothcert.attacks import SmoothedSoft, adversarial_l2, minimal_l2, pgd_l2
 from smoothcert.data import get_dataset
 from smoothcert.models import CheckpointMeta, build_model, load_checkpoint, save_checkpoint
@@ -132,7 +138,8 @@ def _train_method(train_set, name: str, model_name: str, args, device, work: Pat
         method, epochs, lr = get_method("gaussian"), args.epochs, args.lr
     elif model_name in HEAT_MODELS:
         steps = 1 if model_name == "heat" else args.heat_steps
-        method = get_method("heat", kappa=args.kappa, delta=0.1, steps=steps, gamma=args.heat_gamma)
+        gamma = {} if args.heat_gamma is None else {"gamma": args.heat_gamma}
+        method = get_method("heat", kappa=args.kappa, delta=0.1, steps=steps, **gamma)
         epochs, lr, init = steps, args.heat_lr, work / "baseline.pt"
     elif model_name == "smoothadv":
         method = get_method("smoothadv", eps=1.0, steps=args.smoothadv_steps, m=args.smoothadv_m, warmup=1)
@@ -155,105 +162,146 @@ def _certified_curve(pred: torch.Tensor, radius: torch.Tensor, labels: torch.Ten
     return {f"{r:g}": round(float((ok & (radius >= r)).float().mean()), 4) for r in RADII}
 
 
-def _evaluate(model_name: str, ckpt: Path, test_set, args, device) -> dict[str, Any]:
+def _stage(work: Path, model_name: str, stage: str, fn) -> dict[str, Any]:
+    """``fn()``'s JSON, cached in ``work/MODEL.STAGE.json``: an interrupted run keeps finished stages."""
+    path = work / f"{model_name}.{stage}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    out = fn()
+    path.write_text(json.dumps(out))
+    return out
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _evaluate(model_name: str, ckpt: Path, test_set, args, device, work: Path) -> dict[str, Any]:
     model, _ = load_checkpoint(ckpt, map_location=device)
     model.eval()
     noise = get_noise("gaussian", sigma=args.sigma)
     k = test_set.info.num_classes
-    out: dict[str, Any] = {"model": model_name}
     images, labels = test_set.tensors()
     images = images.float().div(255) if images.dtype == torch.uint8 else images.float()
     labels = labels.long()
-
-    # Clean accuracy (one forward pass).
-    acc_idx = torch.arange(min(args.acc_inputs, len(images)))
-    with torch.inference_mode():
-        clean_pred = torch.cat([model(images[acc_idx[s:s + 500]].to(device)).argmax(1).cpu()
-                                for s in range(0, len(acc_idx), 500)])
-    out["clean_accuracy"] = round(float((clean_pred == labels[acc_idx]).float().mean()), 4)
-
-    # Agreement: one-pass prediction vs Monte Carlo smoothed prediction (argmax of counts).
     smoothed = SmoothedClassifier(model, noise=noise, num_classes=k)
-    ag_idx = torch.arange(min(args.agree_inputs, len(images)))
-    xa = images[ag_idx]
-    counts = smoothed.counts(xa, n=args.agree_n, batch_size=args.certify_batch,
-                             generator=torch.Generator(device=device).manual_seed(args.seed)).cpu()
-    one_pass = clean_pred[: len(ag_idx)] if len(acc_idx) >= len(ag_idx) else model(xa.to(device)).argmax(1).cpu()
-    agree = int((counts.argmax(1) == one_pass).sum())
-    lo, hi = clopper_pearson_interval(agree, len(ag_idx), 0.05)
-    out["agreement"] = {"rate": round(agree / len(ag_idx), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
-                        "inputs": len(ag_idx), "n": args.agree_n}
 
-    # Certification on every skip-th test image.
-    idx = torch.arange(0, len(images), args.skip)[: args.inputs]
+    def gen() -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(args.seed + 7)
+
+    idx = torch.arange(0, len(images), args.skip)[: args.inputs]  # certification images
     x, y = images[idx], labels[idx]
-    gen = lambda: torch.Generator(device=device).manual_seed(args.seed + 7)  # noqa: E731
-    hard = smoothed.certify(x, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.certify_batch,
-                            generator=gen())
-    soft = certify_soft(model, x, noise=noise, num_classes=k, n0=args.n0, n=args.n, alpha=args.alpha,
-                        batch_size=args.certify_batch, generator=gen(), bound="phi")
-    lbound = soft_radius(soft.g_lower, soft.g_upper, sigma=args.sigma, bound="lbound")
-    det = deterministic_radius(model, x, sigma=args.sigma, num_classes=k)
-    certified = {"hard": _certified_curve(hard.prediction, hard.radius, y),
-                 "soft-phi": _certified_curve(soft.prediction, soft.radius, y),
-                 "soft-lbound": _certified_curve(soft.prediction, lbound, y)}
-    seconds = {"hard": float(hard.seconds.mean()), "soft": float(soft.seconds.mean())}
-    if model_name in HEAT_MODELS:
-        hc = certify_clean_class(model, x, noise=noise, num_classes=k, n=args.n, alpha=args.alpha,
-                                 batch_size=args.certify_batch, generator=gen())
-        certified["hard-clean"] = _certified_curve(hc.prediction, hc.radius, y)
-        seconds["hard-clean"] = float(hc.seconds.mean())
-    out["certified"] = certified
-    out["heuristic_deterministic"] = _certified_curve(det.prediction, det.heuristic_radius, y)
-    out["acr"] = {"hard": round(float(torch.where(hard.prediction == y, hard.radius, 0.0).mean()), 4),
-                  "soft-phi": round(float(torch.where(soft.prediction == y, soft.radius, 0.0).mean()), 4),
-                  "soft-lbound": round(float(torch.where(soft.prediction == y, lbound, 0.0).mean()), 4)}
-    out["lbound"] = {"certified_median": round(float(lbound.median()), 4), "certified_mean": round(float(lbound.mean()), 4),
-                     "heuristic_median": round(float(det.heuristic_radius.median()), 4),
-                     "heuristic_mean": round(float(det.heuristic_radius.mean()), 4)}
-    out["certify_inputs"] = len(idx)
 
-    # Timing: per prediction and per certificate, one image at a time.
-    t_idx = idx[: args.timing_inputs]
-    with torch.inference_mode():
-        model(images[:1].to(device))  # warm-up
-        t0 = time.perf_counter()
-        for i in t_idx:
-            model(images[i: i + 1].to(device)).argmax(1).cpu()
-        det_pred = (time.perf_counter() - t0) / len(t_idx)
-    t0 = time.perf_counter()
-    for i in t_idx:
-        deterministic_radius(model, images[i: i + 1], sigma=args.sigma, num_classes=k)
-    det_cert = (time.perf_counter() - t0) / len(t_idx)
-    t0 = time.perf_counter()
-    for i in t_idx:
-        smoothed.predict(images[i: i + 1], n=args.predict_n, alpha=args.alpha, batch_size=args.certify_batch,
-                         generator=gen())
-    sto_pred = (time.perf_counter() - t0) / len(t_idx)
-    out["seconds"] = {"predict_deterministic": det_pred, f"predict_stochastic_n{args.predict_n}": sto_pred,
-                      "certify_deterministic_heuristic": det_cert,
-                      **{f"certify_{k2}_n{args.n}": v for k2, v in seconds.items()}}
+    def accuracy() -> dict[str, Any]:
+        # Clean accuracy (one forward pass), and the agreement of the one-pass prediction with the
+        # Monte Carlo smoothed prediction (argmax of class counts) -- the method's premise.
+        acc_idx = torch.arange(min(args.acc_inputs, len(images)))
+        with torch.inference_mode():
+            clean_pred = torch.cat([model(images[acc_idx[s:s + 500]].to(device)).argmax(1).cpu()
+                                    for s in range(0, len(acc_idx), 500)])
+        ag = min(args.agree_inputs, len(images))
+        counts = smoothed.counts(images[:ag], n=args.agree_n, batch_size=args.certify_batch,
+                                 generator=torch.Generator(device=device).manual_seed(args.seed)).cpu()
+        with torch.inference_mode():
+            one_pass = model(images[:ag].to(device)).argmax(1).cpu()
+        agree = int((counts.argmax(1) == one_pass).sum())
+        lo, hi = clopper_pearson_interval(agree, ag, 0.05)
+        return {"clean_accuracy": round(float((clean_pred == labels[acc_idx]).float().mean()), 4),
+                "agreement": {"rate": round(agree / ag, 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
+                              "inputs": ag, "n": args.agree_n}}
 
-    # Attacks: deterministic (eq. 8) for baseline / heat, stochastic (eq. 9) for the others.
-    a_idx = idx[: args.attack_inputs]
-    xa, ya = images[a_idx].to(device), labels[a_idx].to(device)
-    stochastic = model_name in ("gaussian", "smoothadv")
-    target = SmoothedSoft(model, noise, m=args.attack_m, generator=args.seed) if stochastic else model
-    ddn_d = minimal_l2(target, xa, ya, steps=args.attack_steps, init_eps=1.0, eps=max(PGD_EPS),
-                       generator=args.seed).cpu()
-    pgd_d = torch.full((len(a_idx),), math.inf)
-    for eps in PGD_EPS:
-        adv = pgd_l2(target, xa, ya, eps=eps, steps=args.attack_steps, step_size=2.5 * eps / args.attack_steps,
-                     generator=args.seed)
-        hit = adversarial_l2(target, xa, ya, adv).cpu()
-        pgd_d = torch.where(torch.isinf(pgd_d) & torch.isfinite(hit), torch.full_like(pgd_d, eps), pgd_d)
-    out["attack"] = {"target": "stochastic (m=%d)" % args.attack_m if stochastic else "deterministic",
-                     "inputs": len(a_idx), "ddn": [float(v) for v in ddn_d], "pgd": [float(v) for v in pgd_d]}
-    for name_, d in (("ddn", ddn_d), ("pgd", pgd_d)):
-        fin = d.clone()
-        fin[torch.isinf(fin)] = max(PGD_EPS)  # not attacked within the budget: counted at the budget
-        out["attack"][f"{name_}_median"] = round(float(fin.median()), 4)
-        out["attack"][f"{name_}_mean"] = round(float(fin.mean()), 4)
+    def certify() -> dict[str, Any]:
+        hard = smoothed.certify(x, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.certify_batch,
+                                generator=gen())
+        soft = certify_soft(model, x, noise=noise, num_classes=k, n0=args.n0, n=args.n, alpha=args.alpha,
+                            batch_size=args.certify_batch, generator=gen(), bound="phi")
+        lbound = soft_radius(soft.g_lower, soft.g_upper, sigma=args.sigma, bound="lbound")
+        det = deterministic_radius(model, x, sigma=args.sigma, num_classes=k)
+        certified = {"hard": _certified_curve(hard.prediction, hard.radius, y),
+                     "soft-phi": _certified_curve(soft.prediction, soft.radius, y),
+                     "soft-lbound": _certified_curve(soft.prediction, lbound, y)}
+        acr = {"hard": hard.radius.where(hard.prediction == y, torch.zeros(())).mean(),
+               "soft-phi": soft.radius.where(soft.prediction == y, torch.zeros(())).mean(),
+               "soft-lbound": lbound.where(soft.prediction == y, torch.zeros(())).mean()}
+        if model_name in HEAT_MODELS:
+            hc = certify_clean_class(model, x, noise=noise, num_classes=k, n=args.n, alpha=args.alpha,
+                                     batch_size=args.certify_batch, generator=gen())
+            certified["hard-clean"] = _certified_curve(hc.prediction, hc.radius, y)
+            acr["hard-clean"] = hc.radius.where(hc.prediction == y, torch.zeros(())).mean()
+        return {"certified": certified, "acr": {c: round(float(v), 4) for c, v in acr.items()},
+                "heuristic_deterministic": _certified_curve(det.prediction, det.heuristic_radius, y),
+                "lbound_certified": [float(v) for v in lbound], "lbound_heuristic": [float(v) for v in
+                                                                                       det.heuristic_radius],
+                "certify_inputs": len(idx)}
+
+    def _time_one(xi: torch.Tensor) -> dict[str, float]:
+        def one_pass():
+            with torch.inference_mode():
+                return model(xi.to(device)).argmax(1).cpu()
+
+        return {
+            "predict_deterministic": _median_seconds(one_pass, 5),
+            f"predict_stochastic_n{args.predict_n}": _median_seconds(
+                lambda: smoothed.predict(xi, n=args.predict_n, alpha=args.alpha, batch_size=args.certify_batch,
+                                         generator=gen()), 1),
+            "certify_deterministic_heuristic": _median_seconds(
+                lambda: deterministic_radius(model, xi, sigma=args.sigma, num_classes=k), 5),
+            f"certify_hard_n{args.n}": _median_seconds(
+                lambda: smoothed.certify(xi, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.certify_batch,
+                                         generator=gen()), 1),
+            f"certify_soft_n{args.n}": _median_seconds(
+                lambda: certify_soft(model, xi, noise=noise, num_classes=k, n0=args.n0, n=args.n, alpha=args.alpha,
+                                     batch_size=args.certify_batch, generator=gen()), 1),
+        }
+
+    def timing() -> dict[str, Any]:
+        # Seconds per prediction and per certificate, one image at a time, all measured here in
+        # this process and interleaved image by image (so a load change on the shared machine hits
+        # the deterministic and the Monte Carlo figures alike); medians over the images.
+        per: dict[str, list[float]] = {}
+        with torch.inference_mode():
+            model(images[:1].to(device))  # warm-up
+        for i in idx[: args.timing_inputs]:
+            for name_, seconds in _time_one(images[i: i + 1]).items():
+                per.setdefault(name_, []).append(seconds)
+        return {"seconds": {name_: float(np.median(v)) for name_, v in per.items()},
+                "timing_inputs": min(args.timing_inputs, len(idx)), "threads": torch.get_num_threads()}
+
+    def attack() -> dict[str, Any]:
+        # Deterministic (eq. 8) for the undefended and HeatSmoothing networks, the soft smoothed model
+        # with fresh draws per step (eq. 9) for the stochastic ones. Distances follow
+        # smoothcert.analysis.distances: 0 where already wrong, inf where not broken within 4.
+        a_idx = idx[: args.attack_inputs]
+        xa, ya = images[a_idx].to(device), labels[a_idx].to(device)
+        stochastic = model_name in ("gaussian", "smoothadv")
+        target = SmoothedSoft(model, noise, m=args.attack_m, generator=args.seed) if stochastic else model
+        ddn_d = minimal_l2(target, xa, ya, steps=args.attack_steps, init_eps=1.0, eps=max(PGD_EPS),
+                           generator=args.seed).cpu()
+        pgd_d = adversarial_l2(target, xa, ya, xa).cpu()  # 0 where already wrong, else inf
+        for eps in PGD_EPS:
+            adv = pgd_l2(target, xa, ya, eps=eps, steps=args.attack_steps, step_size=2.5 * eps / args.attack_steps,
+                         generator=args.seed)
+            hit = adversarial_l2(target, xa, ya, adv).cpu()
+            pgd_d = torch.where(torch.isinf(pgd_d) & torch.isfinite(hit), torch.full_like(pgd_d, eps), pgd_d)
+        return {"target": f"smoothed, m = {args.attack_m}" if stochastic else "network", "inputs": len(a_idx),
+                "ddn": [float(v) for v in ddn_d], "pgd": [float(v) for v in pgd_d]}
+
+    out: dict[str, Any] = {"model": model_name}
+    for stage, fn in (("accuracy", accuracy), ("certify", certify), ("timing", timing), ("attack", attack)):
+        out.update(_stage(work, model_name, stage, fn) if stage != "attack" else {"attack": _stage(
+            work, model_name, stage, fn)})
+    a = out["attack"]
+    for lb_kind in ("certified", "heuristic"):
+        row = robustness_row(model_name, pgd=a["pgd"], ddn=a["ddn"], lbound=out[f"lbound_{lb_kind}"],
+                             budget=max(PGD_EPS), lbound_kind=lb_kind, attacked_as=a["target"])
+        out[f"table35_{lb_kind}"] = {"lbound_median": round(row.lbound_median, 4),
+                                     "lbound_mean": round(row.lbound_mean, 4),
+                                     "pgd": vars(row.pgd), "ddn": vars(row.ddn)}
     return out
 
 
@@ -264,11 +312,11 @@ def _plot_attacks(rows: list[dict[str, Any]], path: Path, dataset: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    grid = np.linspace(0, max(PGD_EPS), 200)
+    grid = list(np.linspace(0, max(PGD_EPS), 200))
     for ax, attack in zip(axes, ("pgd", "ddn")):
         for row in rows:
-            d = np.asarray(row["attack"][attack])
-            ax.plot(grid, [100 * np.mean(d <= g) for g in grid], label=f"{row['model']} ({row['attack']['target']})")
+            curve = attacked_curve(row["attack"][attack], grid)
+            ax.plot(grid, [100 * c for c in curve], label=f"{row['model']} ({row['attack']['target']})")
         ax.set_xlabel("l2 distance")
         ax.set_ylabel("% attacked")
         ax.set_title(f"{dataset}: {attack.upper()}")
@@ -280,8 +328,8 @@ def _plot_attacks(rows: list[dict[str, Any]], path: Path, dataset: str) -> None:
 
 
 def _markdown(rows: list[dict[str, Any]], args, dataset: str) -> str:
-    lines = [f"### {dataset}, sigma {args.sigma}: certified accuracy (N = {args.n}, n0 = {args.n0}, "
-             f"alpha = {args.alpha}, {rows[0]['certify_inputs']} test images)", "",
+    lines = [(f"### {dataset}, sigma {args.sigma}: certified accuracy (N = {args.n}, n0 = {args.n0}, "
+              f"alpha = {args.alpha}, {rows[0]['certify_inputs']} test images)"), "",
              "| model | certificate | " + " | ".join(f"{r:g}" for r in RADII) + " | ACR |",
              "| --- | --- | " + " | ".join("---:" for _ in RADII) + " | ---: |"]
     for row in rows:
@@ -295,17 +343,20 @@ def _markdown(rows: list[dict[str, Any]], args, dataset: str) -> str:
     for row in rows:
         c = row["heuristic_deterministic"]
         lines.append(f"| {row['model']} | " + " | ".join(f"{c[f'{r:g}']:.2f}" for r in RADII) + " |")
-    lines += ["", "| model | clean acc. | one-pass vs MC agreement [95% CI] | L-bound certified median/mean | "
-              "L-bound heuristic median/mean | PGD median/mean | DDN median/mean | attacked as |",
-              "| --- | ---: | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| model | clean acc. | one-pass vs MC agreement [95% CI] |", "| --- | ---: | --- |"]
     for row in rows:
-        a, lb, ag = row["attack"], row["lbound"], row["agreement"]
+        ag = row["agreement"]
         lines.append(f"| {row['model']} | {row['clean_accuracy']:.3f} | {ag['rate']:.3f} [{ag['ci95'][0]:.3f}, "
-                     f"{ag['ci95'][1]:.3f}] | {lb['certified_median']:.3f} / {lb['certified_mean']:.3f} | "
-                     f"{lb['heuristic_median']:.3f} / {lb['heuristic_mean']:.3f} | {a['pgd_median']:.3f} / "
-                     f"{a['pgd_mean']:.3f} | {a['ddn_median']:.3f} / {a['ddn_mean']:.3f} | {a['target']} |")
-    lines += ["", "| model | s / prediction, one pass | s / prediction, PREDICT | s / certificate, one pass "
-              "(heuristic) | s / certificate, Monte Carlo |", "| --- | ---: | ---: | ---: | --- |"]
+                     f"{ag['ci95'][1]:.3f}] |")
+    for kind in ("certified", "heuristic"):
+        table = robustness_table([
+            robustness_row(row["model"], pgd=row["attack"]["pgd"], ddn=row["attack"]["ddn"],
+                           lbound=row[f"lbound_{kind}"], budget=max(PGD_EPS), lbound_kind=kind,
+                           attacked_as=row["attack"]["target"]) for row in rows])
+        lines += ["", f"Table 3/5 layout, L-bound {kind} ({rows[0]['attack']['inputs']} images attacked):", "",
+                  table]
+    lines += ["", ("| model | s / prediction, one pass | s / prediction, PREDICT | s / certificate, one pass "
+                   "(heuristic) | s / certificate, Monte Carlo |"), "| --- | ---: | ---: | ---: | --- |"]
     for row in rows:
         s = row["seconds"]
         mc = ", ".join(f"{k.removeprefix('certify_')}: {v:.3f}" for k, v in s.items()
@@ -330,8 +381,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--heat-lr", type=float, default=0.01, help="fixed lr of the fine-tuning (the paper's 0.01)")
     p.add_argument("--heat-steps", type=int, default=5, help="n_T of the heat5 model")
     p.add_argument("--kappa", type=int, default=10)
-    p.add_argument("--heat-gamma", type=float, default=1.0,
-                   help="penalty weight of the heat models (1 = eq. 10; 0.01 worked on MNIST, see BENCHMARKS.md)")
+    p.add_argument("--heat-gamma", type=float, default=None,
+                   help="penalty weight of the heat models (default: the method's; 1 = eq. 10 as printed, "
+                        "see BENCHMARKS.md and benchmarks/heat_sweep.py)")
     p.add_argument("--smoothadv-steps", type=int, default=2)
     p.add_argument("--smoothadv-m", type=int, default=2)
     p.add_argument("--batch", type=int, default=128)
@@ -366,30 +418,30 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             train_set = train_set.subset(torch.arange(args.train_size))
         test_set = get_dataset(dataset, split="test", root=args.data_root)
         train_seconds: dict[str, float] = {}
-        if set(args.models) & {"baseline", *HEAT_MODELS}:
-            train_seconds["baseline"] = _clean_baseline(train_set, dataset, args, device, work / "baseline.pt")
-        if set(args.models) & {"gaussian", "smoothadv"}:
-            train_seconds["gaussian"] = _train_method(train_set, dataset, "gaussian", args, device, work)
+        rows = []
+        # Model by model, each trained (with what it starts from) and evaluated before the next, so a
+        # run stopped part-way leaves finished rows, and a restart resumes from the cached stages.
         for m in args.models:
+            if m in ("baseline", *HEAT_MODELS) and "baseline" not in train_seconds:
+                train_seconds["baseline"] = _clean_baseline(train_set, dataset, args, device, work / "baseline.pt")
+            if m in ("gaussian", "smoothadv") and "gaussian" not in train_seconds:
+                train_seconds["gaussian"] = _train_method(train_set, dataset, "gaussian", args, device, work)
             if m not in ("baseline", "gaussian"):
                 train_seconds[m] = _train_method(train_set, dataset, m, args, device, work)
-        rows = []
-        for m in args.models:
             cache = work / f"{m}.eval.json"
             if cache.exists():
                 row = json.loads(cache.read_text())
             else:
-                row = _evaluate(m, work / f"{m}.pt", test_set, args, device)
+                row = _evaluate(m, work / f"{m}.pt", test_set, args, device, work)
                 row.update({"dataset": dataset, "sigma": args.sigma, "train_seconds": train_seconds.get(m),
                             "device": str(device), "host": platform.node(), "commit": commit,
                             "settings": {k: v for k, v in vars(args).items() if k not in ("quiet",)}})
                 cache.write_text(json.dumps(row))
             print(json.dumps(row), flush=True)
             rows.append(row)
-        _plot_attacks(rows, work / "attack_curves.png", dataset)
-        md = _markdown(rows, args, dataset)
-        (work / "summary.md").write_text(md + "\n")
-        print(md, file=sys.stderr)
+            _plot_attacks(rows, work / "attack_curves.png", dataset)
+            (work / "summary.md").write_text(_markdown(rows, args, dataset) + "\n")
+        print(_markdown(rows, args, dataset), file=sys.stderr)
         rows_all += rows
     return rows_all
 

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from heat import _clean_baseline, _commit, _meta
+
 from smoothcert import SmoothedClassifier, get_noise
 from smoothcert.data import get_dataset
 from smoothcert.models import build_model, load_checkpoint
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
                 cache.write_text(json.dumps(row))
             print(json.dumps(row), flush=True)
             rows.append(row)
-    lines = [f"| gamma | lr | clean acc. | hard cert. acc. r=0 / 0.25 / 0.5 | ACR | logit range | "
-             "distance / penalty before | after |", "| ---: | ---: | ---: | --- | ---: | ---: | --- | --- |"]
+    lines = [("| gamma | lr | clean acc. | hard cert. acc. r=0 / 0.25 / 0.5 | ACR | logit range | "
+              "distance / penalty before | after |"), "| ---: | ---: | ---: | --- | ---: | ---: | --- | --- |"]
     for r in rows:
         b, a = r["terms_before"], r["terms_after"]
         lines.append(f"| {r['gamma']:g} | {r['lr']:g} | {r['clean_acc']:.3f} | {r['hard']['0']:.2f} / "
