@@ -12,6 +12,7 @@ from smoothcert.errors import InputError
 from smoothcert.noise import get_noise
 from smoothcert.train import get_method
 from smoothcert.train.heat import directional_gradient_fd, heat_terms, noisy_half
+from smoothcert.train.methods import method_record
 
 
 def _mlp(seed=0, dtype=torch.float64):
@@ -75,6 +76,30 @@ def test_heat_terms_by_hand():
     assert lin.weight.grad is not None and torch.isfinite(lin.weight.grad).all()
 
 
+def test_logit_distance_and_the_penalty_scale():
+    # distance="logits" (eq. 15): 1/2 ||v(x) - teacher logits||^2, the same penalty.
+    lin = nn.Linear(6, 3).double()
+    x = torch.rand(5, 6, dtype=torch.float64)
+    teacher_logits = torch.randn(5, 3, dtype=torch.float64)
+    kw = {"sigma": 0.5, "kappa": 3, "delta": 0.1, "generator": torch.Generator().manual_seed(0)}
+    terms = heat_terms(lin, x, teacher_logits, distance="logits", **kw)
+    torch.testing.assert_close(terms.match, 0.5 * (lin(x) - teacher_logits).pow(2).sum(1))
+    kw["generator"] = torch.Generator().manual_seed(0)
+    soft = heat_terms(lin, x, teacher_logits.softmax(1), **kw)
+    torch.testing.assert_close(terms.penalty, soft.penalty)
+    # The penalty sums kappa squared projections with w ~ N(0, I/K): its mean is
+    # (h sigma^2 / 2)(kappa / K)||W||_F^2 (exact per direction for a linear model), not the
+    # (h sigma^2 / 2)||W||_F^2 of eq. 16 unless kappa = K. 2000 rows: the sd of the mean of
+    # kappa = 6 chi-square(K = 3)-like terms is < 2% of it (checked at 8%).
+    xs = torch.rand(2000, 6, dtype=torch.float64)
+    many = heat_terms(lin, xs, torch.zeros(2000, 3, dtype=torch.float64), sigma=0.5, kappa=6, delta=0.1,
+                      distance="logits", generator=torch.Generator().manual_seed(1))
+    expected = 0.5 * 0.25 * (6 / 3) * lin.weight.pow(2).sum()
+    assert many.penalty.mean().item() == pytest.approx(expected.item(), rel=0.08)
+    with pytest.raises(InputError, match="distance"):
+        heat_terms(lin, x, teacher_logits, distance="probs", **kw)
+
+
 def test_noisy_half_touches_half_the_rows():
     x = torch.zeros(10, 1, 2, 2)
     out = noisy_half(x, get_noise("gaussian", sigma=0.5), fraction=0.5, generator=torch.Generator().manual_seed(0))
@@ -114,6 +139,13 @@ def test_loss_decreases_on_a_toy_problem():
 def test_steps_renew_the_teacher_and_hparams_round_trip():
     method = get_method("heat", steps=2, kappa=2)
     assert get_method("heat", **method.hparams()).hparams() == method.hparams()
+    logits = get_method("heat", distance="logits", gamma=5.0)
+    assert get_method("heat", **logits.hparams()).hparams() == logits.hparams()
+    assert logits.hparams()["distance"] == "logits"
+    # A record from before gamma and distance existed: weight 1 and the softmax distance, whatever
+    # the default is today.
+    assert method_record("heat", {"kappa": 10, "delta": 0.1, "steps": 1, "noisy_fraction": 0.5})[1] == {
+        "kappa": 10, "delta": 0.1, "steps": 1, "noisy_fraction": 0.5, "gamma": 1.0, "distance": "softmax"}
     model = nn.Linear(2, 2)
     noise = get_noise("gaussian", sigma=0.25)
     x, y = torch.rand(4, 2), torch.zeros(4, dtype=torch.long)
@@ -140,6 +172,8 @@ def test_bad_input():
         get_method("heat", gamma=-1.0)
     with pytest.raises(InputError, match="noisy_fraction"):
         get_method("heat", noisy_fraction=1.5)
+    with pytest.raises(InputError, match="distance"):
+        get_method("heat", distance="kl")
     with pytest.raises(InputError, match="multiple of steps"):
         get_method("heat", steps=5).begin_epoch(0, 3)
     with pytest.raises(InputError, match="Gaussian"):

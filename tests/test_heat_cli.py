@@ -4,6 +4,7 @@ import pytest
 
 from smoothcert.cli import main
 from smoothcert.models import read_checkpoint
+from smoothcert.train.heat import DEFAULT_GAMMA
 
 TRAIN = ["train", "--dataset", "embedded", "--arch", "lenet-small", "--sigma", "0.25", "--batch", "32",
          "--limit", "64", "--quiet", "--device", "cpu", "--epochs", "1"]
@@ -35,7 +36,8 @@ def test_heat_fine_tunes_and_records(heat_ckpt):
     meta = read_checkpoint(heat_ckpt)["meta"]
     training = meta["training"]
     assert training["method"] == "heat"
-    assert training["hparams"] == {"kappa": 1, "delta": 0.1, "steps": 1, "noisy_fraction": 0.5, "gamma": 1.0}
+    assert training["hparams"] == {"kappa": 1, "delta": 0.1, "steps": 1, "noisy_fraction": 0.5,
+                                   "gamma": DEFAULT_GAMMA, "distance": "softmax"}
     assert "init" in training and meta["sigma"] == 0.25
 
 

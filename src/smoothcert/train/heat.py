@@ -7,17 +7,49 @@ variational problem (the paper's eq. 13/15, Appendix A)
     f^{k+1} = argmin_v E_x [ 1/2 ||v(x) - f^k(x)||^2 + (h sigma^2 / 2) ||grad_x v(x)||^2 ],
 
 and n_T such steps with h = 1/n_T reach time 1, the Gaussian average of f at level sigma
-(Theorem 2). The paper's practical loss (eq. 10), used here, compares softmaxes and adds noise
-eta ~ N(0, sigma^2 I) to half of each batch:
+(Theorem 2). The paper's practical loss (eq. 10), the default here (``distance="softmax"``),
+compares softmaxes and adds noise eta ~ N(0, sigma^2 I) to half of each batch:
 
-    1/2 ||softmax v(x + eta) - softmax f(x)||^2 + (h sigma^2 / 2) ||grad_x v(x + eta)||^2.
+    1/2 ||softmax v(x + eta) - softmax f(x)||^2 + gamma (h sigma^2 / 2) ||grad_x v(x + eta)||^2;
+
+``distance="logits"`` is eq. 15 itself on the logits (both terms on the same function).
 
 The Jacobian norm is estimated as in Algorithm 1 / Appendix B (eq. 16-18): kappa random output
-directions w ~ N(0, I_K / K) (so E||J^T w||^2 = ||J||_F^2 / K, a Johnson-Lindenstrauss sketch),
-and for each the directional finite difference (w.v(x + delta g) - w.v(x)) / delta along the
-normalised, detached input gradient g = grad_x(w.v) / ||grad_x(w.v)||, which approximates
-||grad_x(w.v)||. The squares are summed over the kappa directions (Algorithm 1's accumulation);
-v is the student's logits, as in the authors' code.
+directions w ~ N(0, I_K / K), and for each the directional finite difference
+(w.v(x + delta g) - w.v(x)) / delta along the normalised, detached input gradient
+g = grad_x(w.v) / ||grad_x(w.v)||, which approximates ||grad_x(w.v)|| = ||J^T w||. The squares are
+summed over the kappa directions (Algorithm 1's accumulation), so the penalty's expectation is
+(kappa / K) ||J||_F^2, not ||J||_F^2 as eq. 16 writes -- equal only when kappa = K (10 and 10 on
+MNIST / CIFAR-10). v in the penalty is the student's logits, as in the authors' code.
+
+Why the weight ``gamma`` matters (checked against the authors' code, github.com/ryancampbell514/
+HeatSmoothing, HEAD a67b3d8; BENCHMARKS.md has the measurements):
+
+* eq. 10 mixes two scales: the distance is between softmaxes (at most 1, and ~0.01 at the start
+  of fine-tuning from the teacher itself), the penalty is on the logits' Jacobian, which is
+  unbounded. Flattening the logits removes the penalty at a bounded cost in the distance (at most
+  1/2 ||p - uniform||^2 < 1/2), so once (sigma^2 / 2) ||J_logits||_F^2 exceeds that, the minimiser
+  is a near-constant network. On a clean-trained MNIST LeNet-small at sigma = 0.25, ||J||_F^2 is
+  ~90 and the penalty ~2.9: one epoch at gamma = 1 collapsed it to 13% clean accuracy.
+* the authors' ImageNet script (``imagenet/train_ours.py``) uses the same formula with settings
+  that make its gamma = 1 far weaker than ours: 6 directions over K = 1000 classes (l. 190-196:
+  ``num_reps = 6``, ``W = randn_like(output) / sqrt(classes)``; penalty summed, l. 218), i.e.
+  kappa / K = 0.006 of ||J||_F^2 instead of 1; the gradient and the finite-difference step
+  (``dt = 0.01``, l. 210) taken with respect to the *normalised* input (l. 170-176 un-normalise,
+  add noise, re-normalise), which scales ||J||_F^2 by the channel std^2 ~ 0.051. Together ~3e-4 of
+  our gamma = 1 per unit of ||J||_F^2 (in pixel units, where sigma is measured). Its distance is
+  softmax (l. 182-184), the penalty on logits (l. 196-198), gamma = 1 (l. 56, ``run_ours.sh``),
+  SGD momentum 0.9, weight decay 1e-4 (l. 42-44, 115) -- as here.
+* the CIFAR-10 script (``cifar10/train_ours.py``, n_T = 5) is eq. 15: the distance on the raw
+  outputs (l. 181, models built with ``softmax=False``), kappa = 10 = K, delta = 0.1 on unnormalised
+  inputs, no noise, gamma = 5 (l. 29), and a freshly initialised student trained 200 epochs per
+  time step (l. 277-305). ``distance="logits"`` is that loss; the re-initialisation and the
+  schedule are not reproduced (here every step continues from the previous student).
+* for n_T > 1 the ImageNet script scales the noise to sigma * t / n_T at step t (l. 174); here the
+  noise is sigma at every step.
+
+So gamma has no setting-free value for eq. 10: the default below comes from a sweep on MNIST
+(``benchmarks/heat_sweep.py``, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -34,7 +66,14 @@ from ..errors import InputError
 from ..noise import Noise
 from .methods import TrainingMethod, check_float, check_int, register_method
 
-__all__ = ["HeatSmoothing", "HeatTerms", "directional_gradient_fd", "heat_terms", "noisy_half"]
+#: Default penalty weight of eq. 10 (see the module docstring and :class:`HeatSmoothing`).
+DEFAULT_GAMMA = 1.0
+
+__all__ = ["DISTANCES", "HeatSmoothing", "HeatTerms", "directional_gradient_fd", "heat_terms", "noisy_half"]
+
+#: What the distance term compares: softmaxes (eq. 10, the paper's ImageNet loss) or the logits
+#: themselves (eq. 15, the variational heat step; the authors' CIFAR-10 code).
+DISTANCES = ("softmax", "logits")
 
 
 def _unit_rows(g: Tensor) -> Tensor:
@@ -85,7 +124,7 @@ def noisy_half(x: Tensor, noise: Noise, *, fraction: float, generator: torch.Gen
 
 class HeatTerms(NamedTuple):
     loss: Tensor  #: scalar: mean over the batch of match + penalty
-    match: Tensor  #: [B]: 1/2 ||softmax v(x + eta) - p_teacher||^2
+    match: Tensor  #: [B]: 1/2 ||softmax v(x + eta) - softmax f(x)||^2 (or of the logits, distance="logits")
     penalty: Tensor  #: [B]: (gamma h sigma^2 / 2) * sum over kappa directions of the squared FD estimate
     logits: Tensor  #: [B, K]: the student's logits on x + eta
 
@@ -93,32 +132,43 @@ class HeatTerms(NamedTuple):
 def heat_terms(
     student: nn.Module,
     x_noisy: Tensor,
-    teacher_probs: Tensor,
+    teacher_out: Tensor,
     *,
     sigma: float,
     kappa: int,
     delta: float,
     h: float = 1.0,
     gamma: float = 1.0,
+    distance: str = "softmax",
     generator: torch.Generator | None = None,
 ) -> HeatTerms:
-    """The HeatSmoothing loss (eq. 10, with Appendix A's time step h) of a batch.
+    """The HeatSmoothing loss (eq. 10, with Appendix A's time step h; eq. 15 with ``distance="logits"``)
+    of a batch.
 
     Args:
         student: v (logits ``[B, K]``), in train mode; gradients flow to its parameters.
         x_noisy: ``[B, ...]``, the inputs with noise already added to part of them.
-        teacher_probs: ``[B, K]``, softmax f(x) of the frozen teacher on the *clean* inputs.
+        teacher_out: ``[B, K]``, the frozen teacher on the *clean* inputs: softmax f(x) with
+            ``distance="softmax"``, its logits f(x) with ``distance="logits"``.
         sigma: smoothing level (> 0); kappa: output directions (>= 1); delta: FD step (> 0);
         h: time step 1/n_T (1 for the one-step method); gamma: weight of the penalty (1 in eq. 10).
+        distance: "softmax" (eq. 10) or "logits" (eq. 15), see :data:`DISTANCES`.
         generator: draws the directions w ~ N(0, I_K / K).
+    Returns:
+        :class:`HeatTerms`; ``penalty`` = (gamma h sigma^2 / 2) * sum over the kappa directions of
+        the squared finite difference, whose expectation is (gamma h sigma^2 / 2)(kappa / K)
+        ||J||_F^2 for a network linear in x (J the input Jacobian of the logits).
     """
+    if distance not in DISTANCES:
+        raise InputError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
     x_in = x_noisy.detach().requires_grad_(True)
     logits = student(x_in)
     k = logits.shape[1]
-    if teacher_probs.shape != logits.shape:
-        raise InputError(f"teacher probabilities {tuple(teacher_probs.shape)} do not match the student's "
+    if teacher_out.shape != logits.shape:
+        raise InputError(f"teacher outputs {tuple(teacher_out.shape)} do not match the student's "
                          f"outputs {tuple(logits.shape)}")
-    match = 0.5 * (logits.softmax(dim=1) - teacher_probs).pow(2).sum(dim=1)
+    student_out = logits.softmax(dim=1) if distance == "softmax" else logits
+    match = 0.5 * (student_out - teacher_out).pow(2).sum(dim=1)
     squares = torch.zeros_like(match)
     for _ in range(kappa):
         w = torch.randn(logits.shape, generator=generator, device=generator.device if generator is not None
@@ -145,6 +195,8 @@ class HeatSmoothing(TrainingMethod):
     * ``gamma`` = 1: weight of the gradient penalty (eq. 10 has 1; the authors' code calls it
       ``gamma``, default 1 for ImageNet and 5 for CIFAR-10). BENCHMARKS.md has a setting where the
       default collapses the model.
+    * ``distance`` = "softmax": eq. 10's softmax distance, or "logits" for eq. 15 (the variational
+      heat step on the logits, as the authors' CIFAR-10 code).
 
     Needs Gaussian noise (the heat equation is Gaussian averaging); sigma is the noise's. The
     labels are not used (the returned logits only feed the training-accuracy readout).
@@ -157,7 +209,14 @@ class HeatSmoothing(TrainingMethod):
     needs_init = True
 
     def __init__(
-        self, *, kappa: int = 10, delta: float = 0.1, steps: int = 1, noisy_fraction: float = 0.5, gamma: float = 1.0
+        self,
+        *,
+        kappa: int = 10,
+        delta: float = 0.1,
+        steps: int = 1,
+        noisy_fraction: float = 0.5,
+        gamma: float = DEFAULT_GAMMA,
+        distance: str = "softmax",
     ) -> None:
         self.kappa = check_int("kappa", kappa, minimum=1)
         self.delta = check_float("delta", delta, strict=True)
@@ -166,14 +225,23 @@ class HeatSmoothing(TrainingMethod):
         self.gamma = check_float("gamma", gamma)
         if self.noisy_fraction > 1:
             raise InputError(f"noisy_fraction must lie in [0, 1], got {noisy_fraction}")
+        if distance not in DISTANCES:
+            raise InputError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
+        self.distance = distance
         self._teacher: nn.Module | None = None
         self._epoch = 0
         self._epochs_per_step = 1
         self._renew = True  # take a new teacher from the student on the next batch
 
+    @classmethod
+    def upgrade_record(cls, hparams: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """A record from before ``gamma`` existed was trained with weight 1 (eq. 10 as printed), not
+        with today's default; ``distance`` did not exist either and was "softmax"."""
+        return cls.name, {"gamma": 1.0, "distance": "softmax", **hparams}
+
     def hparams(self) -> dict[str, Any]:
         return {"kappa": self.kappa, "delta": self.delta, "steps": self.steps, "noisy_fraction": self.noisy_fraction,
-                "gamma": self.gamma}
+                "gamma": self.gamma, "distance": self.distance}
 
     def begin_epoch(self, epoch: int, epochs: int) -> None:
         if epochs % self.steps:
@@ -206,9 +274,10 @@ class HeatSmoothing(TrainingMethod):
             self._teacher = self.teacher_from(model)
             self._renew = False
         with torch.no_grad():
-            teacher_probs = self._teacher(x).softmax(dim=1)
+            teacher_out = self._teacher(x)
+            teacher_out = teacher_out.softmax(dim=1) if self.distance == "softmax" else teacher_out
         x_noisy = noisy_half(x, noise, fraction=self.noisy_fraction, generator=generator)
-        terms = heat_terms(model, x_noisy, teacher_probs, sigma=noise.sigma, kappa=self.kappa, delta=self.delta,
-                           h=1.0 / self.steps, gamma=self.gamma, generator=generator)
+        terms = heat_terms(model, x_noisy, teacher_out, sigma=noise.sigma, kappa=self.kappa, delta=self.delta,
+                           h=1.0 / self.steps, gamma=self.gamma, distance=self.distance, generator=generator)
         # Log-probabilities of the student on the (partly noisy) batch: the training-accuracy readout.
         return terms.loss, terms.logits.detach().log_softmax(dim=1)
