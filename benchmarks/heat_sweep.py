@@ -6,8 +6,10 @@ shared with heat.py when both use the same ``--out``) is fine-tuned with ``heat`
 (n_T = 1, kappa 10, delta 0.1, SGD momentum 0.9, weight decay 1e-4, batch 128, fixed lr) for every
 (gamma, lr) pair. For each: clean accuracy (10,000 test images, one pass), hard CERTIFY (n0 100,
 ``--n`` draws, alpha 0.001) on every ``--skip``-th test image (``--inputs``) with certified accuracy
-and ACR, the loss terms (softmax distance and penalty) on a fixed batch before and after, and the
-mean logit range (max - min over classes; a collapsing model's falls towards 0).
+and ACR, the terms of eq. 10 (softmax distance and penalty at the row's gamma) on a fixed batch
+before and after, and the mean logit range (max - min over classes; a collapsing model's falls
+towards 0). The first row is the baseline itself; ``--logit-gammas`` adds rows trained with
+``distance="logits"`` (eq. 15, the authors' CIFAR-10 loss).
 
 First line: the *why* of gamma -- on the baseline, the exact squared Frobenius norms of the input
 Jacobian of the logits and of the softmax (autograd, one backward pass per class, on a fixed batch
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--gammas", type=float, nargs="+", default=[1, 0.1, 0.03, 0.01, 0.003, 0.001, 0])
     p.add_argument("--lrs", type=float, nargs="+", default=[0.01, 0.001])
+    p.add_argument("--logit-gammas", type=float, nargs="*", default=[1, 0.1],
+                   help="gammas run with distance='logits' (eq. 15) at every lr")
     p.add_argument("--sigma", type=float, default=0.25)
     p.add_argument("--train-size", type=int, default=6000)
     p.add_argument("--n", type=int, default=2000)
@@ -104,45 +108,49 @@ def main(argv: list[str] | None = None) -> None:
 
     idx = torch.arange(0, len(x_te), args.skip)[: args.inputs]
     rows: list[dict[str, Any]] = []
-    for lr in args.lrs:
-        for gamma in args.gammas:
-            tag = f"g{gamma:g}_lr{lr:g}"
-            cache = sweep / f"{tag}.json"
-            if cache.exists():
-                row = json.loads(cache.read_text())
-            else:
-                model = build_model("lenet-small", num_classes=10, in_channels=1, mean=list(tr.info.mean),
-                                    std=list(tr.info.std))
-                model.load_state_dict(baseline.state_dict())
-                t0 = time.perf_counter()
-                train(model, tr, method=get_method("heat", gamma=gamma), noise=noise,
-                      config=TrainConfig(epochs=1, batch_size=128, lr=lr, schedule="step", step_size=10**6, seed=1),
+    configs = [(None, None, "none")] + [(g, lr, "softmax") for lr in args.lrs for g in args.gammas] + [
+        (g, lr, "logits") for lr in args.lrs for g in args.logit_gammas]
+    for gamma, lr, distance in configs:
+        tag = "baseline" if gamma is None else f"g{gamma:g}_lr{lr:g}" + ("_logits" if distance == "logits" else "")
+        cache = sweep / f"{tag}.json"
+        if cache.exists():
+            row = json.loads(cache.read_text())
+        else:
+            model = build_model("lenet-small", num_classes=10, in_channels=1, mean=list(tr.info.mean),
+                                std=list(tr.info.std))
+            model.load_state_dict(baseline.state_dict())
+            t0 = time.perf_counter()
+            if gamma is not None:  # else: the baseline itself, evaluated like the others
+                train(model, tr, method=get_method("heat", gamma=gamma, distance=distance), noise=noise,
+                      config=TrainConfig(epochs=1, batch_size=128, lr=lr, schedule="step", step_size=10**6,
+                                         seed=1),
                       meta=_meta("mnist", tr.info, "lenet-small", args.sigma, training={"init": "baseline.pt"}),
                       checkpoint=sweep / f"{tag}.pt", resume=True, progress=False)
-                train_s = time.perf_counter() - t0
-                model.eval()
-                with torch.inference_mode():
-                    logits = torch.cat([model(x_te[s: s + 1000]) for s in range(0, len(x_te), 1000)])
-                clean = float((logits.argmax(1) == y_te).float().mean())
-                spread = float((logits.max(1).values - logits.min(1).values).mean())
-                cert = SmoothedClassifier(model, noise=noise, num_classes=10).certify(
-                    x_te[idx], n0=100, n=args.n, alpha=0.001, batch_size=1000, generator=torch.Generator().manual_seed(7))
-                ok = cert.prediction == y_te[idx]
-                row = {"gamma": gamma, "lr": lr, "train_s": round(train_s, 1), "clean_acc": clean,
-                       "logit_range": round(spread, 3),
-                       "hard": {f"{r:g}": float((ok & (cert.radius >= r)).float().mean()) for r in (0, 0.25, 0.5)},
-                       "acr": float(torch.where(ok, cert.radius, 0.0).mean()),
-                       "terms_after": _terms(model, x_noisy, teacher_probs, args.sigma, gamma, 0),
-                       "terms_before": _terms(baseline, x_noisy, teacher_probs, args.sigma, gamma, 0),
-                       "n": args.n, "inputs": len(idx), "commit": commit}
-                cache.write_text(json.dumps(row))
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-    lines = [("| gamma | lr | clean acc. | hard cert. acc. r=0 / 0.25 / 0.5 | ACR | logit range | "
-              "distance / penalty before | after |"), "| ---: | ---: | ---: | --- | ---: | ---: | --- | --- |"]
+            train_s = time.perf_counter() - t0
+            model.eval()
+            with torch.inference_mode():
+                logits = torch.cat([model(x_te[s: s + 1000]) for s in range(0, len(x_te), 1000)])
+            clean = float((logits.argmax(1) == y_te).float().mean())
+            spread = float((logits.max(1).values - logits.min(1).values).mean())
+            cert = SmoothedClassifier(model, noise=noise, num_classes=10).certify(
+                x_te[idx], n0=100, n=args.n, alpha=0.001, batch_size=1000, generator=torch.Generator().manual_seed(7))
+            ok = cert.prediction == y_te[idx]
+            row = {"gamma": gamma, "lr": lr, "distance": distance, "train_s": round(train_s, 1), "clean_acc": clean,
+                   "logit_range": round(spread, 3),
+                   "hard": {f"{r:g}": float((ok & (cert.radius >= r)).float().mean()) for r in (0, 0.25, 0.5)},
+                   "acr": float(torch.where(ok, cert.radius, 0.0).mean()),
+                   "terms_after": _terms(model, x_noisy, teacher_probs, args.sigma, gamma or 1.0, 0),
+                   "terms_before": _terms(baseline, x_noisy, teacher_probs, args.sigma, gamma or 1.0, 0),
+                   "n": args.n, "inputs": len(idx), "commit": commit}
+            cache.write_text(json.dumps(row))
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    lines = [("| distance | gamma | lr | clean acc. | hard cert. acc. r=0 / 0.25 / 0.5 | ACR | logit range | "
+              "distance / penalty before | after |"), "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- | --- |"]
     for r in rows:
         b, a = r["terms_before"], r["terms_after"]
-        lines.append(f"| {r['gamma']:g} | {r['lr']:g} | {r['clean_acc']:.3f} | {r['hard']['0']:.2f} / "
+        g, lr = ("—", "—") if r["gamma"] is None else (f"{r['gamma']:g}", f"{r['lr']:g}")
+        lines.append(f"| {r['distance']} | {g} | {lr} | {r['clean_acc']:.3f} | {r['hard']['0']:.2f} / "
                      f"{r['hard']['0.25']:.2f} / {r['hard']['0.5']:.2f} | {r['acr']:.3f} | {r['logit_range']:.2f} | "
                      f"{b['match']:.4f} / {b['penalty']:.4f} | {a['match']:.4f} / {a['penalty']:.4f} |")
     (sweep / "summary.md").write_text("\n".join(lines) + "\n")
