@@ -163,7 +163,8 @@ def _certified_curve(pred: torch.Tensor, radius: torch.Tensor, labels: torch.Ten
 
 
 def _stage(work: Path, model_name: str, stage: str, fn) -> dict[str, Any]:
-    """``fn()``'s JSON, cached in ``work/MODEL.STAGE.json``: an interrupted run keeps finished stages."""
+    """``fn()``'s JSON, cached in ``work/MODEL.STAGE.json`` (MODEL with ``--eval-tag``): an
+    interrupted run keeps finished stages."""
     path = work / f"{model_name}.{stage}.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -293,8 +294,9 @@ def _evaluate(model_name: str, ckpt: Path, test_set, args, device, work: Path) -
 
     out: dict[str, Any] = {"model": model_name}
     for stage, fn in (("accuracy", accuracy), ("certify", certify), ("timing", timing), ("attack", attack)):
-        out.update(_stage(work, model_name, stage, fn) if stage != "attack" else {"attack": _stage(
-            work, model_name, stage, fn)})
+        tagged = model_name + args.eval_tag
+        out.update(_stage(work, tagged, stage, fn) if stage != "attack" else {"attack": _stage(
+            work, tagged, stage, fn)})
     a = out["attack"]
     for lb_kind in ("certified", "heuristic"):
         row = robustness_row(model_name, pgd=a["pgd"], ddn=a["ddn"], lbound=out[f"lbound_{lb_kind}"],
@@ -403,6 +405,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--certify-batch", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--eval-tag", default="",
+                   help="suffix of the evaluation caches, summary and plot: evaluate the same checkpoints "
+                        "again with other settings (e.g. more --inputs) without overwriting the first")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -428,7 +433,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 train_seconds["gaussian"] = _train_method(train_set, dataset, "gaussian", args, device, work)
             if m not in ("baseline", "gaussian"):
                 train_seconds[m] = _train_method(train_set, dataset, m, args, device, work)
-            cache = work / f"{m}.eval.json"
+            cache = work / f"{m}{args.eval_tag}.eval.json"
             if cache.exists():
                 row = json.loads(cache.read_text())
             else:
@@ -439,8 +444,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 cache.write_text(json.dumps(row))
             print(json.dumps(row), flush=True)
             rows.append(row)
-            _plot_attacks(rows, work / "attack_curves.png", dataset)
-            (work / "summary.md").write_text(_markdown(rows, args, dataset) + "\n")
+            _plot_attacks(rows, work / f"attack_curves{args.eval_tag}.png", dataset)
+            (work / f"summary{args.eval_tag}.md").write_text(_markdown(rows, args, dataset) + "\n")
         print(_markdown(rows, args, dataset), file=sys.stderr)
         rows_all += rows
     return rows_all
