@@ -171,7 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = TrainRun(out=args.out, sigma=args.sigma, data=_data(args), noise=args.noise, arch=args.arch,
                    augment=args.augment, method=args.method, hparams=_key_values("--hparam", args.hparam),
                    init=args.init, config=config, evaluate=args.eval, limit=args.limit, resume=args.resume,
-                   device=args.device)
+                   device=args.device, init_backbone=args.init_backbone)
     history = run_train(run, progress=not args.quiet, log=_stderr)
     if history:
         last = history[-1]
@@ -314,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, metavar="CKPT",
                    help="start from the weights of this checkpoint (fine-tuning; same architecture); "
                         "its path and sha256 are recorded in the new checkpoint")
+    p.add_argument("--init-backbone", default=None, metavar="CKPT",
+                   help="start the Lipschitz backbone (and normalization) from this checkpoint's, with a fresh "
+                        "head: e.g. an sll-small checkpoint into --arch sll-small-mlp (same backbone structure "
+                        "and shapes; refused otherwise); train the head alone with --method lipschitz-margin "
+                        "--hparam freeze_backbone=true")
     p.add_argument("--noise", default="gaussian", choices=list_noises())
     p.add_argument("--sigma", type=float, required=True, help="noise standard deviation per coordinate")
     p.add_argument("--epochs", type=int, default=90,

@@ -45,7 +45,7 @@ from .registry import (
 )
 from .resnet import BasicBlock, CifarResNet, resnet20, resnet56, resnet110
 from .resnet_imagenet import Bottleneck, ImageNetResNet, resnet50
-from .sll import BackboneHead, LipschitzModule, sll_small, sll_small_mlp
+from .sll import BackboneHead, LipschitzModule, sll_small, sll_small_mlp, transfer_backbone
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -86,4 +86,5 @@ __all__ = [
     "save_checkpoint",
     "sll_small",
     "sll_small_mlp",
+    "transfer_backbone",
 ]

@@ -60,6 +60,7 @@ from .soft import SOFT_CERTIFICATES, certify_clean_class_dataset, certify_soft_d
 from .training import (
     TRAIN_DEFAULTS,
     InitCheckpoint,
+    check_backbone_input,
     check_finetune,
     read_init,
     run_train,
@@ -93,6 +94,7 @@ __all__ = [
     "certify_dataset",
     "certify_margin_dataset",
     "certify_soft_dataset",
+    "check_backbone_input",
     "check_finetune",
     "check_pack",
     "deterministic_dataset",

@@ -434,6 +434,9 @@ class TrainRun:
     the loss (:func:`smoothcert.train.get_method`). ``config``: the optimisation (Cohen et al.'s
     CIFAR-10 schedule by default). ``evaluate``: noisy test accuracy each epoch. ``limit``: train on
     the first N examples. ``resume``: continue ``out``; without it an existing ``out`` is refused.
+    ``init_backbone``: a checkpoint whose Lipschitz backbone (and normalization) starts the run's
+    backbone, the head left freshly initialised (FaRS: ``sll-small`` -> ``sll-small-mlp``;
+    :func:`smoothcert.models.transfer_backbone`); not together with ``init``.
     """
 
     out: PathLike
@@ -450,6 +453,7 @@ class TrainRun:
     limit: int | None = None
     resume: bool = False
     device: str | None = None
+    init_backbone: PathLike | None = None
 
     def __post_init__(self) -> None:
         _set(self, "out", Path(self.out))
@@ -460,6 +464,9 @@ class TrainRun:
         _check_choice("arch", self.arch, list_models(), optional=True)
         _set(self, "hparams", dict(self.hparams))
         method = training_method(self.method, self.hparams)  # a bad hyperparameter fails before any data is read
+        if self.init is not None and self.init_backbone is not None:
+            raise InputError("give init (--init: the whole network) or init_backbone (--init-backbone: the "
+                             "Lipschitz backbone only), not both")
         if method.needs_init and self.init is None:
             raise InputError(f"method {self.method!r} fine-tunes a trained model: give its checkpoint as init (--init)")
         if not isinstance(self.config, TrainConfig):
