@@ -135,3 +135,10 @@ def test_cli_refuses_a_backbone_that_does_not_fit(tmp_path, capsys):
     assert main([*TRAIN, "--arch", "sll-small-mlp", "--init", good, "--init-backbone", good,
                  "--out", str(tmp_path / "refused.pt")]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_cli_init_of_other_channels_still_gets_the_fine_tuning_message(tmp_path, capsys):
+    # The checkpoint's mean/std now build the network: the fine-tuning check must come first.
+    rgb = _saved(tmp_path, "sll-small", name="rgb", in_channels=3, input_size=28)
+    assert main([*TRAIN, "--init", rgb, "--out", str(tmp_path / "refused.pt")]) == 2
+    assert "Fine-tuning needs the same network" in capsys.readouterr().err

@@ -161,6 +161,9 @@ def run_train(run: TrainRun, *, progress: bool = True, log: Log | None = None) -
     # Nets with a fully connected head (LeNet) are sized by the input side; record it.
     takes_size = "input_size" in inspect.signature(MODELS.factory(arch)).parameters
     arch_kwargs = {"input_size": info.input_shape[1]} if takes_size else {}
+    if init is not None:  # before building: the checkpoint's mean/std must fit the network's channels
+        check_finetune(init, arch=arch, arch_kwargs=arch_kwargs, num_classes=info.num_classes,
+                       in_channels=info.input_shape[0], dataset_name=info.name)
     # A checkpoint's normalization is kept with its weights: the network learned on inputs normalised by it.
     mean, std = (list(source.meta.mean), list(source.meta.std)) if source is not None else (list(info.mean),
                                                                                             list(info.std))
@@ -168,8 +171,6 @@ def run_train(run: TrainRun, *, progress: bool = True, log: Log | None = None) -
                         mean=mean, std=std, **arch_kwargs).to(device)
     provenance: dict[str, Any] = {}
     if init is not None:
-        check_finetune(init, arch=arch, arch_kwargs=arch_kwargs, num_classes=info.num_classes,
-                       in_channels=info.input_shape[0], dataset_name=info.name)
         model.load_state_dict(init.model.state_dict())
         provenance = {"init": init.record}
     if backbone is not None:
