@@ -42,16 +42,16 @@ def _backbone_state(model: nn.Sequential) -> dict[str, torch.Tensor]:
 
 
 def test_transfer_copies_the_backbone_exactly_and_leaves_the_head():
-    source, target = _model("sll-small", seed=0), _model("sll-small-mlp", seed=1)
+    source, target = _model("sll-small", seed=0).eval(), _model("sll-small-mlp", seed=1).eval()
     head_before = {k: v.clone() for k, v in target[1].head.state_dict().items()}
     x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
+    with torch.no_grad():  # eval + no_grad: the layers cache T and the normalized weights ...
         assert not torch.equal(source[1].features(source[0](x)), target[1].features(target[0](x)))
     transfer_backbone(source, target)
     for key, value in _backbone_state(source).items():
         assert torch.equal(_backbone_state(target)[key], value), key
     assert all(torch.equal(v, head_before[k]) for k, v in target[1].head.state_dict().items())
-    with torch.no_grad():  # the same features for every input, Normalize included
+    with torch.no_grad():  # ... which the copy invalidates: the same features, Normalize included
         assert torch.equal(source[1].features(source[0](x)), target[1].features(target[0](x)))
     assert target[1].backbone_lipschitz() == source[1].backbone_lipschitz() == 1.0
     # A copy, not shared storage: training the target does not move the source.
