@@ -136,7 +136,10 @@ def create_external(arch: str | ExternalArch, *, num_classes: int, in_channels: 
         if not hasattr(models, "get_model") or not hasattr(models, "list_models"):
             version = getattr(package, "__version__", "?")
             raise InputError(f"--arch {arch} needs torchvision >= 0.14 (get_model); installed: {version}")
-        known = list(models.list_models(module=models))  # classification only, not detection/segmentation
+        # list_models(module=m) keeps the builders defined in m's own files (torchvision/models/_api.py:
+        # v.__module__.rsplit(".", 1)[0] == m.__name__): the classification models, not those of
+        # models.detection, .segmentation, .video, .quantization or .optical_flow.
+        known = list(models.list_models(module=models))
         if arch.name.lower() not in known:
             raise _unknown(arch, known)
         return models.get_model(arch.name.lower(), weights=None, num_classes=num_classes)
