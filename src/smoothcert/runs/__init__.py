@@ -28,6 +28,7 @@ from .certify import (
     select_indices,
 )
 from .classifier import (
+    load_base,
     load_classifier,
     load_dataset,
     load_split,
@@ -99,6 +100,7 @@ __all__ = [
     "check_pack",
     "deterministic_dataset",
     "l2_radius",
+    "load_base",
     "load_classifier",
     "load_dataset",
     "load_split",
