@@ -19,7 +19,8 @@ Every configuration is cached in ``OUT/sweep/`` (a killed run resumes). JSON lin
 markdown table on stderr and in ``OUT/sweep/summary.md``.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/heat_sweep.py --data-root ../shared/data \\
-        --out runs/heat-cpu --gammas 1 0.1 0.03 0.01 0.003 0.001 0 --lrs 0.01 0.001
+        --out runs/heat-cpu --gammas 1 0.1 0.01 0.001 --lrs 0.01 0.001 --logit-gammas 1 --n 2000 \\
+        --inputs 20 --skip 500                                      # as run for BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _terms(model, x, teacher_probs, sigma: float, gamma: float, seed: int) -> di
     model.eval()
     t = heat_terms(model, x, teacher_probs, sigma=sigma, kappa=10, delta=0.1, gamma=gamma,
                    generator=torch.Generator().manual_seed(seed))
-    return {"match": float(t.match.mean()), "penalty": float(t.penalty.mean())}
+    return {"match": float(t.match.detach().mean()), "penalty": float(t.penalty.detach().mean())}
 
 
 def main(argv: list[str] | None = None) -> None:
