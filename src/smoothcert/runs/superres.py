@@ -154,9 +154,9 @@ def run_sr_train(run: SRTrainRun, *, progress: bool = True) -> list[dict[str, An
         init, _ = load_unet(run.init)
         net.load_state_dict(init.state_dict())
     net.to(device)
-    meta = {"folders": [str(f) for f in run.folders], "pattern": run.pattern, "skimage": run.skimage,
+    info = {"folders": [str(f) for f in run.folders], "pattern": run.pattern, "skimage": run.skimage,
             "init": None if run.init is None else str(run.init)}
-    return train_superres(net, images, config=run.config, checkpoint=run.out, resume=run.resume, meta=meta,
+    return train_superres(net, images, config=run.config, checkpoint=run.out, resume=run.resume, info=info,
                           progress=progress)
 
 
