@@ -172,3 +172,19 @@ def test_adversarial_training_step_runs(tmp_path):
         SRTrainConfig(method="adversarial")
     with pytest.raises(InputError, match="larger than the image"):
         train_superres(small_unet(), images, config=SRTrainConfig(crop=32, steps=1), checkpoint=tmp_path / "b.pt")
+
+
+def test_sr_row_schemas_come_from_results():
+    from smoothcert import results
+    from smoothcert.results import superres as sr_rows
+
+    assert results.sr_attack_schema is sr_rows.sr_attack_schema and results.sr_certify_schema is sr_rows.sr_certify_schema
+    attack = results.sr_attack_schema([0, 0.05])
+    assert attack.kind == results.SR_ATTACK_KIND == "sr_attack"
+    assert attack.columns[:10] == ("idx", "image", "mse@0.0", "psnr@0.0", "ssim@0.0", "l2@0.0", "mse@0.05",
+                                   "psnr@0.05", "ssim@0.05", "l2@0.05")
+    cert = results.sr_certify_schema([0.25])
+    assert cert.kind == results.SR_CERTIFY_KIND and cert.columns[4:7] == (
+        "median_cert_psnr@0.25", "center_radius@0.25", "center_cert_psnr@0.25")
+    with pytest.raises(InputError, match="missing"):
+        cert.row({"idx": 0})
