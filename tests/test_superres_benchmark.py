@@ -41,6 +41,11 @@ def test_tiny_benchmark_writes_tables_pictures_and_resumes(tmp_path, data_root, 
             "--eot-samples", "1", "--val-crops", "2", "--n-val", "2", "--n-eval", "2", "--cert-images", "2",
             "--cert-n0", "4", "--cert-n", "30", "--cert-eps", "0", "0.1", "--grid-image", "1", "--grid-eps-rel",
             "0.05"]
+    # The pilot: the standard model's first 2 of its 4 steps, clean PSNR beside bilinear's.
+    pilot = bench.main([*args, "--pilot-steps", "2"])
+    assert (pilot["step"], pilot["of"]) == (2, 4) and pilot["bilinear"]["psnr"] > 0 and pilot["std"]["psnr"] > 0
+    assert not (work / "results.json").exists() and sorted(p.name for p in work.glob("*.pt")) == ["std.pt"]
+    capsys.readouterr()
     data = bench.main(args)
     lines = _lines(capsys)
     assert lines[0]["kind"] == "data" and lines[0]["test_images"] == 3  # the imagenet_* files only
@@ -54,7 +59,7 @@ def test_tiny_benchmark_writes_tables_pictures_and_resumes(tmp_path, data_root, 
                                                                                   rel=0.2)
     noisy = [r for r in evals if r["model"] == "noise0.25"]
     for r in noisy:  # sigma_g picked on the validation crops from the default factors, 0 included
-        assert list(r["val_mse_by_factor"]) == ["0", "0.25", "0.5", "0.75", "1"]
+        assert list(r["val_mse_by_factor"]) == ["0", "0.25", "0.5", "0.75", "1", "1.5"]
         assert r["sigma_g"] == pytest.approx(0.25 * r["sigma_g_factor"])
         assert r["val_mse_by_factor"][f"{r['sigma_g_factor']:g}"] == min(r["val_mse_by_factor"].values())
     # Clean inputs: the bilinear row is the input itself, not attacked.
