@@ -340,6 +340,28 @@ def certified(args, models, test, store: Store, work: Path) -> list[dict[str, An
     return rows
 
 
+def certified_table(rows: list[dict[str, Any]]) -> str:
+    """The certified part as a markdown table: means over the images per l2 radius."""
+    def f(r: dict[str, Any], key: str, fmt: str = ".2f") -> str:
+        v = r.get(key)
+        return "–" if v is None else ("∞" if v == math.inf else "−∞" if v == -math.inf else format(v, fmt))
+
+    r0 = rows[0]
+    lines = [f"**Certified** ({r0['model']} smoothed at σ = {r0['sigma']:g}, {r0['images']} test crops, n0 = {r0['n0']}, "
+             f"n = {r0['n']}, α = {r0['alpha']:g}; PSNR in dB, means over the images)", "",
+             "| ε (l2) | ε_rel | median: clean | median of clamp(f): certified worst | median: attacked | outside box "
+             "(coords) | center: radius | center: certified worst | center: attacked | max ‖z − z'‖ | violations |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        outside = "–" if "coords" not in r else f"{r['median_outside_coords']} / {r['coords']}"
+        viol = "–" if "center_violations" not in r else f"{r['center_violations']} / {r['images']}"
+        lines.append(f"| {r['eps']:g} | {r['eps_rel']:.4f} | {f(r, 'median_clean_psnr')} | "
+                     f"{f(r, 'median_cert_psnr_clipped01')} | {f(r, 'median_attacked_psnr')} | {outside} | "
+                     f"{f(r, 'center_radius')} | {f(r, 'center_cert_psnr')} | {f(r, 'center_attacked_psnr')} | "
+                     f"{f(r, 'center_moved_max')} | {viol} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_certified(rows, work: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
@@ -442,6 +464,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (work / "tables.md").write_text(tables(args, store, {"bilinear": None, **models}))
     emit({"kind": "grid", "path": str(grid(args, models, store, test, work))})
     rows = certified(args, models, test, store, work)
+    (work / "tables.md").write_text(tables(args, store, {"bilinear": None, **models}) + "\n" + certified_table(rows))
     emit({"kind": "certified_plot", "path": str(plot_certified(rows, work))})
     return store.data
 

@@ -72,7 +72,8 @@ def test_tiny_benchmark_writes_tables_pictures_and_resumes(tmp_path, data_root, 
     assert data["cert/noise0.25/0.1"]["median_outside_coords"] == 0
 
     tables = (work / "tables.md").read_text()
-    rows = [line for line in tables.splitlines() if line.startswith("| ")]
+    assert tables.count("**Certified**") == 1
+    rows = [line for line in tables.split("**Certified**")[0].splitlines() if line.startswith("| ")]
     heads = [r for r in rows if r.startswith("| model")]
     assert len(heads) == 2 and "ε_rel=0 MSE" in heads[0] and "ε_rel=0.2 MSE" in heads[1]
     body = [r for r in rows if not r.startswith("| model")]
@@ -80,6 +81,8 @@ def test_tiny_benchmark_writes_tables_pictures_and_resumes(tmp_path, data_root, 
     assert labels == 2 * ["bilinear input (no model)", "standard", "smoothed σ_f=0.25", "adv. tr. ε_rel=0.05"]
     assert all(r.count("|") == 2 + 3 * 3 + 1 for r in body)  # model, σ_g, 3 budgets × MSE/PSNR/SSIM
     assert f"| bilinear input (no model) | – | {clean['mse']:.4f} | {clean['psnr']:.2f} |" in tables
+    cert = [line for line in tables.splitlines() if line.startswith(("| 0 |", "| 0.1 |"))]
+    assert len(cert) == 2 and cert[1].endswith("| 0 / 2 |")  # no center-smoothing violation on either image
     for png in ("grid.png", "certified.png"):
         assert (work / png).stat().st_size > 5000
     ckpts = {p.name: p.stat().st_mtime_ns for p in work.glob("*.pt")}
