@@ -38,7 +38,8 @@ from typing import Any
 import torch
 
 from smoothcert.attacks_regression import eot_pgd_regression, pgd_regression, relative_eps
-from smoothcert.models.unet import UNet, load_unet
+from smoothcert.data.superres import center_crop, degrade, load_folder, random_crops, skimage_photos
+from smoothcert.models.unet import UNet
 from smoothcert.noise import get_noise
 from smoothcert.regression import (
     SmoothedRegressor,
@@ -50,7 +51,6 @@ from smoothcert.regression import (
     worst_mse_ball,
     worst_mse_box,
 )
-from smoothcert.data.superres import center_crop, degrade, load_folder, random_crops, skimage_photos
 from smoothcert.train.superres import SRTrainConfig, train_superres
 
 BUDGETS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
@@ -200,12 +200,12 @@ def evaluate(args, models, val, test, store: Store) -> None:
             emit({"kind": "eval", "model": name, "eps_rel": eps_rel, **rec})
 
 
-def tables(args, store: Store, models) -> str:
+def tables(args, store: Store, models, n_test: int) -> str:
     lines = []
     for title, budgets in (("Table 1", BUDGETS[:3]), ("Table 2", BUDGETS[3:])):
         head = "| model | σ_g | " + " | ".join(f"ε_rel={b:g} MSE | PSNR | SSIM" for b in budgets) + " |"
-        lines += [f"**{title}** (ours: 20 ImageNet test crops of {args.test_crop}×{args.test_crop}; thesis's values "
-                  "in brackets where the thesis has that model)", "", head,
+        lines += [(f"**{title}** (ours: {n_test} ImageNet test crops of {args.test_crop}×{args.test_crop}; thesis's "
+                   "values in brackets where the thesis has that model)"), "", head,
                   "|" + "---|" * (2 + 3 * len(budgets))]
         for name in models:
             cells, sig = [], []
@@ -215,9 +215,8 @@ def tables(args, store: Store, models) -> str:
                 if "sigma_g" in rec:
                     sig.append(f"{rec['sigma_g']:.3g}")
                 t = THESIS.get(name)
-                i = BUDGETS.index(b)
-                th = (lambda k: f" [{t[i][k]:g}]") if t else (lambda k: "")
-                cells += [f"{r['mse']:.4f}{th(0)}", f"{r['psnr']:.2f}{th(1)}", f"{r['ssim']:.3f}{th(2)}"]
+                th = [f" [{v:g}]" for v in t[BUDGETS.index(b)]] if t else ["", "", ""]
+                cells += [f"{r['mse']:.4f}{th[0]}", f"{r['psnr']:.2f}{th[1]}", f"{r['ssim']:.3f}{th[2]}"]
             label = (f"smoothed σ_f={name[5:]}" if name.startswith("noise") else "standard" if name == "std"
                      else "bilinear input (no model)" if name == "bilinear" else f"adv. tr. ε_rel={name[3:]}")
             lines.append(f"| {label} | {'/'.join(sig) or '–'} | " + " | ".join(cells) + " |")
@@ -347,10 +346,10 @@ def certified_table(rows: list[dict[str, Any]]) -> str:
         return "–" if v is None else ("∞" if v == math.inf else "−∞" if v == -math.inf else format(v, fmt))
 
     r0 = rows[0]
-    lines = [f"**Certified** ({r0['model']} smoothed at σ = {r0['sigma']:g}, {r0['images']} test crops, n0 = {r0['n0']}, "
-             f"n = {r0['n']}, α = {r0['alpha']:g}; PSNR in dB, means over the images)", "",
-             "| ε (l2) | ε_rel | median: clean | median of clamp(f): certified worst | median: attacked | outside box "
-             "(coords) | center: radius | center: certified worst | center: attacked | max ‖z − z'‖ | violations |",
+    lines = [(f"**Certified** ({r0['model']} smoothed at σ = {r0['sigma']:g}, {r0['images']} test crops, "
+              f"n0 = {r0['n0']}, n = {r0['n']}, α = {r0['alpha']:g}; PSNR in dB, means over the images)"), "",
+             ("| ε (l2) | ε_rel | median: clean | median of clamp(f): certified worst | median: attacked | outside box "
+              "(coords) | center: radius | center: certified worst | center: attacked | max ‖z − z'‖ | violations |"),
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         outside = "–" if "coords" not in r else f"{r['median_outside_coords']} / {r['coords']}"
@@ -461,10 +460,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return pilot(args, train_images, test, work)
     models = train_all(args, train_images, work)
     evaluate(args, {"bilinear": torch.nn.Identity(), **models}, val, test, store)
-    (work / "tables.md").write_text(tables(args, store, {"bilinear": None, **models}))
+    (work / "tables.md").write_text(tables(args, store, {"bilinear": None, **models}, len(xt)))
     emit({"kind": "grid", "path": str(grid(args, models, store, test, work))})
     rows = certified(args, models, test, store, work)
-    (work / "tables.md").write_text(tables(args, store, {"bilinear": None, **models}) + "\n" + certified_table(rows))
+    (work / "tables.md").write_text(tables(args, store, {"bilinear": None, **models}, len(xt)) + "\n" + certified_table(rows))
     emit({"kind": "certified_plot", "path": str(plot_certified(rows, work))})
     return store.data
 

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from smoothcert.attacks_regression import eot_pgd_regression, pgd_regression, relative_eps
+from smoothcert.data.superres import center_crop, degrade, load_folder, random_crops
 from smoothcert.errors import CheckpointError, InputError
 from smoothcert.models.unet import UNet, load_unet, save_unet
 from smoothcert.noise import get_noise
 from smoothcert.regression import SmoothedRegressor, center_from_draws, median_bounds_from_draws
-from smoothcert.data.superres import center_crop, degrade, load_folder, random_crops
 from smoothcert.train.superres import SRTrainConfig, train_superres
 
 
@@ -63,8 +63,8 @@ def test_degrade_shapes_and_constant_image():
 
 
 def test_crops(tmp_path):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
     Image.fromarray((np.random.default_rng(0).random((20, 30, 3)) * 255).astype("uint8")).save(tmp_path / "a.png")
     Image.fromarray((np.random.default_rng(1).random((25, 21)) * 255).astype("uint8")).save(tmp_path / "b.jpg")
     ims = load_folder(tmp_path)
