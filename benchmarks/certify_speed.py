@@ -58,6 +58,7 @@ estimated runtime are in benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import inspect
 import json
 import math
@@ -478,7 +479,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     init_kw, certify_kw, our_batch, requested, ignored = _engine_options(args)
     noise = get_noise("gaussian", sigma=args.sigma)
-    ref = ReferenceSmooth(model, num_classes=case.num_classes, sigma=args.sigma)
+    # The reference gets its own copy: smoothcert's engine keeps the weights channels-last (in
+    # place), and the 2019 code evaluates the model as built (contiguous weights).
+    ref = ReferenceSmooth(copy.deepcopy(model), num_classes=case.num_classes, sigma=args.sigma)
     # One smoothed classifier per (precision, noise dtype); the label names its result lines.
     variants = {
         (prec if nd == "float64" else f"{prec}+float32noise"): (prec, nd)
@@ -537,7 +540,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         order = names if i % 2 == 0 else names[::-1]  # ABBA: ref, ours..., ours..., ref, ...
         for name in order:
             if name == REFERENCE:
-                reference_layouts.add(_weight_layout(model))
+                reference_layouts.add(_weight_layout(ref.base))
             _sync(device)
             _reset_peak(device)
             start = time.perf_counter()

@@ -1,7 +1,11 @@
 """Milliseconds per forward pass of the CPU engine's options (issue #17): eager, eager in bf16
 autocast, frozen compile (what ``Engine(compile=True)`` builds on CPU) and frozen compile in bf16,
 at several rows per pass and thread counts, plus each compile's one-off cost and the break-even
-number of noisy rows (compile seconds / saving per row).
+number of noisy rows (compile seconds / saving per row). ``eager-contiguous-weights`` is the model
+as built (what the 2019 code evaluates, and what the engine fed before it kept weights
+channels-last) on the same channels-last input. Then the noise: microseconds per noisy row
+(1 x 28 x 28) for float64 ``normal_``, the engine's vectorised float64 Box-Muller
+(:func:`smoothcert.noise.standard_normal_f64_`) and float32 ``normal_``.
 
 Random-weight LeNet / LeNet-small (the cost does not depend on the weights), inputs in [0, 1] of
 shape ``[rows, 1, 28, 28]`` in channels-last layout, under ``torch.inference_mode()``; each
@@ -15,6 +19,7 @@ timing is the median of ``--reps`` passes after one untimed pass. Prints one JSO
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -24,6 +29,7 @@ import torch
 
 from smoothcert.engine import cxx_compiler
 from smoothcert.models import build_model
+from smoothcert.noise import standard_normal_f64_
 
 
 def _cpu_flags() -> list[str]:
@@ -60,8 +66,9 @@ def main() -> None:
     for name in args.models:
         torch.manual_seed(0)
         model = build_model(name, num_classes=10, in_channels=1, mean=[0.1307], std=[0.3081]).eval()
+        as_built = copy.deepcopy(model)
         model = model.to(memory_format=torch.channels_last)
-        variants = {"eager": model}
+        variants = {"eager": model, "eager-contiguous-weights": as_built}
         if args.bf16:
             def bf16_eager(x, model=model):
                 with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -94,6 +101,22 @@ def main() -> None:
                     ms = _time(fn, x, args.reps)  # a new row count compiles once, in the untimed pass
                     print(json.dumps({"model": name, "variant": label, "threads": threads, "rows": rows,
                                       "ms": round(ms, 2), "us_per_row": round(1000 * ms / rows, 2)}), flush=True)
+    _noise_rows(args)
+
+
+def _noise_rows(args: argparse.Namespace) -> None:
+    """Microseconds per 1 x 28 x 28 row of Gaussian draws, at the largest thread count."""
+    torch.set_num_threads(max(args.threads))
+    gen = torch.Generator().manual_seed(0)
+    for rows in args.rows:
+        f64 = torch.empty(rows, 1, 28, 28, dtype=torch.float64)
+        f32 = torch.empty(rows, 1, 28, 28)
+        for label, fn in (("float64 normal_", lambda t: f64.normal_(generator=gen)),
+                          ("float64 vectorised Box-Muller", lambda t: standard_normal_f64_(f64, generator=gen)),
+                          ("float32 normal_", lambda t: f32.normal_(generator=gen))):
+            ms = _time(fn, f64, args.reps)
+            print(json.dumps({"noise": label, "threads": max(args.threads), "rows": rows,
+                              "us_per_row": round(1000 * ms / rows, 2)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from .cli_superres import add_sr_parser
 from .data import list_datasets
 from .denoise import list_denoiser_losses, list_denoisers
 from .distributed import DEFAULT_TIMEOUT
-from .engine import COMPILE_MODES, PRECISIONS
+from .engine import COMPILE_MODES, PRECISIONS, default_batch_size
 from .errors import InputError, SmoothcertError
 from .models import SOURCE_FORMATS, list_models
 from .noise import list_noises
@@ -49,6 +49,7 @@ from .runs import (
     run_predict,
     run_train,
     run_train_denoiser,
+    resolve_device,
 )
 from .train import TrainConfig, list_methods
 
@@ -154,8 +155,13 @@ def _selection(args: argparse.Namespace) -> Selection:
     return Selection(skip=args.skip, max_count=args.max, start=args.start)
 
 
+def _batch(args: argparse.Namespace) -> int | str:
+    """``--batch``, or the default for the run's device (:func:`~smoothcert.engine.default_batch_size`)."""
+    return args.batch if args.batch is not None else default_batch_size(resolve_device(args.device))
+
+
 def _engine(args: argparse.Namespace) -> EngineSpec:
-    return EngineSpec(batch_size=args.batch, precision=args.precision, channels_last=not args.no_channels_last,
+    return EngineSpec(batch_size=_batch(args), precision=args.precision, channels_last=not args.no_channels_last,
                       compile=args.compile, compile_mode=args.compile_mode, fixed_shape=args.fixed_shape,
                       max_batch_bytes=args.max_batch_bytes, allow_unbounded=args.allow_unbounded,
                       noise_dtype="float32" if args.fast_noise else "float64")
@@ -218,7 +224,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_attack(args: argparse.Namespace) -> int:
     """PGD / DDN on the smoothed classifier (default when the checkpoint was trained with noise or
     --noise is given; --base to attack the network alone) and the summary table."""
-    engine = EngineSpec(batch_size=args.batch, precision=args.precision, channels_last=not args.no_channels_last,
+    engine = EngineSpec(batch_size=_batch(args), precision=args.precision, channels_last=not args.no_channels_last,
                         allow_unbounded=args.allow_unbounded)
     run = AttackRun(model=_classifier(args), out=args.out, data=_data(args), split=args.split,
                     select=_selection(args), engine=engine, smoothed=args.smoothed, attack=args.attack,
@@ -409,8 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--skip", type=int, default=1, help="certify every skip-th input")
         p.add_argument("--max", type=int, default=-1, help="at most this many inputs (-1: all)")
         p.add_argument("--start", type=int, default=0, help="first index")
-        p.add_argument("--batch", type=_batch_arg, default=1000,
-                       help="noisy samples per forward pass, or 'auto' (from free memory / --max-batch-bytes)")
+        p.add_argument("--batch", type=_batch_arg, default=None,
+                       help="noisy samples per forward pass, or 'auto' (from free memory / --max-batch-bytes); "
+                            "default: auto on CPU (cache-sized passes), 1000 on GPUs")
         p.add_argument("--pack", type=_positive_int, default=1,
                        help="inputs per engine call: their draws share forward passes (counts stay per input); "
                             "raise it when n0 + n is small against --batch, e.g. PREDICT with n = 1000 on a GPU")
@@ -459,8 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=100_000,
                    help="smoothed: CERTIFY's estimation draws, and PREDICT's at each attacked point")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability of CERTIFY and of PREDICT")
-    p.add_argument("--batch", type=_batch_arg, default=1000,
-                   help="smoothed: noisy samples per forward pass of CERTIFY/PREDICT, or 'auto'")
+    p.add_argument("--batch", type=_batch_arg, default=None,
+                   help="smoothed: noisy samples per forward pass of CERTIFY/PREDICT, or 'auto' "
+                        "(default: auto on CPU, 1000 on GPUs)")
     p.add_argument("--attack-batch", type=int, default=32, help="inputs attacked together")
     p.add_argument("--skip", type=int, default=1, help="attack every skip-th input")
     p.add_argument("--max", type=int, default=-1, help="at most this many inputs (-1: all)")

@@ -18,7 +18,7 @@ model, shapes already warmed, automatic batch sizes, compile time).
 
 
 from ..checks import AUTO, check_batch_size
-from .core import AUTO_COMPILE_MIN_ROWS, Engine, cxx_compiler, default_compile
+from .core import AUTO_COMPILE_MIN_ROWS, DEFAULT_BATCH_ROWS, Engine, cxx_compiler, default_batch_size, default_compile
 from .memory import (
     AUTO_MAX_ROWS,
     AUTO_MEMORY_FRACTION,
@@ -50,6 +50,7 @@ __all__ = [
     "AUTO_MAX_ROWS",
     "AUTO_MEMORY_FRACTION",
     "AUTO_MULTIPLE",
+    "DEFAULT_BATCH_ROWS",
     "COMPILE_MODES",
     "CPU_BATCH_BYTES",
     "LIVE_OUTPUTS",
@@ -63,6 +64,7 @@ __all__ = [
     "check_noise_dtype",
     "check_precision",
     "cxx_compiler",
+    "default_batch_size",
     "default_compile",
     "fixed_rows",
     "free_device_bytes",

@@ -3,6 +3,7 @@ policy) and the state that goes with it (compiled models, warmed shapes, automat
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import time
@@ -54,17 +55,17 @@ def _graph_steps(compiled: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Ten
 
 
 #: ``compile=None`` ("auto") of a run compiles on CPU when the run evaluates at least this many
-#: noisy rows (inputs x (n0 + n)). Break-even (compile seconds / seconds saved per row) measured
-#: for LeNet and LeNet-small on a 2-core AVX-512 CPU (BENCHMARKS.md, "CPU engine"): 67,000 to
-#: 325,000 rows; 500,000 rows (50 inputs at N = 10,000) keeps the compile a clear gain.
-AUTO_COMPILE_MIN_ROWS = 500_000
+#: noisy rows (inputs x (n0 + n)). Measured on an idle 2-core AVX-512 CPU (2026-12-05, torch 2.13,
+#: float64-exact noise, channels-last weights, automatic rows per pass; BENCHMARKS.md, CPU engine):
+#: the frozen graph saves 0.067 s (LeNet-small) and 0.096 s (LeNet) per input at N = 10,000 and
+#: costs 17 s on a cold cache (4-8 s warm), so it breaks even after 1.8-2.5 M rows; 3 M rows (300
+#: inputs at N = 10,000, 30 at N = 100,000) keeps it a gain. The quickstart (550,000 rows) stays eager.
+AUTO_COMPILE_MIN_ROWS = 3_000_000
 
-#: Whether ``compile=None`` may choose to compile on CPU at all. Off: on an idle 2-core AVX-512 CPU
-#: (2026-12-05, torch 2.13, float64-exact noise), the quickstart's certify step (LeNet-small, 500
-#: inputs x 1,100 draws = 550,000 rows, 250 rows per pass) took 49.4 s of sampling compiled with
-#: frozen weights against 30.3 s eager (57.8 s vs 33.0 s wall): with the noise drawn in float64 the
-#: frozen graph no longer pays for itself there. The rows rule above applies once this is measured true.
-AUTO_COMPILE_CPU = False
+#: Whether ``compile=None`` may choose to compile on CPU at all (on: measured faster above the
+#: rows threshold once the weights are kept channels-last; before that change the frozen graph
+#: was slower than eager on the quickstart, 49.4 s vs 30.3 s).
+AUTO_COMPILE_CPU = True
 
 
 def cxx_compiler() -> str | None:
@@ -80,7 +81,7 @@ def cxx_compiler() -> str | None:
 def default_compile(device: torch.device | str, *, rows: int) -> tuple[bool, str]:
     """Whether a run that did not choose should compile (``(decision, one-line reason)``).
 
-    On CPU, only while :data:`AUTO_COMPILE_CPU` is on (it is off: measured slower with float64 noise):
+    On CPU, while :data:`AUTO_COMPILE_CPU` is on (it is):
     yes when a C++ compiler is present and the run evaluates at least
     :data:`AUTO_COMPILE_MIN_ROWS` noisy rows (``rows``: inputs x (n0 + n)), where the frozen
     compiled graph was measured faster including its compile time; otherwise eager. On other
@@ -89,8 +90,7 @@ def default_compile(device: torch.device | str, *, rows: int) -> tuple[bool, str
     if device.type != "cpu":
         return False, f"eager on {device.type} (pass --compile to compile)"
     if not AUTO_COMPILE_CPU:
-        return False, ("eager: with float64-exact noise the frozen compile was measured slower than eager on CPU "
-                       "(BENCHMARKS.md, CPU engine); pass --compile to compile")
+        return False, "eager: automatic CPU compilation is switched off (AUTO_COMPILE_CPU); pass --compile to compile"
     if rows < AUTO_COMPILE_MIN_ROWS:
         return False, (f"eager: {rows:,} noisy rows is below the {AUTO_COMPILE_MIN_ROWS:,} where a frozen "
                        "compile pays for itself on CPU")
@@ -99,10 +99,29 @@ def default_compile(device: torch.device | str, *, rows: int) -> tuple[bool, str
     return True, f"compiled with frozen weights: {rows:,} noisy rows amortise the compile on CPU"
 
 
+#: Rows per forward pass of a certify/predict run that does not choose, on devices other than
+#: the CPU: the 2019 code's 1000 (the automatic size is unmeasured on GPUs here).
+DEFAULT_BATCH_ROWS = 1000
+
+
+def default_batch_size(device: torch.device | str) -> int | str:
+    """Rows per forward pass when a run does not choose: ``"auto"`` on CPU, where the automatic
+    size (:func:`~smoothcert.engine.memory.auto_batch_size` of a 56 MiB budget: 256 rows for LeNet
+    on 28x28) keeps the activations in cache -- LeNet-small took 35 microseconds per row at 256
+    rows and 58 at 1000 on 2 cores (BENCHMARKS.md, CPU engine); :data:`DEFAULT_BATCH_ROWS` elsewhere."""
+    return AUTO if torch.device(device).type == "cpu" else DEFAULT_BATCH_ROWS
+
+
 def _weights_fingerprint(model: nn.Module) -> tuple[tuple[int, int], ...]:
     """Where each parameter and buffer lives and its version counter: changes when weights are
     replaced or modified in place (``load_state_dict``, an optimizer step)."""
     return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
+def _needs_layout_copy(model: nn.Module) -> bool:
+    """Whether ``model`` has a 4-D parameter or buffer not stored channels-last."""
+    return any(t.ndim == 4 and not t.is_contiguous(memory_format=torch.channels_last)
+               for t in (*model.parameters(), *model.buffers()))
 
 
 def _sync(device: torch.device) -> None:
@@ -116,6 +135,9 @@ class _ModelState:
 
     model: nn.Module
     compiled: Callable[[Tensor], Tensor] | None = None
+    compiled_source: nn.Module | None = None  #: the module ``compiled`` wraps (the model or its copy)
+    layout_copy: nn.Module | None = None  #: channels-last copy of the model (CPU), made for ``copy_fingerprint``
+    copy_fingerprint: tuple[tuple[int, int], ...] = ()
     fingerprint: tuple[tuple[int, int], ...] = ()  #: the weights the compiled graph was built (frozen) on
     warm: set[tuple[Any, ...]] = field(default_factory=set)  #: (rows, input shape, device) warmed
     auto: dict[str, int] = field(default_factory=dict)  #: "1x28x28@cpu" -> rows
@@ -127,8 +149,12 @@ class Engine:
     Args:
         precision: arithmetic of f (:data:`PRECISIONS`: fp32, tf32, bf16, fp16). Part of the
             certified classifier: the certificate holds for the network as evaluated.
-        channels_last: feed image batches in channels-last memory layout (same values, faster
-            convolutions); turn off for models that cannot take it.
+        channels_last: feed image batches in channels-last memory layout; on CPU also evaluate a
+            channels-last copy of the model (made on first use, made again when the weights
+            change; the caller's model is not modified). Both are needed there: with
+            channels-last inputs but contiguous weights LeNet-small ran 3.2x slower on 2 CPU
+            cores (105 vs 33 microseconds per row, BENCHMARKS.md, CPU engine). On GPUs only the
+            inputs (weight layout unmeasured there). Turn off for models that cannot take it.
         compile: evaluate f through ``torch.compile(model, dynamic=False)``, built once per model
             and kept. Each batch shape compiles once, on first use, in :meth:`warmup` (which
             :meth:`prepare` calls before any clock starts); warm-up time goes to
@@ -267,12 +293,35 @@ class Engine:
         self.auto_batch_sizes[key] = state.auto[key]
         return state.auto[key]
 
+    def _runner(self, model: nn.Module, state: _ModelState) -> nn.Module:
+        """The module that evaluates ``model``'s noisy batches: on CPU with ``channels_last``, a
+        channels-last copy when the model's 4-D weights are not stored so (kept, and made again
+        when the weights change); else the model itself. A copy, not an in-place change: the
+        caller's model (attacked, trained, saved elsewhere) keeps its own layout and rounding."""
+        if not (self.channels_last and model_device(model).type == "cpu" and _needs_layout_copy(model)):
+            return model
+        fingerprint = _weights_fingerprint(model)
+        if state.layout_copy is None or state.copy_fingerprint != fingerprint:
+            try:
+                with torch.no_grad():
+                    state.layout_copy = copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
+            except (TypeError, RuntimeError, copy.Error):  # a model that cannot be copied runs as it is
+                return model
+            state.copy_fingerprint = fingerprint
+        return state.layout_copy
+
     def forward(self, model: nn.Module) -> Callable[[Tensor], Tensor] | None:
-        """The compiled ``model`` (built on first use, then kept), or None without ``compile``."""
-        if not self.compile:
-            return None
+        """What evaluates ``model`` on noisy batches: None (the model itself), its channels-last
+        copy (CPU, see ``channels_last``), or the compiled one of these (built on first use, then
+        kept; with ``compile``)."""
         state = self._state(model)
-        if state.compiled is not None and self._frozen(model) and state.fingerprint != _weights_fingerprint(model):
+        runner = self._runner(model, state)
+        if not self.compile:
+            return None if runner is model else runner
+        stale = state.compiled is not None and (
+            state.compiled_source is not runner
+            or (self._frozen(model) and state.fingerprint != _weights_fingerprint(model)))
+        if stale:
             # The frozen graph holds the old weights as constants: build it again for the new ones.
             # Dynamo's cache would hand back the old graph (its guards check shapes, not values),
             # so it is cleared; other compiled models recompile on their next warm-up or call.
@@ -287,7 +336,7 @@ class Engine:
                     mode: dict[str, Any] = {"options": {"freezing": True}}
                 else:
                     mode = {} if self.compile_mode is None else {"mode": self.compile_mode}
-                compiled = torch.compile(model, dynamic=False, **mode)
+                compiled = torch.compile(runner, dynamic=False, **mode)
             except Exception as e:  # e.g. "Dynamo is not supported on Python 3.x"
                 raise CompileError(
                     f"torch.compile cannot wrap the base model ({type(e).__name__}: {e}); "
@@ -295,7 +344,7 @@ class Engine:
                 ) from e
             if self.compile_mode == "reduce-overhead" and model_device(model).type == "cuda":
                 compiled = _graph_steps(compiled)
-            state.compiled = compiled
+            state.compiled, state.compiled_source = compiled, runner
             state.fingerprint = _weights_fingerprint(model)
         return state.compiled
 
