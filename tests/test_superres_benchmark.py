@@ -37,7 +37,8 @@ def test_tiny_benchmark_writes_tables_pictures_and_resumes(tmp_path, data_root, 
     work = tmp_path / "work"
     args = ["--data-root", str(data_root), "--workdir", str(work), "--no-skimage", "--train-crop", "16",
             "--test-crop", "16", "--steps", "4", "--ft-steps", "2", "--batch", "2", "--save-every", "2",
-            "--sigmas-f", "0.25", "--adv-eps-rel", "0.05", "--train-pgd-steps", "1", "--pgd-steps", "1",
+            "--sigmas-f", "0.25", "--cert-sigma", "0.25", "--grid-sigma-f", "0.25", "--adv-eps-rel", "0.05",
+            "--train-pgd-steps", "1", "--pgd-steps", "1",
             "--eot-samples", "1", "--val-crops", "2", "--n-val", "2", "--n-eval", "2", "--cert-images", "2",
             "--cert-n0", "4", "--cert-n", "30", "--cert-eps", "0", "0.1", "--grid-image", "1", "--grid-eps-rel",
             "0.05"]
