@@ -80,12 +80,27 @@ def metrics(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
     return {"mse": float(m.mean()), "psnr": float(psnr(m).mean()), "ssim": float(ssim(out, ref).mean())}
 
 
-class Store:
-    """results.json in the workdir: a dict of finished parts, rewritten after each."""
+#: Options that do not change any result (where and how verbosely a run goes), left out of the
+#: settings a results.json is tied to.
+NOT_RESULTS = ("workdir", "progress", "threads", "pilot_steps", "data_root")
 
-    def __init__(self, path: Path) -> None:
+
+class Store:
+    """results.json in the workdir: finished cells and radii (a dict rewritten atomically after each)
+    and, under ``"settings"``, the options they were computed with: a rerun with other settings is
+    refused rather than mixing old cells into new tables."""
+
+    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
         self.path = path
         self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        if path.exists() and "settings" not in self.data:  # written before settings were recorded: adopted
+            self.put("settings", settings)
+        old = self.data.setdefault("settings", settings)
+        if old != settings:
+            diff = {k: (old.get(k), settings.get(k)) for k in sorted(set(old) | set(settings))
+                    if old.get(k) != settings.get(k)}
+            raise SystemExit(f"{path} holds results computed with other settings (was, now): {diff}; "
+                             "use another --workdir")
 
     def get(self, key: str) -> Any:
         return self.data.get(key)
@@ -456,7 +471,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           "test_crop": args.test_crop, "train_crop": args.train_crop, "argv": sys.argv[1:] if argv is None else argv})
     # Everything below resumes from --workdir: finished checkpoints are loaded, interrupted ones
     # continue from their last epoch, and finished (model, budget) cells and radii are read back.
-    store = Store(work / "results.json")
+    store = Store(work / "results.json",
+                  json.loads(json.dumps({k: v for k, v in vars(args).items() if k not in NOT_RESULTS})))
     if args.pilot_steps:
         return pilot(args, train_images, test, work)
     models = train_all(args, train_images, work)

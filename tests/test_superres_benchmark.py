@@ -52,7 +52,8 @@ def test_tiny_benchmark_writes_tables_pictures_and_resumes(tmp_path, data_root, 
     assert lines[0]["kind"] == "data" and lines[0]["test_images"] == 3  # the imagenet_* files only
     models = ["bilinear", "std", "noise0.25", "adv0.05"]
     assert sorted(data) == sorted([f"eval/{m}/{b:g}" for m in models for b in bench.BUDGETS]
-                                  + ["cert/noise0.25/0", "cert/noise0.25/0.1"])
+                                  + ["cert/noise0.25/0", "cert/noise0.25/0.1", "settings"])
+    assert data["settings"]["train_crop"] == 16 and "workdir" not in data["settings"]
     evals = [r for r in lines if r["kind"] == "eval"]
     assert len(evals) == len(models) * len(bench.BUDGETS)
     for r in evals:
@@ -101,3 +102,6 @@ def test_tiny_benchmark_writes_tables_pictures_and_resumes(tmp_path, data_root, 
     assert bench.main(args)["eval/std/0.05"]["base"] == lost["base"]
     redone = [r for r in _lines(capsys) if r["kind"] == "eval"]
     assert [(r["model"], r["eps_rel"]) for r in redone] == [("std", 0.05)]
+    # Other settings in the same workdir: refused, not mixed into the tables.
+    with pytest.raises(SystemExit, match="pgd_steps"):
+        bench.main([*args, "--pgd-steps", "2"])
