@@ -37,7 +37,7 @@ import torch
 from smoothcert.attacks import pgd_l2
 from smoothcert.data import get_dataset
 from smoothcert.lipschitz import FeatureSmoothedClassifier, certify_margin
-from smoothcert.models import CheckpointMeta, build_model, load_checkpoint
+from smoothcert.models import CheckpointMeta, build_model, load_checkpoint, transfer_backbone
 from smoothcert.noise import get_noise
 from smoothcert.smooth import ABSTAIN, SmoothedClassifier
 from smoothcert.train import TrainConfig, get_method, train
@@ -78,7 +78,7 @@ def train_models(args: argparse.Namespace, dataset: str, out: Path) -> tuple[tor
     path_b = out / f"{dataset}-mlp.pt"
     torch.manual_seed(1)
     model_b = build_model("sll-small", num_classes=10, in_channels=1, mean=(0.0,), std=(1.0,), head="mlp", **kw)
-    model_b[1].backbone.load_state_dict(model_a[1].backbone.state_dict())
+    transfer_backbone(model_a, model_b)  # checks structure, shapes and normalization; the CLI's --init-backbone
     t0 = time.perf_counter()
     history = train(model_b, train_set,
                     method=get_method("lipschitz-margin", epsilon=0.0, freeze_backbone=True, feature_noise=True),

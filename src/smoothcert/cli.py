@@ -146,9 +146,25 @@ def _denoiser(args: argparse.Namespace) -> DenoiserSpec | None:
                         step_size=args.denoise_step_size, levels=args.denoise_levels)
 
 
+def _add_classifier_args(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="a smoothcert checkpoint (or efficientnet-lite0)")
+    which.add_argument("--arch", metavar="PROVIDER:NAME",
+                       help="a torchvision or timm classifier by name, e.g. torchvision:resnet50 or timm:resnet50.a1_in1k "
+                            "(extra 'vision' or 'timm'), with --weights; --dataset decides its classes and input size")
+    p.add_argument("--weights", default=None, metavar="FILE", help="with --arch: its state dict (nothing is downloaded)")
+    p.add_argument("--normalize-mean", type=float, nargs="+", default=None, metavar="M",
+                   help="with --arch: the per-channel mean its weights expect on inputs in [0,1] (default: "
+                        "torchvision's ImageNet 0.485 0.456 0.406, or timm's pretrained_cfg)")
+    p.add_argument("--normalize-std", type=float, nargs="+", default=None, metavar="S",
+                   help="with --arch: the per-channel std (default: 0.229 0.224 0.225, or timm's pretrained_cfg)")
+
+
 def _classifier(args: argparse.Namespace) -> ClassifierSpec:
-    return ClassifierSpec(checkpoint=args.checkpoint, noise=args.noise, sigma=args.sigma, denoiser=_denoiser(args),
-                          device=args.device)
+    return ClassifierSpec(checkpoint=args.checkpoint, arch=args.arch, weights=args.weights,
+                          mean=None if args.normalize_mean is None else tuple(args.normalize_mean),
+                          std=None if args.normalize_std is None else tuple(args.normalize_std),
+                          noise=args.noise, sigma=args.sigma, denoiser=_denoiser(args), device=args.device)
 
 
 def _selection(args: argparse.Namespace) -> Selection:
@@ -177,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = TrainRun(out=args.out, sigma=args.sigma, data=_data(args), noise=args.noise, arch=args.arch,
                    augment=args.augment, method=args.method, hparams=_key_values("--hparam", args.hparam),
                    init=args.init, config=config, evaluate=args.eval, limit=args.limit, resume=args.resume,
-                   device=args.device)
+                   device=args.device, init_backbone=args.init_backbone)
     history = run_train(run, progress=not args.quiet, log=_stderr)
     if history:
         last = history[-1]
@@ -320,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, metavar="CKPT",
                    help="start from the weights of this checkpoint (fine-tuning; same architecture); "
                         "its path and sha256 are recorded in the new checkpoint")
+    p.add_argument("--init-backbone", default=None, metavar="CKPT",
+                   help="start the Lipschitz backbone (and normalization) from this checkpoint's, with a fresh "
+                        "head: e.g. an sll-small checkpoint into --arch sll-small-mlp (same backbone structure "
+                        "and shapes; refused otherwise); train the head alone with --method lipschitz-margin "
+                        "--hparam freeze_backbone=true")
     p.add_argument("--noise", default="gaussian", choices=list_noises())
     p.add_argument("--sigma", type=float, required=True, help="noise standard deviation per coordinate")
     p.add_argument("--epochs", type=int, default=90,
@@ -377,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func in (("certify", cmd_certify), ("predict", cmd_predict)):
         p = sub.add_parser(name, help=f"{name.upper()} each selected input; one TSV row each, resumable")
         _add_data_args(p, dataset_default=None)
-        p.add_argument("--checkpoint", required=True)
+        _add_classifier_args(p)
         p.add_argument("--split", default="test")
         p.add_argument("--noise", default=None, choices=list_noises(), help="default: the checkpoint's")
         p.add_argument("--sigma", type=float, default=None, help="default: the checkpoint's")
@@ -449,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("attack", help="l2 PGD / DDN attacks on the smoothed (or base) classifier; one TSV row each")
     _add_data_args(p, dataset_default=None)
-    p.add_argument("--checkpoint", required=True)
+    _add_classifier_args(p)
     p.add_argument("--split", default="test")
     p.add_argument("--noise", default=None, choices=list_noises(), help="default: the checkpoint's")
     p.add_argument("--sigma", type=float, default=None, help="default: the checkpoint's")

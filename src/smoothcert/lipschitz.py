@@ -59,6 +59,7 @@ from .models.sll import (
     sll_small_mlp,
     spectral_norm,
     split_model,
+    transfer_backbone,
 )
 from .noise import Noise
 from .smooth import SmoothedClassifier
@@ -86,6 +87,7 @@ __all__ = [
     "sll_small_mlp",
     "spectral_norm",
     "split_model",
+    "transfer_backbone",
 ]
 
 

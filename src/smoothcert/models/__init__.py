@@ -23,6 +23,17 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from .external import (
+    EXTERNAL_PROVIDERS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ExternalArch,
+    create_external,
+    external_normalization,
+    is_external_arch,
+    load_external,
+    parse_external_arch,
+)
 from .foreign import (
     COHEN2019_ARCHS,
     COHEN2019_NORMALIZATION,
@@ -45,7 +56,7 @@ from .registry import (
 )
 from .resnet import BasicBlock, CifarResNet, resnet20, resnet56, resnet110
 from .resnet_imagenet import Bottleneck, ImageNetResNet, resnet50
-from .sll import BackboneHead, LipschitzModule, sll_small, sll_small_mlp
+from .sll import BackboneHead, LipschitzModule, sll_small, sll_small_mlp, transfer_backbone
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -53,6 +64,9 @@ __all__ = [
     "CLASSIFIER_CHECKPOINT",
     "COHEN2019_ARCHS",
     "COHEN2019_NORMALIZATION",
+    "EXTERNAL_PROVIDERS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "MODELS",
     "SOURCE_FORMATS",
     "BackboneHead",
@@ -61,6 +75,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointMeta",
     "CifarResNet",
+    "ExternalArch",
     "ImageNetResNet",
     "ImportedCheckpoint",
     "LeNet",
@@ -68,15 +83,20 @@ __all__ = [
     "Normalize",
     "build_model",
     "convert_state_dict",
+    "create_external",
+    "external_normalization",
     "get_model",
     "import_checkpoint",
     "infer_sigma",
+    "is_external_arch",
     "lenet",
     "lenet_small",
     "list_models",
     "load_checkpoint",
+    "load_external",
     "model_input_size",
     "model_kwargs",
+    "parse_external_arch",
     "read_checkpoint",
     "register_model",
     "resnet20",
@@ -86,4 +106,5 @@ __all__ = [
     "save_checkpoint",
     "sll_small",
     "sll_small_mlp",
+    "transfer_backbone",
 ]

@@ -87,7 +87,8 @@ class ImportedCheckpoint:
     """The result of :func:`import_checkpoint`: ``model`` (``build_model`` of ``meta``, eval mode,
     CPU, the source weights loaded) and ``meta`` (``meta.training`` holds the provenance:
     ``method`` "imported", ``source_format``, ``source_arch``, ``source_sha256``, ``source_file``,
-    ``source_epoch``)."""
+    ``source_epoch``). Also the result of :func:`smoothcert.models.load_external` (``method``
+    "external": a torchvision/timm network, which ``build_model`` cannot rebuild)."""
 
     model: nn.Sequential
     meta: CheckpointMeta

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import InputError, InputTypeError
+from ..checkpoints import state_mismatch
+from ..errors import ConfigMismatchError, InputError, InputTypeError
 from .normalize import Normalize
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "sll_small_mlp",
     "spectral_norm",
     "split_model",
+    "transfer_backbone",
 ]
 
 # Added to T's diagonal before dividing: a zero column of W gives T_ii = 0 and a zero numerator,
@@ -365,6 +367,22 @@ class Split:
     lipschitz: float
 
 
+def _unwrap(model: nn.Module, role: str = "") -> tuple[Normalize | None, BackboneHead]:
+    """``(Normalize or None, BackboneHead)`` of ``model`` (a BackboneHead, or Sequential(Normalize,
+    BackboneHead)); any other model is refused with an :class:`InputTypeError`."""
+    normalize: Normalize | None = None
+    net = model
+    if isinstance(model, nn.Sequential) and len(model) == 2 and isinstance(model[0], Normalize):
+        normalize, net = model[0], model[1]
+    if not isinstance(net, BackboneHead):
+        raise InputTypeError(
+            f"{role}{type(net).__name__} declares no Lipschitz backbone: the FaRS certificates need a "
+            "smoothcert.models.sll.BackboneHead (e.g. build_model('sll-small', ...)), optionally behind "
+            "a Normalize layer; a Lipschitz bound is never guessed for an arbitrary network"
+        )
+    return normalize, net
+
+
 def split_model(model: nn.Module) -> Split:
     """The FaRS split of ``model``: a :class:`BackboneHead`, or ``nn.Sequential(Normalize, BackboneHead)``
     as built by :func:`smoothcert.models.build_model` / loaded from a checkpoint.
@@ -374,16 +392,7 @@ def split_model(model: nn.Module) -> Split:
             architecture (its backbone a :class:`LipschitzModule`), it is not inferred.
         InputError: if the declared bound is not a positive finite number.
     """
-    normalize: Normalize | None = None
-    net = model
-    if isinstance(model, nn.Sequential) and len(model) == 2 and isinstance(model[0], Normalize):
-        normalize, net = model[0], model[1]
-    if not isinstance(net, BackboneHead):
-        raise InputTypeError(
-            f"{type(net).__name__} declares no Lipschitz backbone: the FaRS certificates need a "
-            "smoothcert.models.sll.BackboneHead (e.g. build_model('sll-small', ...)), optionally behind "
-            "a Normalize layer; a Lipschitz bound is never guessed for an arbitrary network"
-        )
+    normalize, net = _unwrap(model)
     bound = net.backbone_lipschitz()
     if normalize is not None:
         # (x - mean) / std is max_c(1/std_c)-Lipschitz in l2.
@@ -392,6 +401,68 @@ def split_model(model: nn.Module) -> Split:
         raise InputError(f"the backbone's Lipschitz bound must be positive and finite, got {bound}")
     features: nn.Module = net.backbone if normalize is None else nn.Sequential(normalize, net.backbone)
     return Split(features=features, head=net.head, lipschitz=bound)
+
+
+def _layers(backbone: nn.Module) -> list[str]:
+    """The backbone's structure, one line per module: name, type and settings (parameter-free layers
+    such as SpaceToDepth(2) or PadChannels(4 -> 16) included, which a state_dict does not show)."""
+    return [f"{name or '<backbone>'}: {type(m).__name__}({m.extra_repr()})" for name, m in backbone.named_modules()]
+
+
+def transfer_backbone(source: nn.Module, target: nn.Module) -> None:
+    """Copy the Lipschitz backbone e of ``source`` into ``target``, in place; the target's head is
+    left as it is. The FaRS workflow: train e with one head (``sll-small``, linear, margin loss),
+    then train another head on it (``sll-small-mlp``, head-only with feature noise).
+
+    Both models are :class:`BackboneHead` s, or ``nn.Sequential(Normalize, BackboneHead)`` as
+    :func:`~smoothcert.models.build_model` and checkpoints give them. Guarantee: afterwards the
+    target's features equal the source's for every input (same structure, parameters and buffers of
+    e, same Normalize constants), and the target's backbone declares the source's Lipschitz bound —
+    so its certificates (:func:`split_model`) rest on the proven bound of the source's architecture.
+
+    Raises:
+        InputTypeError: either model declares no Lipschitz backbone (its backbone is not a
+            :class:`LipschitzModule`, or it is not a BackboneHead at all).
+        ConfigMismatchError: the backbones differ in structure (layer types, widths, input size)
+            or parameter shapes, the Normalize constants differ (the backbone learned on inputs
+            normalised by the source's), or the declared bounds differ.
+    """
+    src_norm, src = _unwrap(source, "the source model: ")
+    dst_norm, dst = _unwrap(target, "the target model: ")
+    have, want = _layers(src.backbone), _layers(dst.backbone)
+    if have != want:
+        diff = next((i for i, (a, b) in enumerate(zip(have, want)) if a != b), min(len(have), len(want)))
+        first_src = have[diff] if diff < len(have) else "(none)"
+        first_dst = want[diff] if diff < len(want) else "(none)"
+        raise ConfigMismatchError(
+            f"the backbones differ ({len(have)} vs {len(want)} modules); first difference: source "
+            f"{first_src} vs target {first_dst}. Build the target with the source's backbone settings "
+            "(in_channels, input_size, width, features)"
+        )
+    state = src.backbone.state_dict()
+    mismatch = state_mismatch(dst.backbone.state_dict(), state)
+    if mismatch:
+        raise ConfigMismatchError(f"the backbones' parameters differ: {mismatch}")
+    if (src_norm is None) != (dst_norm is None):
+        raise ConfigMismatchError(
+            "one model has a Normalize layer in front of its backbone and the other has none; the backbone "
+            "must see inputs normalised as it was trained"
+        )
+    if src_norm is not None and dst_norm is not None:
+        for name in ("mean", "std"):
+            a, b = getattr(src_norm, name), getattr(dst_norm, name)
+            if a.shape != b.shape or not torch.equal(a.detach().cpu().double(), b.detach().cpu().double()):
+                raise ConfigMismatchError(
+                    f"the Normalize {name} differs: source {a.flatten().tolist()} vs target {b.flatten().tolist()}; "
+                    "build the target with the source's mean and std (the backbone learned on inputs normalised "
+                    "by them)"
+                )
+    dst.backbone.load_state_dict(state)
+    if dst.backbone_lipschitz() != src.backbone_lipschitz():
+        raise ConfigMismatchError(
+            f"after the transfer the target's backbone declares the l2 bound {dst.backbone_lipschitz():.6g}, "
+            f"the source's {src.backbone_lipschitz():.6g}"
+        )
 
 
 def sll_small(
@@ -409,8 +480,8 @@ def sll_small(
     Backbone (1-Lipschitz): SpaceToDepth(2) -> PadChannels(4C -> width) -> 2 x SLLConv2d(width,
     2 width) -> SpaceToDepth(2) -> 2 x SLLConv2d(4 width, 4 width) -> flatten -> NormalizedLinear(->
     features) -> 2 x SLLLinear(features, 2 features). For width 16, features 128 and 28x28 inputs:
-    0.46M parameters. ``head="linear"``: ``nn.Linear(features, num_classes)`` (margin certificate);
-    ``head="mlp"``: Linear -> ReLU -> Linear with ``head_hidden`` units (feature-space smoothing).
+    0.55M parameters (0.59M with the MLP head). ``head="linear"``: ``nn.Linear(features,
+    num_classes)`` (margin certificate); ``head="mlp"``: Linear -> ReLU -> Linear with ``head_hidden`` units (feature-space smoothing).
     """
     _check_positive(num_classes=num_classes, in_channels=in_channels, width=width, features=features,
                     head_hidden=head_hidden)

@@ -28,6 +28,7 @@ from .certify import (
     select_indices,
 )
 from .classifier import (
+    load_base,
     load_classifier,
     load_dataset,
     load_split,
@@ -60,6 +61,7 @@ from .soft import SOFT_CERTIFICATES, certify_clean_class_dataset, certify_soft_d
 from .training import (
     TRAIN_DEFAULTS,
     InitCheckpoint,
+    check_backbone_input,
     check_finetune,
     read_init,
     run_train,
@@ -93,10 +95,12 @@ __all__ = [
     "certify_dataset",
     "certify_margin_dataset",
     "certify_soft_dataset",
+    "check_backbone_input",
     "check_finetune",
     "check_pack",
     "deterministic_dataset",
     "l2_radius",
+    "load_base",
     "load_classifier",
     "load_dataset",
     "load_split",

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..data import get_dataset
+from ..data import dataset_info, get_dataset
 from ..denoise import Denoised, denoiser_for_noise, load_denoiser, trained_noise
 from ..errors import InputError
 from ..files import file_sha256
-from ..models import CheckpointMeta, load_checkpoint
+from ..models import CheckpointMeta, is_external_arch, load_checkpoint, load_external
 from ..noise import Noise, get_noise
 from ..pretrained import PRETRAINED_CLASSIFIERS, ffdnet_color, load_pretrained_classifier
 from ..smooth import SmoothedClassifier
@@ -28,6 +28,7 @@ from .settings import ClassifierSpec, DataSpec, DenoiserSpec, EngineSpec
 
 __all__ = [
     "Log",
+    "load_base",
     "load_classifier",
     "load_dataset",
     "load_split",
@@ -89,13 +90,37 @@ def load_classifier(checkpoint: str, device: torch.device) -> tuple[nn.Module, C
     return model, meta, file_sha256(Path(checkpoint))
 
 
+def load_base(spec: ClassifierSpec, data: DataSpec, device: torch.device) -> tuple[nn.Module, CheckpointMeta, str]:
+    """``(model on device, metadata, sha256 of the weights file)`` of the classifier ``spec`` names:
+    :func:`load_classifier` of its checkpoint, or its ``arch`` (torchvision/timm) with its weights
+    file built for ``data.dataset``'s classes and input shape
+    (:func:`~smoothcert.models.load_external`; the dataset must be named, a weights file does not
+    say what it was trained on)."""
+    if spec.arch is None:
+        assert spec.checkpoint is not None  # ClassifierSpec holds exactly one of them
+        return load_classifier(spec.checkpoint, device)
+    if data.dataset is None:
+        raise InputError(f"--arch {spec.arch} needs --dataset: the data decides the classes and the input size "
+                         "(e.g. --dataset imagenet)")
+    info = dataset_info(data.dataset, **({"subset": data.subset} if data.subset else {}))
+    if info.num_classes is None:
+        raise InputError(f"dataset {data.dataset} does not state its number of classes, which --arch {spec.arch} "
+                         "needs; use a dataset that does (e.g. imagenet)")
+    assert spec.weights is not None  # ClassifierSpec requires weights with arch
+    loaded = load_external(spec.arch, spec.weights, dataset=data.dataset, num_classes=info.num_classes,
+                           input_shape=info.input_shape, mean=spec.mean, std=spec.std)
+    return loaded.model.to(device), loaded.meta, loaded.meta.training["source_sha256"]
+
+
 def smoothing_noise(spec: ClassifierSpec, meta: CheckpointMeta) -> Noise:
     """The noise of ``spec``, its name and sigma defaulting to the checkpoint's; refused when the
     checkpoint was trained without noise and ``spec`` does not name one."""
     name = spec.noise or (meta.noise if meta.noise != "none" else None)
     sigma = spec.sigma if spec.sigma is not None else (meta.sigma or None)
     if name is None or sigma is None:
-        raise InputError("the checkpoint was trained without noise; pass --noise and --sigma")
+        what = "a weights file (--arch) names no noise" if is_external_arch(meta.arch) else \
+            "the checkpoint was trained without noise"
+        raise InputError(f"{what}; pass --noise and --sigma")
     return get_noise(name, sigma=sigma)
 
 
@@ -161,9 +186,14 @@ def run_facts(
 ) -> dict[str, Any]:
     """What a result file records about its run beyond the sampling settings (dataset, split,
     checkpoint hash, architecture, denoiser). The keys and values are those of smoothcert 0.1.0:
-    a file written by it resumes. ``denoiser`` is left out when None, as 0.1.0 did."""
+    a file written by it resumes. ``denoiser`` is left out when None, as 0.1.0 did. A torchvision
+    or timm network (``arch`` ``provider:name``, ``checkpoint_sha256`` its weights file's) adds
+    ``normalize``, its mean and std: the weights file does not hold them, and a run resumed with
+    another normalization would smooth another classifier."""
     facts: dict[str, Any] = {"dataset": dataset, "subset": data.subset, "split": split,
                              "checkpoint_sha256": checkpoint_sha256, "arch": meta.arch}
+    if is_external_arch(meta.arch):
+        facts["normalize"] = {"mean": list(meta.mean), "std": list(meta.std)}
     if denoiser is not None:
         facts["denoiser"] = denoiser
     return facts

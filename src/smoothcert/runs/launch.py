@@ -32,7 +32,7 @@ from .attack import attack_dataset
 from .certify import certify_dataset, certify_margin_dataset, predict_dataset
 from .classifier import (
     Log,
-    load_classifier,
+    load_base,
     load_split,
     resolve_device,
     run_facts,
@@ -97,10 +97,10 @@ def _smoothed(
     space: str = "input",
 ) -> tuple[SmoothedClassifier, Dataset, dict[str, Any]]:
     """``(smoothed classifier, split, run facts)`` of ``spec``; ``loaded`` is the checkpoint already
-    read by :func:`load_classifier`, so a run that looked at its metadata first reads it once.
+    read by :func:`load_base`, so a run that looked at its metadata first reads it once.
     ``count_rows(dataset)``: the noisy rows the run will evaluate, for ``compile=None``
     (:func:`resolve_compile`, with ``out``'s record)."""
-    model, meta, sha = load_classifier(spec.checkpoint, device) if loaded is None else loaded
+    model, meta, sha = load_base(spec, data, device) if loaded is None else loaded
     noise = smoothing_noise(spec, meta)
     dataset, name = load_split(data, split, meta)
     if engine.compile is None and count_rows is not None:
@@ -175,7 +175,7 @@ def run_certify(run: CertifyRun, *, progress: bool = True, log: Log | None = Non
 def _run_margin(run: CertifyRun, *, progress: bool, log: Log | None) -> Path:
     """``run_certify`` with ``certificate="lipschitz-margin"``: one forward pass per batch, MARGIN rows."""
     device = resolve_device(run.model.device)
-    model, meta, sha = load_classifier(run.model.checkpoint, device)
+    model, meta, sha = load_base(run.model, run.data, device)
     dataset, name = load_split(run.data, run.split, meta)
     indices = run.select.indices(len(dataset))
     facts = run_facts(dataset=name, data=run.data, split=run.split, checkpoint_sha256=sha, meta=meta, denoiser=None)
@@ -234,7 +234,7 @@ def run_attack(run: AttackRun, *, progress: bool = True, log: Log | None = None)
     """
     spec = run.model
     device = resolve_device(spec.device)
-    model, meta, sha = load_classifier(spec.checkpoint, device)
+    model, meta, sha = load_base(spec, run.data, device)
     smoothed = run.smoothed if run.smoothed is not None else (spec.noise is not None or meta.noise != "none")
     target: Any
     if smoothed:

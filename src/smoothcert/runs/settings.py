@@ -28,7 +28,7 @@ from ..denoise import DENOISE_MODES, denoiser_kind, list_denoiser_losses
 from ..distributed import DEFAULT_TIMEOUT
 from ..engine import COMPILE_MODES, NOISE_DTYPES, PRECISIONS
 from ..errors import InputError, InputTypeError
-from ..models import SOURCE_FORMATS, list_models
+from ..models import SOURCE_FORMATS, list_models, parse_external_arch
 from ..noise import list_noises
 from ..soft import SELECTIONS
 from ..stats import MEAN_BOUNDS, check_alpha
@@ -161,25 +161,59 @@ class DenoiserSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class ClassifierSpec:
-    """The classifier a run smooths or attacks.
+    """The classifier a run smooths or attacks: a smoothcert checkpoint, or a torchvision/timm
+    network by name with a weights file (exactly one of ``checkpoint`` and ``arch``).
 
     ``checkpoint``: a checkpoint file, or the name of a pretrained classifier
-    (:data:`smoothcert.pretrained.PRETRAINED_CLASSIFIERS`). ``noise``/``sigma``: the smoothing
-    noise; None takes the checkpoint's. ``denoiser``: denoised smoothing, or None.
+    (:data:`smoothcert.pretrained.PRETRAINED_CLASSIFIERS`). ``arch``: ``"torchvision:NAME"`` or
+    ``"timm:NAME"`` (:mod:`smoothcert.models.external`), with ``weights`` (its state dict file)
+    and optionally ``mean``/``std``, the normalization the weights expect (default: torchvision's
+    ImageNet constants, or timm's ``pretrained_cfg``); the run's dataset decides the classes and
+    the input size. ``noise``/``sigma``: the smoothing noise; None takes the checkpoint's (a
+    weights file names none: give both). ``denoiser``: denoised smoothing, or None.
     ``device``: a torch device name; None means cuda if available, else cpu.
     """
 
-    checkpoint: str
+    checkpoint: str | None = None
+    arch: str | None = None
+    weights: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     noise: str | None = None
     sigma: float | None = None
     denoiser: DenoiserSpec | None = None
     device: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.checkpoint, (str, os.PathLike)) or not str(self.checkpoint):
-            raise InputTypeError(f"checkpoint must be a file path or a pretrained classifier's name, "
-                                 f"got {self.checkpoint!r}")
-        _set(self, "checkpoint", str(self.checkpoint))
+        if (self.checkpoint is None) == (self.arch is None):
+            raise InputError("give either a checkpoint (--checkpoint FILE) or an architecture with its weights "
+                             "(--arch torchvision:NAME --weights FILE), not " + ("both" if self.arch else "neither"))
+        if self.checkpoint is not None:
+            if not isinstance(self.checkpoint, (str, os.PathLike)) or not str(self.checkpoint):
+                raise InputTypeError(f"checkpoint must be a file path or a pretrained classifier's name, "
+                                     f"got {self.checkpoint!r}")
+            _set(self, "checkpoint", str(self.checkpoint))
+            given = [n for n in ("weights", "mean", "std") if getattr(self, n) is not None]
+            if given:
+                raise InputError(f"{', '.join(given)} belong to --arch (a checkpoint holds its weights and "
+                                 "normalization)")
+        else:
+            _set(self, "arch", str(parse_external_arch(self.arch)))
+            if self.weights is None or not str(self.weights):
+                raise InputError(f"--arch {self.arch} needs its weights: --weights FILE (a state dict)")
+            _set(self, "weights", str(self.weights))
+            if (self.mean is None) != (self.std is None):
+                raise InputError("give both --normalize-mean and --normalize-std, or neither")
+            for name in ("mean", "std"):
+                values = getattr(self, name)
+                if values is not None:
+                    values = tuple(float(v) for v in values)
+                    if not values or not all(math.isfinite(v) for v in values) or (name == "std" and min(values) <= 0):
+                        raise InputError(f"normalize {name} must be finite numbers" + (" > 0" if name == "std" else "")
+                                         + f", got {list(values)}")
+                    _set(self, name, values)
+            if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+                raise InputError(f"--normalize-mean has {len(self.mean)} values, --normalize-std {len(self.std)}")
         _check_choice("noise", self.noise, list_noises(), optional=True)
         if self.sigma is not None:
             check_float("sigma", self.sigma, strict=True)
@@ -434,6 +468,9 @@ class TrainRun:
     the loss (:func:`smoothcert.train.get_method`). ``config``: the optimisation (Cohen et al.'s
     CIFAR-10 schedule by default). ``evaluate``: noisy test accuracy each epoch. ``limit``: train on
     the first N examples. ``resume``: continue ``out``; without it an existing ``out`` is refused.
+    ``init_backbone``: a checkpoint whose Lipschitz backbone (and normalization) starts the run's
+    backbone, the head left freshly initialised (FaRS: ``sll-small`` -> ``sll-small-mlp``;
+    :func:`smoothcert.models.transfer_backbone`); not together with ``init``.
     """
 
     out: PathLike
@@ -450,6 +487,7 @@ class TrainRun:
     limit: int | None = None
     resume: bool = False
     device: str | None = None
+    init_backbone: PathLike | None = None
 
     def __post_init__(self) -> None:
         _set(self, "out", Path(self.out))
@@ -460,6 +498,9 @@ class TrainRun:
         _check_choice("arch", self.arch, list_models(), optional=True)
         _set(self, "hparams", dict(self.hparams))
         method = training_method(self.method, self.hparams)  # a bad hyperparameter fails before any data is read
+        if self.init is not None and self.init_backbone is not None:
+            raise InputError("give init (--init: the whole network) or init_backbone (--init-backbone: the "
+                             "Lipschitz backbone only), not both")
         if method.needs_init and self.init is None:
             raise InputError(f"method {self.method!r} fine-tunes a trained model: give its checkpoint as init (--init)")
         if not isinstance(self.config, TrainConfig):

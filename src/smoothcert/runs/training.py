@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from ..denoise import DenoiserMeta, build_denoiser, get_denoiser_loss, sigma_ladder, train_denoiser
-from ..errors import InputError
+from ..errors import ConfigMismatchError, InputError, InputTypeError
 from ..files import check_output_path, file_sha256
-from ..models import MODELS, CheckpointMeta, build_model, load_checkpoint, model_kwargs
+from ..models import MODELS, CheckpointMeta, build_model, load_checkpoint, model_kwargs, transfer_backbone
 from ..noise import get_noise
 from ..train import RandomCropFlip, train
 from .classifier import Log, load_classifier, load_dataset, resolve_device
@@ -27,6 +27,7 @@ from .settings import DenoiserTrainRun, TrainRun, training_method
 __all__ = [
     "TRAIN_DEFAULTS",
     "InitCheckpoint",
+    "check_backbone_input",
     "check_finetune",
     "read_init",
     "run_train",
@@ -105,6 +106,17 @@ def check_finetune(
         )
 
 
+def check_backbone_input(backbone: InitCheckpoint, *, input_shape: tuple[int, ...], dataset_name: str) -> None:
+    """Refuse a ``--init-backbone`` checkpoint whose network takes other inputs than the data gives
+    (channels, height, width): its backbone's layers are sized by them."""
+    if tuple(backbone.meta.input_shape) != tuple(input_shape):
+        raise InputError(
+            f"--init-backbone {backbone.record['path']} holds {backbone.meta.arch} for inputs "
+            f"{tuple(backbone.meta.input_shape)}; {dataset_name} gives {tuple(input_shape)}. The backbone's layers are "
+            "sized by the input: use data with the checkpoint's channels and input size."
+        )
+
+
 def _refuse_existing(out: Path, resume: bool) -> None:
     # The checkpoint is written after the first epoch: check that it can be, before any training.
     check_output_path(out, what="checkpoint")
@@ -120,19 +132,27 @@ def run_train(run: TrainRun, *, progress: bool = True, log: Log | None = None) -
     """Train the base classifier of ``run`` into ``run.out`` (a checkpoint per epoch); returns the
     history, one dict per epoch (``epoch``, ``loss``, ``train_acc_noisy``, ...).
 
-    The architecture is ``run.arch``, else the ``run.init`` checkpoint's, else the dataset's default;
-    the weights start from ``run.init`` when given (:func:`check_finetune`; its Normalize constants
-    are kept with its weights, since the network learned on inputs normalised by them).
+    The architecture is ``run.arch``, else the ``run.init`` (or ``run.init_backbone``) checkpoint's,
+    else the dataset's default; the weights start from ``run.init`` when given
+    (:func:`check_finetune`), the backbone from ``run.init_backbone``
+    (:func:`check_backbone_input`, :func:`~smoothcert.models.transfer_backbone`: same backbone
+    structure and shapes, a declared Lipschitz bound) with a fresh head. Either checkpoint's
+    Normalize constants are kept with its weights, since the network learned on inputs normalised by
+    them; its path and sha256 are recorded in the new checkpoint's ``training``.
     """
     note = log if progress and log is not None else None
     method = training_method(run.method, run.hparams)
     _refuse_existing(Path(run.out), run.resume)
     init = read_init(run.init) if run.init is not None else None
-    arch = run.arch if run.arch is not None or init is None else init.meta.arch  # fine-tuning keeps it
+    backbone = read_init(run.init_backbone) if run.init_backbone is not None else None
+    source = init if init is not None else backbone
+    arch = run.arch if run.arch is not None or source is None else source.meta.arch  # fine-tuning keeps it
     device = resolve_device(run.device)
     train_set = _limited(load_dataset(run.data, "train"), run.limit)
     test_set = load_dataset(run.data, "test") if run.evaluate else None
     info = train_set.info
+    if backbone is not None:
+        check_backbone_input(backbone, input_shape=tuple(info.input_shape), dataset_name=info.name)
     arch, augment, chosen = train_defaults(info.name, arch=arch, augment=run.augment)
     if chosen and note:
         note(f"defaults for {info.name}: {' '.join(chosen)}")
@@ -141,17 +161,36 @@ def run_train(run: TrainRun, *, progress: bool = True, log: Log | None = None) -
     # Nets with a fully connected head (LeNet) are sized by the input side; record it.
     takes_size = "input_size" in inspect.signature(MODELS.factory(arch)).parameters
     arch_kwargs = {"input_size": info.input_shape[1]} if takes_size else {}
-    model = build_model(arch, num_classes=info.num_classes, in_channels=info.input_shape[0],
-                        mean=list(info.mean), std=list(info.std), **arch_kwargs).to(device)
-    mean, std, provenance = list(info.mean), list(info.std), {}
-    if init is not None:
+    if init is not None:  # before building: the checkpoint's mean/std must fit the network's channels
         check_finetune(init, arch=arch, arch_kwargs=arch_kwargs, num_classes=info.num_classes,
                        in_channels=info.input_shape[0], dataset_name=info.name)
+    # A checkpoint's normalization is kept with its weights: the network learned on inputs normalised by it.
+    mean, std = (list(source.meta.mean), list(source.meta.std)) if source is not None else (list(info.mean),
+                                                                                            list(info.std))
+    model = build_model(arch, num_classes=info.num_classes, in_channels=info.input_shape[0],
+                        mean=mean, std=std, **arch_kwargs).to(device)
+    provenance: dict[str, Any] = {}
+    if init is not None:
         model.load_state_dict(init.model.state_dict())
-        mean, std, provenance = list(init.meta.mean), list(init.meta.std), {"init": init.record}
-        if (mean, std) != (list(info.mean), list(info.std)) and note:
-            note(f"--init: keeping the checkpoint's normalization mean={mean} std={std} "
-                 f"(the data's is mean={list(info.mean)} std={list(info.std)})")
+        provenance = {"init": init.record}
+    if backbone is not None:
+        try:
+            transfer_backbone(backbone.model, model)
+        except InputTypeError as err:
+            raise InputTypeError(f"--init-backbone {backbone.record['path']} ({backbone.meta.arch}) cannot start "
+                                 f"this run's {arch}: {err}") from None
+        except ConfigMismatchError as err:
+            raise ConfigMismatchError(
+                f"--init-backbone {backbone.record['path']} ({backbone.meta.arch}, arch_kwargs "
+                f"{backbone.meta.arch_kwargs}) cannot start this run's {arch} (arch_kwargs {arch_kwargs}, the "
+                f"architecture's defaults otherwise): {err}. `train` builds the architecture with its default "
+                "sizes; move a backbone of other sizes in Python (smoothcert.models.transfer_backbone)"
+            ) from None
+        provenance = {"init_backbone": backbone.record}
+    if source is not None and (mean, std) != (list(info.mean), list(info.std)) and note:
+        flag = "--init" if init is not None else "--init-backbone"
+        note(f"{flag}: keeping the checkpoint's normalization mean={mean} std={std} "
+             f"(the data's is mean={list(info.mean)} std={list(info.std)})")
     meta = CheckpointMeta(arch=arch, arch_kwargs=arch_kwargs, dataset=run.data.dataset, num_classes=info.num_classes,
                           in_channels=info.input_shape[0], input_size=list(info.input_shape[1:]),
                           mean=mean, std=std, noise=noise.name, sigma=noise.sigma, training=provenance)
