@@ -10,15 +10,19 @@ test: the 20 ImageNet images of ../shared/data/samples, centre crops of --test-c
 Evaluation per model and relative budget eps_rel (eps = sqrt(d)·eps_rel, thesis eq. 9):
   * base models: l2 PGD on ‖f(y + e) − x‖² (eq. 10), --pgd-steps steps;
   * smoothed models g(y) = mean of f(y + δ), δ ~ N(0, sigma_g²): sigma_g chosen per model and budget on
-    the validation crops (best MSE under the transfer attack) from --sigma-g-factors × sigma_f; then on
+    the validation crops (best MSE under the transfer attack) from --sigma-g-factors × sigma_f (0: the
+    base model without smoothing); then on
     the test set under two attacks: PGD on the base model (transfer) and EOT-PGD on the smoothed
     estimate with --eot-samples draws per step (adaptive); the tables report the worse of the two.
 Certified (one model, --cert-sigma): median bounds and center smoothing on --cert-images test images
 for absolute l2 radii --cert-eps; certified worst-case PSNR beside the PSNR of the attacked
 median/centre (EOT-PGD at that radius), and a check that every attacked output is inside its set.
 
-Writes into --workdir: checkpoints, results.json (resumable: finished parts are kept), tables.md,
-grid.png, certified.png; prints one JSON line per result.
+Writes into --workdir: one checkpoint per model (written every --save-every steps), results.json
+(one entry per finished (model, budget) cell and certified radius), tables.md, grid.png,
+certified.png; prints one JSON line per result. Rerunning the same command resumes: finished
+models are loaded, an interrupted one continues from its last checkpoint (exactly: the training
+loop's resume), and finished cells are read back rather than recomputed.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from typing import Any
 import torch
 
 from smoothcert.attacks_regression import eot_pgd_regression, pgd_regression, relative_eps
-from smoothcert.models.unet import UNet, load_unet
+from smoothcert.data.superres import center_crop, degrade, load_folder, random_crops, skimage_photos
+from smoothcert.models.unet import UNet
 from smoothcert.noise import get_noise
 from smoothcert.regression import (
     SmoothedRegressor,
@@ -46,7 +51,6 @@ from smoothcert.regression import (
     worst_mse_ball,
     worst_mse_box,
 )
-from smoothcert.data.superres import center_crop, degrade, load_folder, random_crops, skimage_photos
 from smoothcert.train.superres import SRTrainConfig, train_superres
 
 BUDGETS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
@@ -76,12 +80,27 @@ def metrics(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
     return {"mse": float(m.mean()), "psnr": float(psnr(m).mean()), "ssim": float(ssim(out, ref).mean())}
 
 
-class Store:
-    """results.json in the workdir: a dict of finished parts, rewritten after each."""
+#: Options that do not change any result (where and how verbosely a run goes), left out of the
+#: settings a results.json is tied to.
+NOT_RESULTS = ("workdir", "progress", "threads", "pilot_steps", "data_root")
 
-    def __init__(self, path: Path) -> None:
+
+class Store:
+    """results.json in the workdir: finished cells and radii (a dict rewritten atomically after each)
+    and, under ``"settings"``, the options they were computed with: a rerun with other settings is
+    refused rather than mixing old cells into new tables."""
+
+    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
         self.path = path
         self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        if path.exists() and "settings" not in self.data:  # written before settings were recorded: adopted
+            self.put("settings", settings)
+        old = self.data.setdefault("settings", settings)
+        if old != settings:
+            diff = {k: (old.get(k), settings.get(k)) for k in sorted(set(old) | set(settings))
+                    if old.get(k) != settings.get(k)}
+            raise SystemExit(f"{path} holds results computed with other settings (was, now): {diff}; "
+                             "use another --workdir")
 
     def get(self, key: str) -> Any:
         return self.data.get(key)
@@ -94,7 +113,7 @@ class Store:
 
 
 def model_specs(args: argparse.Namespace) -> list[tuple[str, SRTrainConfig]]:
-    common = {"batch_size": args.batch, "crop": args.train_crop, "seed": args.seed, "save_every": 10}
+    common = {"batch_size": args.batch, "crop": args.train_crop, "seed": args.seed, "save_every": args.save_every}
     specs = [("std", SRTrainConfig(method="standard", steps=args.steps, lr=args.lr, **common))]
     for s in args.sigmas_f:
         specs.append((f"noise{s:g}", SRTrainConfig(method="noise", sigma_f=s, steps=args.ft_steps, lr=args.lr / 2, **common)))
@@ -105,22 +124,40 @@ def model_specs(args: argparse.Namespace) -> list[tuple[str, SRTrainConfig]]:
 
 
 def train_all(args, images, work: Path) -> dict[str, UNet]:
+    """Every model of :func:`model_specs`, trained into ``work/<name>.pt`` or resumed from there (a
+    finished checkpoint is only loaded; an interrupted one continues from its last epoch)."""
     models: dict[str, UNet] = {}
     for name, cfg in model_specs(args):
-        ckpt = work / f"{name}.pt"
-        done = ckpt.exists() and load_unet(ckpt)[1].get("step") == cfg.steps
-        if not done:
-            torch.manual_seed(args.seed)
-            net = UNet(residual=not args.plain)
-            if name != "std":
-                net.load_state_dict(models["std"].state_dict())  # fine-tuned from the standard model
-            t0 = time.perf_counter()
-            hist = train_superres(net, images, config=cfg, checkpoint=ckpt, resume=True,
-                                  meta={"name": name, "init": "std" if name != "std" else "scratch"}, progress=True)
-            emit({"kind": "train", "model": name, "steps": cfg.steps, "final_loss": hist[-1]["loss"],
-                  "seconds": round(time.perf_counter() - t0, 1)})
-        models[name] = load_unet(ckpt)[0]
+        torch.manual_seed(args.seed)
+        net = UNet(residual=not args.plain)
+        if name != "std":
+            net.load_state_dict(models["std"].state_dict())  # fine-tuned from the standard model
+        t0 = time.perf_counter()
+        hist = train_superres(net, images, config=cfg, checkpoint=work / f"{name}.pt", resume=True,
+                              info={"name": name, "init": "std" if name != "std" else "scratch"},
+                              progress=args.progress)
+        emit({"kind": "train", "model": name, "steps": hist[-1]["step"], "final_loss": hist[-1]["loss"],
+              "seconds_this_run": round(time.perf_counter() - t0, 1),
+              "seconds_total": round(sum(h["seconds"] for h in hist), 1)})
+        models[name] = net.eval()
     return models
+
+
+def pilot(args, images, test, work: Path) -> dict[str, Any]:
+    """The first --pilot-steps steps of the standard model (its checkpoint, which a full run then
+    continues exactly), and its clean test MSE/PSNR/SSIM beside bilinear interpolation's."""
+    name, cfg = model_specs(args)[0]
+    torch.manual_seed(args.seed)
+    net = UNet(residual=not args.plain)
+    hist = train_superres(net, images, config=cfg, checkpoint=work / f"{name}.pt", resume=True,
+                          info={"name": name, "init": "scratch"}, progress=args.progress, stop_at=args.pilot_steps)
+    xt, yt = test
+    with torch.no_grad():
+        rec = {"kind": "pilot", "model": name, "step": hist[-1]["step"], "of": cfg.steps,
+               "train_loss": hist[-1]["loss"], "seconds": round(sum(h["seconds"] for h in hist), 1),
+               "std": metrics(net(yt), xt), "bilinear": metrics(yt, xt)}
+    emit(rec)
+    return rec
 
 
 def evaluate(args, models, val, test, store: Store) -> None:
@@ -142,15 +179,28 @@ def evaluate(args, models, val, test, store: Store) -> None:
                 # sigma_g on the validation crops under the transfer attack (thesis: tuned per model and budget).
                 eps_v = relative_eps(eps_rel, xv.shape[1:])
                 adv_v = yv if eps == 0 else pgd_regression(net, yv, xv, eps=eps_v, steps=args.pgd_steps, generator=args.seed)
+                # A factor 0 is the base model itself (no smoothing at evaluation).
                 scores = {}
                 for f in args.sigma_g_factors:
-                    sr = SmoothedRegressor(net, noise=get_noise("gaussian", sigma=f * sigma_f))
-                    scores[f] = float(mse(sr.mean(adv_v, n=args.n_val, batch_size=256, generator=args.seed), xv).mean())
+                    if f == 0:
+                        with torch.no_grad():
+                            out_v = net(adv_v)
+                    else:
+                        sr = SmoothedRegressor(net, noise=get_noise("gaussian", sigma=f * sigma_f))
+                        out_v = sr.mean(adv_v, n=args.n_val, batch_size=256, generator=args.seed)
+                    scores[f] = float(mse(out_v, xv).mean())
                 best = min(scores, key=scores.get)
                 sigma_g = best * sigma_f
-                sr = SmoothedRegressor(net, noise=get_noise("gaussian", sigma=sigma_g))
                 rec["sigma_g"] = sigma_g
+                rec["sigma_g_factor"] = best
                 rec["val_mse_by_factor"] = {f"{k:g}": v for k, v in scores.items()}
+                if sigma_g == 0:
+                    rec["smoothed_transfer"] = rec["smoothed_eot"] = rec["smoothed"] = rec["base"]
+                    rec["seconds"] = round(time.perf_counter() - t0, 1)
+                    store.put(key, rec)
+                    emit({"kind": "eval", "model": name, "eps_rel": eps_rel, **rec})
+                    continue
+                sr = SmoothedRegressor(net, noise=get_noise("gaussian", sigma=sigma_g))
                 rec["smoothed_transfer"] = metrics(sr.mean(adv, n=args.n_eval, batch_size=256, generator=args.seed + 1), xt)
                 if eps > 0:
                     adv_s = eot_pgd_regression(net, yt, xt, noise=sr.noise, eps=eps, steps=args.pgd_steps,
@@ -165,12 +215,12 @@ def evaluate(args, models, val, test, store: Store) -> None:
             emit({"kind": "eval", "model": name, "eps_rel": eps_rel, **rec})
 
 
-def tables(args, store: Store, models) -> str:
+def tables(args, store: Store, models, n_test: int) -> str:
     lines = []
     for title, budgets in (("Table 1", BUDGETS[:3]), ("Table 2", BUDGETS[3:])):
         head = "| model | σ_g | " + " | ".join(f"ε_rel={b:g} MSE | PSNR | SSIM" for b in budgets) + " |"
-        lines += [f"**{title}** (ours: 20 ImageNet test crops of {args.test_crop}×{args.test_crop}; thesis's values "
-                  "in brackets where the thesis has that model)", "", head,
+        lines += [(f"**{title}** (ours: {n_test} ImageNet test crops of {args.test_crop}×{args.test_crop}; thesis's "
+                   "values in brackets where the thesis has that model)"), "", head,
                   "|" + "---|" * (2 + 3 * len(budgets))]
         for name in models:
             cells, sig = [], []
@@ -180,14 +230,30 @@ def tables(args, store: Store, models) -> str:
                 if "sigma_g" in rec:
                     sig.append(f"{rec['sigma_g']:.3g}")
                 t = THESIS.get(name)
-                i = BUDGETS.index(b)
-                th = (lambda k: f" [{t[i][k]:g}]") if t else (lambda k: "")
-                cells += [f"{r['mse']:.4f}{th(0)}", f"{r['psnr']:.2f}{th(1)}", f"{r['ssim']:.3f}{th(2)}"]
+                th = [f" [{v:g}]" for v in t[BUDGETS.index(b)]] if t else ["", "", ""]
+                cells += [f"{r['mse']:.4f}{th[0]}", f"{r['psnr']:.2f}{th[1]}", f"{r['ssim']:.3f}{th[2]}"]
             label = (f"smoothed σ_f={name[5:]}" if name.startswith("noise") else "standard" if name == "std"
                      else "bilinear input (no model)" if name == "bilinear" else f"adv. tr. ε_rel={name[3:]}")
             lines.append(f"| {label} | {'/'.join(sig) or '–'} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def smoothed(net, sigma_g: float, y: torch.Tensor, *, n: int, generator: int) -> torch.Tensor:
+    """The smoothed mean of ``net`` at ``y`` (``net(y)`` itself when sigma_g = 0)."""
+    if sigma_g == 0:
+        with torch.no_grad():
+            return net(y)
+    return SmoothedRegressor(net, noise=get_noise("gaussian", sigma=sigma_g)).mean(y, n=n, batch_size=256,
+                                                                                  generator=generator)
+
+
+def attack_smoothed(args, net, sigma_g: float, y, x, *, eps: float, generator: int) -> torch.Tensor:
+    """EOT-PGD on the smoothed mean (plain PGD when sigma_g = 0)."""
+    if sigma_g == 0:
+        return pgd_regression(net, y, x, eps=eps, steps=args.pgd_steps, generator=generator)
+    return eot_pgd_regression(net, y, x, noise=get_noise("gaussian", sigma=sigma_g), eps=eps, steps=args.pgd_steps,
+                              samples=args.eot_samples, generator=generator)
 
 
 def grid(args, models, store, test, work: Path) -> Path:
@@ -203,19 +269,18 @@ def grid(args, models, store, test, work: Path) -> Path:
     adv_name = f"adv{max(args.adv_eps_rel):g}"
     sm_name = f"noise{args.grid_sigma_f:g}"
     sigma_g = store.get(f"eval/{sm_name}/{eps_rel:g}")["sigma_g"]
-    sr = SmoothedRegressor(models[sm_name], noise=get_noise("gaussian", sigma=sigma_g))
+    sm = models[sm_name]
     y_std = pgd_regression(std, y, x, eps=eps, steps=args.pgd_steps, generator=0)
     y_adv = pgd_regression(models[adv_name], y, x, eps=eps, steps=args.pgd_steps, generator=0)
-    y_sm = eot_pgd_regression(models[sm_name], y, x, noise=sr.noise, eps=eps, steps=args.pgd_steps,
-                              samples=args.eot_samples, generator=0)
+    y_sm = attack_smoothed(args, sm, sigma_g, y, x, eps=eps, generator=0)
     with torch.no_grad():
         rows = [
             ("clean input", [("LR input y", y), ("standard f(y)", std(y)), (f"adv. tr. ({adv_name})", models[adv_name](y)),
-                             (f"smoothed ({sm_name}, σ_g={sigma_g:.2g})", sr.mean(y, n=args.n_eval, batch_size=256, generator=0)),
+                             (f"smoothed ({sm_name}, σ_g={sigma_g:.2g})", smoothed(sm, sigma_g, y, n=args.n_eval, generator=0)),
                              ("reference x", x)]),
             (f"attacked ε_rel={eps_rel:g}", [("attacked input (vs std)", y_std), ("standard", std(y_std)),
                                             ("adv. tr.", models[adv_name](y_adv)),
-                                            ("smoothed (EOT attack)", sr.mean(y_sm, n=args.n_eval, batch_size=256, generator=0)),
+                                            ("smoothed (EOT attack)", smoothed(sm, sigma_g, y_sm, n=args.n_eval, generator=0)),
                                             ("reference x", x)]),
         ]
     fig, axes = plt.subplots(2, 5, figsize=(12, 5.4))
@@ -244,6 +309,8 @@ def certified(args, models, test, store: Store, work: Path) -> list[dict[str, An
     k = args.cert_images
     x, y = xt[:k], yt[:k]
     key_d = f"cert/{name}"
+    if all(store.get(f"{key_d}/{eps:g}") is not None for eps in args.cert_eps):
+        return [store.get(f"{key_d}/{eps:g}") for eps in args.cert_eps]
     draws0 = sr.samples(y, n=args.cert_n0, batch_size=256, generator=args.seed + 10)
     draws = sr.samples(y, n=args.cert_n, batch_size=256, generator=args.seed + 11)
     for eps in args.cert_eps:
@@ -287,6 +354,28 @@ def certified(args, models, test, store: Store, work: Path) -> list[dict[str, An
     return rows
 
 
+def certified_table(rows: list[dict[str, Any]]) -> str:
+    """The certified part as a markdown table: means over the images per l2 radius."""
+    def f(r: dict[str, Any], key: str, fmt: str = ".2f") -> str:
+        v = r.get(key)
+        return "–" if v is None else ("∞" if v == math.inf else "−∞" if v == -math.inf else format(v, fmt))
+
+    r0 = rows[0]
+    lines = [(f"**Certified** ({r0['model']} smoothed at σ = {r0['sigma']:g}, {r0['images']} test crops, "
+              f"n0 = {r0['n0']}, n = {r0['n']}, α = {r0['alpha']:g}; PSNR in dB, means over the images)"), "",
+             ("| ε (l2) | ε_rel | median: clean | median of clamp(f): certified worst | median: attacked | outside box "
+              "(coords) | center: radius | center: certified worst | center: attacked | max ‖z − z'‖ | violations |"),
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        outside = "–" if "coords" not in r else f"{r['median_outside_coords']} / {r['coords']}"
+        viol = "–" if "center_violations" not in r else f"{r['center_violations']} / {r['images']}"
+        lines.append(f"| {r['eps']:g} | {r['eps_rel']:.4f} | {f(r, 'median_clean_psnr')} | "
+                     f"{f(r, 'median_cert_psnr_clipped01')} | {f(r, 'median_attacked_psnr')} | {outside} | "
+                     f"{f(r, 'center_radius')} | {f(r, 'center_cert_psnr')} | {f(r, 'center_attacked_psnr')} | "
+                     f"{f(r, 'center_moved_max')} | {viol} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_certified(rows, work: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
@@ -310,7 +399,7 @@ def plot_certified(rows, work: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     # ../shared/data beside the project's root (or beside a folder above it, for worktrees).
     shared = next((q / "shared" / "data" for q in Path(__file__).resolve().parents[1:] if (q / "shared" / "data").is_dir()),
                   None)
@@ -320,44 +409,49 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workdir", default="runs/bench_superres")
     p.add_argument("--val-photos", nargs="+", default=["wood.jpg", "yellowflower.jpg"])
     p.add_argument("--no-skimage", action="store_true", help="train on the photos folder only")
-    p.add_argument("--train-crop", type=int, default=32)
-    p.add_argument("--test-crop", type=int, default=32)
-    p.add_argument("--steps", type=int, default=200, help="Adam steps of the standard model")
-    p.add_argument("--ft-steps", type=int, default=60, help="fine-tuning steps of the other models")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--train-crop", type=int, default=64)
+    p.add_argument("--test-crop", type=int, default=64)
+    p.add_argument("--steps", type=int, default=3000, help="Adam steps of the standard model")
+    p.add_argument("--ft-steps", type=int, default=800, help="fine-tuning steps of the other models")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--save-every", type=int, default=50, help="training steps per checkpoint (an epoch of the loop)")
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--sigmas-f", type=float, nargs="*", default=[0.1, 0.25, 0.5])
+    p.add_argument("--sigmas-f", type=float, nargs="*", default=[0.1, 0.2, 0.5])
     p.add_argument("--adv-eps-rel", type=float, nargs="*", default=[0.05])
     p.add_argument("--train-pgd-steps", type=int, default=2)
-    p.add_argument("--pgd-steps", type=int, default=3)
-    p.add_argument("--eot-samples", type=int, default=2)
-    p.add_argument("--sigma-g-factors", type=float, nargs="+", default=[0.75, 1.0, 1.5])
-    p.add_argument("--val-crops", type=int, default=8)
-    p.add_argument("--n-val", type=int, default=8)
-    p.add_argument("--n-eval", type=int, default=16)
-    p.add_argument("--cert-sigma", type=float, default=0.25)
-    p.add_argument("--cert-images", type=int, default=3)
-    p.add_argument("--cert-eps", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5])
+    p.add_argument("--pgd-steps", type=int, default=10)
+    p.add_argument("--eot-samples", type=int, default=4)
+    p.add_argument("--sigma-g-factors", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5],
+                   help="sigma_g candidates as multiples of sigma_f; 0 = the base model without smoothing")
+    p.add_argument("--val-crops", type=int, default=16)
+    p.add_argument("--n-val", type=int, default=16)
+    p.add_argument("--n-eval", type=int, default=32)
+    p.add_argument("--test-images", type=int, default=None, help="use the first K test images (default all 20)")
+    p.add_argument("--cert-sigma", type=float, default=0.5)
+    p.add_argument("--cert-images", type=int, default=10)
+    p.add_argument("--cert-eps", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5, 1.0])
     p.add_argument("--cert-n0", type=int, default=32)
-    p.add_argument("--cert-n", type=int, default=300)
+    p.add_argument("--cert-n", type=int, default=500)
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--delta", type=float, default=0.1)
     p.add_argument("--grid-image", type=int, default=3)
-    p.add_argument("--grid-eps-rel", type=float, default=0.05)
-    p.add_argument("--grid-sigma-f", type=float, default=0.25)
+    p.add_argument("--grid-eps-rel", type=float, default=0.1)
+    p.add_argument("--grid-sigma-f", type=float, default=0.5)
     p.add_argument("--plain", action="store_true",
-                   help="plain U-Net (the library's default); the benchmark's default is residual: at this CPU "
-                        "budget a plain one was still at MSE 0.027 after 120 of 200 steps, a residual one at 0.0011")
-    p.add_argument("--eval-models", nargs="*", default=None,
-                   help="evaluate only these models (e.g. noise0.25), then stop (parts may run in parallel)")
-    p.add_argument("--report-only", action="store_true",
-                   help="write tables, grid and curve from the results in --workdir (no training or evaluation)")
-    p.add_argument("--train-only", action="store_true", help="stop after training (parts may train in parallel)")
-    p.add_argument("--cert-only", default=None, metavar="WORKDIR",
-                   help="run only the certified part, on the model of WORKDIR (a full run's), writing into --workdir")
-    p.add_argument("--threads", type=int, default=2)
+                   help="plain U-Net (the library's default); the benchmark's default is residual, started as the "
+                        "identity (the bilinear input): a plain one was at training MSE 0.027 after 120 steps on "
+                        "32x32 crops, a residual one at 0.0011 (BENCHMARKS.md)")
+    p.add_argument("--pilot-steps", type=int, default=0,
+                   help="train only the standard model's first N steps (a multiple of --save-every) and print its "
+                        "clean test PSNR beside bilinear's; the full run continues that checkpoint")
+    p.add_argument("--progress", action="store_true", help="training progress bars and a line per epoch (stderr)")
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.data_root is None:
+        raise SystemExit("no ../shared/data found: give --data-root")
+    if args.grid_sigma_f not in args.sigmas_f or args.cert_sigma not in args.sigmas_f or not args.adv_eps_rel:
+        raise SystemExit("--grid-sigma-f and --cert-sigma must be among --sigmas-f, and --adv-eps-rel non-empty")
     torch.set_num_threads(args.threads)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -370,39 +464,25 @@ def main(argv: list[str] | None = None) -> None:
         train_images += [im for im in skimage_photos() if min(im.shape[-2:]) >= args.train_crop]
     xv = random_crops([photos[k] for k in args.val_photos], size=args.train_crop, count=args.val_crops,
                       generator=torch.Generator().manual_seed(args.seed + 100), flip=False)
-    xt = torch.stack([center_crop(im, args.test_crop) for im in load_folder(root / "samples", pattern="imagenet_*")])
+    xt = torch.stack([center_crop(im, args.test_crop)
+                      for im in load_folder(root / "samples", pattern="imagenet_*", limit=args.test_images)])
     val, test = (xv, degrade(xv)), (xt, degrade(xt))
     emit({"kind": "data", "train_images": len(train_images), "val_crops": len(xv), "test_images": len(xt),
-          "test_crop": args.test_crop, "train_crop": args.train_crop, "argv": sys.argv[1:]})
-    store = Store(work / "results.json")
-    if args.cert_only is not None:
-        # Only the certified part, on a model trained by a full run (its workdir): may run beside it.
-        name = f"noise{args.cert_sigma:g}"
-        rows = certified(args, {name: load_unet(Path(args.cert_only) / f"{name}.pt")[0]}, test, store, work)
-        emit({"kind": "certified_plot", "path": str(plot_certified(rows, work))})
-        return
-    if args.report_only:
-        # Tables, grid and curve from the results already in --workdir, with the checkpoints as they are.
-        models = {name: load_unet(work / f"{name}.pt")[0] for name, _ in model_specs(args)}
-        (work / "tables.md").write_text(tables(args, store, {"bilinear": None, **models}))
-        emit({"kind": "grid", "path": str(grid(args, models, store, test, work))})
-        rows = [store.get(f"cert/noise{args.cert_sigma:g}/{e:g}") for e in args.cert_eps]
-        if all(r is not None for r in rows):
-            emit({"kind": "certified_plot", "path": str(plot_certified(rows, work))})
-        return
+          "test_crop": args.test_crop, "train_crop": args.train_crop, "argv": sys.argv[1:] if argv is None else argv})
+    # Everything below resumes from --workdir: finished checkpoints are loaded, interrupted ones
+    # continue from their last epoch, and finished (model, budget) cells and radii are read back.
+    store = Store(work / "results.json",
+                  json.loads(json.dumps({k: v for k, v in vars(args).items() if k not in NOT_RESULTS})))
+    if args.pilot_steps:
+        return pilot(args, train_images, test, work)
     models = train_all(args, train_images, work)
-    if args.train_only:
-        return
-    evaluated = {"bilinear": torch.nn.Identity(), **models}
-    if args.eval_models:
-        evaluated = {k: v for k, v in evaluated.items() if k in args.eval_models}
-    evaluate(args, evaluated, val, test, store)
-    if args.eval_models:
-        return
-    (work / "tables.md").write_text(tables(args, store, {"bilinear": None, **models}))
+    evaluate(args, {"bilinear": torch.nn.Identity(), **models}, val, test, store)
+    (work / "tables.md").write_text(tables(args, store, {"bilinear": None, **models}, len(xt)))
     emit({"kind": "grid", "path": str(grid(args, models, store, test, work))})
     rows = certified(args, models, test, store, work)
+    (work / "tables.md").write_text(tables(args, store, {"bilinear": None, **models}, len(xt)) + "\n" + certified_table(rows))
     emit({"kind": "certified_plot", "path": str(plot_certified(rows, work))})
+    return store.data
 
 
 if __name__ == "__main__":

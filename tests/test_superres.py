@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from smoothcert.attacks_regression import eot_pgd_regression, pgd_regression, relative_eps
+from smoothcert.data.superres import center_crop, degrade, load_folder, random_crops
 from smoothcert.errors import CheckpointError, InputError
 from smoothcert.models.unet import UNet, load_unet, save_unet
 from smoothcert.noise import get_noise
 from smoothcert.regression import SmoothedRegressor, center_from_draws, median_bounds_from_draws
-from smoothcert.data.superres import center_crop, degrade, load_folder, random_crops
 from smoothcert.train.superres import SRTrainConfig, train_superres
 
 
@@ -28,6 +28,11 @@ def test_unet_any_size(shape):
     assert net(torch.rand(*shape)).shape == shape
 
 
+def test_residual_unet_starts_as_the_identity():
+    y = torch.rand(2, 3, 10, 6)
+    torch.testing.assert_close(UNet(channels=(4, 8), residual=True).eval()(y), y, rtol=0, atol=0)
+
+
 def test_unet_rejects_wrong_channels():
     with pytest.raises(InputError, match="3, H, W"):
         UNet()(torch.rand(1, 1, 8, 8))
@@ -35,13 +40,14 @@ def test_unet_rejects_wrong_channels():
 
 def test_unet_checkpoint_roundtrip(tmp_path):
     net = small_unet()
-    save_unet(tmp_path / "m.pt", net, {"method": "standard"})
+    save_unet(tmp_path / "m.pt", net, training={"method": "standard"}, info={"name": "m"})
     back, meta = load_unet(tmp_path / "m.pt")
     x = torch.rand(1, 3, 9, 9)
     torch.testing.assert_close(back(x), net(x))
-    assert meta == {"method": "standard"}
+    assert (meta.training, meta.info, meta.arch_kwargs) == ({"method": "standard"}, {"name": "m"}, net.config())
+    assert back.config() == net.config() and back.residual
     torch.save({"state_dict": net.state_dict()}, tmp_path / "bare.pt")
-    with pytest.raises(CheckpointError, match="arch"):
+    with pytest.raises(CheckpointError, match="not a smoothcert U-Net checkpoint"):
         load_unet(tmp_path / "bare.pt")
 
 
@@ -57,8 +63,8 @@ def test_degrade_shapes_and_constant_image():
 
 
 def test_crops(tmp_path):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
     Image.fromarray((np.random.default_rng(0).random((20, 30, 3)) * 255).astype("uint8")).save(tmp_path / "a.png")
     Image.fromarray((np.random.default_rng(1).random((25, 21)) * 255).astype("uint8")).save(tmp_path / "b.jpg")
     ims = load_folder(tmp_path)
@@ -134,18 +140,27 @@ def test_training_reduces_error_and_resumes(tmp_path):
     cfg = SRTrainConfig(method="noise", sigma_f=0.1, steps=4, batch_size=2, crop=8, save_every=2, lr=1e-2)
     full = small_unet()
     hist = train_superres(full, images, config=cfg, checkpoint=tmp_path / "full.pt")
-    assert [h["step"] for h in hist] == [2, 4]
-    # Interrupted after 2 steps, then resumed: the same weights as the uninterrupted run.
+    assert [h["step"] for h in hist] == [2, 4] and [h["epoch"] for h in hist] == [1, 2]
+    assert load_unet(tmp_path / "full.pt")[1].epoch == 2
+    # Interrupted after 2 steps, then resumed: the same weights and history as the uninterrupted run.
     half = small_unet()
     train_superres(half, images, config=cfg, checkpoint=tmp_path / "h.pt", stop_at=2)
     resumed = small_unet()
     hist2 = train_superres(resumed, images, config=cfg, checkpoint=tmp_path / "h.pt", resume=True)
     assert [h["step"] for h in hist2] == [2, 4]
+    assert [h["loss"] for h in hist2] == [h["loss"] for h in hist]
     for a, b in zip(resumed.state_dict().values(), full.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
     with pytest.raises(InputError, match="cannot resume"):
         train_superres(small_unet(), images, config=SRTrainConfig(**{**cfg.__dict__, "lr": 0.5}),
                        checkpoint=tmp_path / "h.pt", resume=True)
+    # A finished run asked again returns at once with its weights loaded.
+    again = small_unet()
+    assert train_superres(again, images, config=cfg, checkpoint=tmp_path / "full.pt", resume=True) == hist
+    for a, b in zip(again.state_dict().values(), full.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(InputError, match="multiple of save_every"):
+        train_superres(small_unet(), images, config=cfg, checkpoint=tmp_path / "x.pt", stop_at=3)
 
 
 def test_adversarial_training_step_runs(tmp_path):
@@ -157,3 +172,19 @@ def test_adversarial_training_step_runs(tmp_path):
         SRTrainConfig(method="adversarial")
     with pytest.raises(InputError, match="larger than the image"):
         train_superres(small_unet(), images, config=SRTrainConfig(crop=32, steps=1), checkpoint=tmp_path / "b.pt")
+
+
+def test_sr_row_schemas_come_from_results():
+    from smoothcert import results
+    from smoothcert.results import superres as sr_rows
+
+    assert results.sr_attack_schema is sr_rows.sr_attack_schema and results.sr_certify_schema is sr_rows.sr_certify_schema
+    attack = results.sr_attack_schema([0, 0.05])
+    assert attack.kind == results.SR_ATTACK_KIND == "sr_attack"
+    assert attack.columns[:10] == ("idx", "image", "mse@0.0", "psnr@0.0", "ssim@0.0", "l2@0.0", "mse@0.05",
+                                   "psnr@0.05", "ssim@0.05", "l2@0.05")
+    cert = results.sr_certify_schema([0.25])
+    assert cert.kind == results.SR_CERTIFY_KIND and cert.columns[4:7] == (
+        "median_cert_psnr@0.25", "center_radius@0.25", "center_cert_psnr@0.25")
+    with pytest.raises(InputError, match="missing"):
+        cert.row({"idx": 0})

@@ -16,7 +16,8 @@ so odd sizes work.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, InputError, MissingFileError
-from ..files import atomic_write
+from ..checkpoints import CheckpointKind, MetaRecord
+from ..errors import InputError, MissingFileError
 
-__all__ = ["THESIS_CHANNELS", "UNet", "load_unet", "save_unet"]
+__all__ = ["THESIS_CHANNELS", "UNET_CHECKPOINT", "UNet", "UNetMeta", "load_unet", "save_unet"]
 
 #: Feature channels per level of the thesis's U-Net.
 THESIS_CHANNELS = (8, 16, 32, 64, 128)
@@ -47,6 +48,7 @@ class UNet(nn.Module):
         channels: feature channels per level (default the thesis's 8/16/32/64/128).
         in_channels, out_channels: image channels (3 for RGB).
         residual: add the input to the output (needs in_channels == out_channels); off by default.
+            The output layer then starts at zero, so the untrained net is the identity.
     """
 
     def __init__(
@@ -75,6 +77,12 @@ class UNet(nn.Module):
             self.up.append(nn.ConvTranspose2d(c_lo, c_hi, 2, stride=2))
             self.merge.append(_block(2 * c_hi, c_hi))
         self.head = nn.Conv2d(channels[0], out_channels, 1)
+        if residual:
+            # Start as the identity, i.e. at the bilinear input: the net then only learns the missing
+            # detail and is never worse than its input early in training (with a random head, a
+            # residual net started below bilinear and stayed there for 200 steps: BENCHMARKS.md).
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def config(self) -> dict[str, Any]:
         """The keywords that rebuild this architecture: ``UNet(**net.config())``."""
@@ -103,23 +111,64 @@ class UNet(nn.Module):
         return out + y if self.residual else out
 
 
-def save_unet(path: str | os.PathLike[str], model: UNet, meta: dict[str, Any]) -> Path:
-    """Write ``model``'s weights with ``meta`` (JSON-able: training method, sigma_f, eps_rel, data,
-    epochs, history...) and its architecture, atomically."""
-    payload = {"format": "smoothcert-unet-1", "arch": model.config(), "meta": dict(meta),
-               "state_dict": model.state_dict()}
-    return atomic_write(path, lambda f: torch.save(payload, f))
+@dataclass(kw_only=True)
+class UNetMeta(MetaRecord):
+    """What rebuilds a U-Net and says how it was trained: ``arch_kwargs`` = :meth:`UNet.config`,
+    ``training`` = the training settings (:class:`~smoothcert.train.superres.SRTrainConfig` as a
+    dict), ``epoch`` = finished epochs of the training loop, ``info`` = provenance (data folders,
+    initial checkpoint, a run's name)."""
+
+    arch: str = "unet"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._check_names("arch")
+        self._check_counts("epoch", minimum=0)
+        self._check_dicts("arch_kwargs", "training", "info")
+        if self.arch != "unet":
+            raise InputError(f"UNetMeta.arch must be 'unet', got {self.arch!r}")
 
 
-def load_unet(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> tuple[UNet, dict[str, Any]]:
-    """``(model in eval mode, meta)`` from :func:`save_unet`'s file; a file without the architecture
-    record is refused (never guessed)."""
+def _build(meta: UNetMeta) -> UNet:
+    try:
+        return UNet(**meta.arch_kwargs)
+    except TypeError as err:
+        raise InputError(f"cannot build a U-Net with arch_kwargs={meta.arch_kwargs}: {err}") from None
+
+
+#: The U-Net checkpoint format: the generic core of :mod:`smoothcert.checkpoints` with :class:`UNetMeta`
+#: (so the training loop's resume state, atomic writes and format checks are the classifiers').
+UNET_CHECKPOINT: CheckpointKind[UNetMeta] = CheckpointKind(
+    label="U-Net checkpoint",
+    format="smoothcert-unet",
+    version=1,
+    meta_type=UNetMeta,
+    build=_build,
+    loader="smoothcert.models.unet.load_unet",
+)
+
+
+def save_unet(
+    path: str | os.PathLike[str],
+    model: UNet,
+    *,
+    training: Mapping[str, Any] | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s weights and architecture with its ``training`` settings and ``info``
+    (JSON-able provenance), atomically. Raises ``CheckpointError`` if it cannot be written."""
+    meta = UNetMeta(arch_kwargs=model.config(), training=dict(training or {}), info=dict(info or {}))
+    return UNET_CHECKPOINT.save(path, model, meta=meta)
+
+
+def load_unet(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> tuple[UNet, UNetMeta]:
+    """``(model in eval mode, meta)`` from a U-Net checkpoint (:func:`save_unet` or the training
+    loop's); a file of another kind, or without the architecture record, is refused (never guessed)."""
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"no U-Net checkpoint at {path}")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != "smoothcert-unet-1" or "arch" not in payload:
-        raise CheckpointError(f"{path} is not a smoothcert U-Net checkpoint (no 'arch' record)")
-    model = UNet(**payload["arch"])
-    model.load_state_dict(payload["state_dict"])
-    return model.eval(), payload.get("meta", {})
+    model, meta = UNET_CHECKPOINT.load(path, map_location=map_location)
+    return model, meta  # type: ignore[return-value]

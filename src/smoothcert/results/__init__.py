@@ -1,5 +1,6 @@
 """The one owner of result files: row schemas per kind of run (:mod:`.schema`), the writer with its
-configuration sidecar, resume and repair (:mod:`.writer`), the reader (:mod:`.reader`) and the part
+configuration sidecar, resume and repair (:mod:`.writer`), the per-image rows of super-resolution
+runs (:mod:`.superres`), the reader (:mod:`.reader`) and the part
 files of sharded runs with their merge (:mod:`.parts`).
 
 Every file is read by one rule (:func:`read_table`): a torn last row — no newline, an interrupted
@@ -40,6 +41,7 @@ from .schema import (
     predict_row,
     soft_certify_row,
 )
+from .superres import SR_ATTACK_KIND, SR_CERTIFY_KIND, sr_attack_schema, sr_certify_schema
 from .writer import ResultWriter, config_diff, normalise_config, read_config, sidecar_path, sidecar_text
 
 __all__ = [
@@ -57,6 +59,8 @@ __all__ = [
     "PREDICT_COLUMNS",
     "RECHECK_ALPHA_DIVISOR",
     "SOFT_CERTIFY",
+    "SR_ATTACK_KIND",
+    "SR_CERTIFY_KIND",
     "ConfigMismatchError",
     "ResultFileError",
     "ResultTable",
@@ -85,4 +89,6 @@ __all__ = [
     "sidecar_path",
     "sidecar_text",
     "soft_certify_row",
+    "sr_attack_schema",
+    "sr_certify_schema",
 ]

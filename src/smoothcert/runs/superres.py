@@ -39,8 +39,7 @@ from ..regression import (
     worst_mse_ball,
     worst_mse_box,
 )
-from ..results.superres import sr_attack_schema, sr_certify_schema
-from ..results.writer import ResultWriter
+from ..results import ResultWriter, eps_key, sr_attack_schema, sr_certify_schema
 from ..rng import input_seed
 from ..train.superres import SRTrainConfig, train_superres
 
@@ -154,9 +153,9 @@ def run_sr_train(run: SRTrainRun, *, progress: bool = True) -> list[dict[str, An
         init, _ = load_unet(run.init)
         net.load_state_dict(init.state_dict())
     net.to(device)
-    meta = {"folders": [str(f) for f in run.folders], "pattern": run.pattern, "skimage": run.skimage,
+    info = {"folders": [str(f) for f in run.folders], "pattern": run.pattern, "skimage": run.skimage,
             "init": None if run.init is None else str(run.init)}
-    return train_superres(net, images, config=run.config, checkpoint=run.out, resume=run.resume, meta=meta,
+    return train_superres(net, images, config=run.config, checkpoint=run.out, resume=run.resume, info=info,
                           progress=progress)
 
 
@@ -203,7 +202,7 @@ def run_sr_attack(run: SRAttackRun) -> Path:
                                                                 samples=run.samples, generator=seed)
                     out = sr.mean(adv, n=run.n, batch_size=run.batch_size, generator=seed + 1)
                 m = mse(out, x)
-                k = repr(float(e))
+                k = eps_key(e)
                 row |= {f"mse@{k}": float(m[0]), f"psnr@{k}": float(psnr(m)[0]), f"ssim@{k}": float(ssim(out, x)[0]),
                         f"l2@{k}": float((adv - y).norm())}
             row |= {"model": str(run.checkpoint), "smoothing": "none" if sr is None else "mean",
@@ -240,7 +239,7 @@ def run_sr_certify(run: SRCertifyRun) -> Path:
                 if "clean_psnr_median" not in row:
                     row["clean_psnr_median"] = float(psnr(mse(box.median, x))[0])
                     row["clean_psnr_center"] = float(psnr(mse(ball.center, x))[0])
-                k = repr(float(e))
+                k = eps_key(e)
                 row |= {f"median_cert_psnr@{k}": float(psnr(worst_mse_box(box.lower, box.upper, x,
                                                                            value_range=value_range))[0]),
                         f"center_radius@{k}": float(ball.radius[0]),

@@ -1,19 +1,21 @@
 """Training base classifiers for smoothing: methods (losses) by name and one loop.
 
-The loop (:func:`run_epochs`) is also the one denoisers train in (``smoothcert.denoise.train_denoiser``).
+The loop (:func:`run_epochs`) is also the one denoisers (``smoothcert.denoise.train_denoiser``) and
+super-resolution U-Nets (``smoothcert.train.superres.train_superres``) train in.
 """
 
 # Importing a method's module registers it (gaussian lives in methods.py).
 from .augment import RandomCropFlip, random_crop_flip
 from .heat import HeatSmoothing, heat_terms
 from .lipschitz_margin import LipschitzMargin, head_lipschitz, margin_logits
-from .loop import EpochCheckpoint, TrainConfig, TrainStep, learning_rate, noisy_accuracy, run_epochs, train
+from .loop import BatchSource, EpochCheckpoint, TrainConfig, TrainStep, learning_rate, noisy_accuracy, run_epochs, train
 from .macer import Macer, macer_terms, soft_margin
 from .methods import GaussianAugmentation, TrainingMethod, get_method, list_methods, method_record, register_method
 from .smoothadv import SmoothAdv, smoothadv_examples
 from .stability import ConsistencyRegularization, StabilityTraining, consistency_loss, stability_loss
 
 __all__ = [
+    "BatchSource",
     "ConsistencyRegularization",
     "EpochCheckpoint",
     "GaussianAugmentation",

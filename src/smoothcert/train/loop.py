@@ -3,11 +3,15 @@
 :func:`run_epochs` is the loop; what is trained is given to it: the loss of one batch (a
 :class:`TrainStep`), the optimiser, the learning rate of each epoch, an evaluation after each epoch,
 and an :class:`EpochCheckpoint` (file, checkpoint kind, metadata, and which recorded runs this one may
-continue). Two trainers use it:
+continue). The batches come from a fixed data set (shuffled every epoch) or from a
+:data:`BatchSource` (batches drawn afresh, e.g. random patches of a few large photos). Three trainers
+use it:
 
 * :func:`train` — base classifiers with a :class:`~smoothcert.train.TrainingMethod` and SGD;
 * :func:`smoothcert.denoise.train_denoiser` — denoisers and score networks with a
-  ``DenoiserLoss`` and Adam.
+  ``DenoiserLoss`` and Adam;
+* :func:`smoothcert.train.superres.train_superres` — image-to-image (super-resolution) U-Nets on
+  random patches with Adam.
 
 Each epoch ends with an atomic checkpoint of the network, its metadata (with ``epoch`` = epochs
 finished), the optimiser state, both random streams (data order on the CPU, noise on the training
@@ -22,7 +26,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -42,6 +46,7 @@ from .augment import augment_record
 from .methods import TrainingMethod, method_record
 
 __all__ = [
+    "BatchSource",
     "EpochCheckpoint",
     "TrainConfig",
     "TrainStep",
@@ -67,6 +72,12 @@ class TrainStep(Protocol):
     def __call__(
         self, model: nn.Module, x: Tensor, y: Tensor | None, *, generator: torch.Generator
     ) -> tuple[Tensor, Tensor | None]: ...
+
+
+#: Batches that are not a fixed data set: ``source(epoch, generator)`` yields the (x, y) batches of
+#: (0-based) ``epoch`` (y may be None), drawing its randomness from ``generator`` only: the loop's
+#: data-order stream, saved with every checkpoint, so a resumed run draws what an uninterrupted one would.
+BatchSource = Callable[[int, torch.Generator], Iterable[tuple[Tensor, Tensor | None]]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,7 +113,7 @@ def training_batches(
 
 def run_epochs(
     model: nn.Module,
-    data: Dataset | Tensor,
+    data: Dataset | Tensor | BatchSource,
     *,
     step: TrainStep,
     optimizer: torch.optim.Optimizer,
@@ -122,7 +133,9 @@ def run_epochs(
     Args:
         model: the network, on the device to train on (the noise stream lives there).
         data: training images in [0, 1] (see :func:`training_batches`), shuffled every epoch by a
-            CPU generator seeded with ``seed``; the noise generator is seeded with ``seed + 1``.
+            CPU generator seeded with ``seed``, in batches of ``batch_size``; or a
+            :data:`BatchSource` called with each epoch and that generator (``batch_size`` unused).
+            The noise generator is seeded with ``seed + 1``.
         step: the loss of a batch (:class:`TrainStep`).
         optimizer: over ``model``'s trainable parameters; its state is saved and restored.
         epochs: the total number of epochs (a resumed run may ask for more than it was started with).
@@ -158,7 +171,8 @@ def run_epochs(
         if start >= epochs:
             return history
 
-    steps = math.ceil(len(data) / batch_size)
+    source = data if callable(data) and not isinstance(data, (Dataset, Tensor)) else None
+    steps = None if source is not None else math.ceil(len(data) / batch_size)  # type: ignore[arg-type]
     for epoch in range(start, epochs):
         if begin_epoch is not None:
             begin_epoch(epoch, epochs)
@@ -172,7 +186,9 @@ def run_epochs(
         correct = torch.zeros((), device=device)
         with_accuracy = False
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for x, y in training_batches(data, batch_size, shuffle=True, generator=order_gen):
+        batches = (source(epoch, order_gen) if source is not None
+                   else training_batches(data, batch_size, shuffle=True, generator=order_gen))  # type: ignore[arg-type]
+        for x, y in batches:
             x = x.to(device, non_blocking=True)
             y = None if y is None else y.to(device, non_blocking=True)
             if augment is not None:

@@ -1,11 +1,13 @@
 """Training image-to-image (super-resolution) models: standard, Gaussian-noise-augmented, adversarial.
 
-A small loop of its own, not :func:`smoothcert.train.train`: that loop is built around classifiers
-(labels, accuracy, SGD recipes, ``CheckpointMeta`` with ``num_classes``), while here a batch is a pair
-of images, the loss is the MSE, the optimiser Adam, and an epoch is not natural (patches are drawn
-afresh from a few large photos every step). What it shares with it: the step's randomness is a
-function of (seed, step) only (:func:`smoothcert.rng.sub_seed`), and a checkpoint written every
-``save_every`` steps lets ``resume=True`` continue an interrupted run exactly.
+Trained in the project's one loop (:func:`smoothcert.train.loop.run_epochs`, as classifiers and
+denoisers are): its batches come from a :data:`~smoothcert.train.loop.BatchSource` that draws
+``batch_size`` random ``crop`` × ``crop`` patches of a few large photos afresh every step, an
+"epoch" is ``save_every`` steps (the last one may be shorter), the loss is the MSE of the U-Net's
+output against the clean patch, the optimiser Adam with a cosine learning rate over the epochs, and
+the checkpoint a :data:`~smoothcert.models.unet.UNET_CHECKPOINT` written after every epoch with the
+loop's resume state (weights, Adam state, both random streams, history), so ``resume=True``
+continues an interrupted run exactly.
 
 Methods (the thesis's three):
   * ``standard``: minimise ‖f(y) − x‖²;
@@ -20,23 +22,21 @@ from __future__ import annotations
 
 import math
 import os
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..attacks_regression import pgd_regression, relative_eps
 from ..data.superres import degrade, random_crops
 from ..errors import InputError
-from ..files import atomic_write
-from ..models.unet import UNet, load_unet, save_unet
+from ..models.unet import UNET_CHECKPOINT, UNet, UNetMeta
 from ..noise import get_noise
-from ..rng import sub_seed
+from .loop import EpochCheckpoint, run_epochs
 
 __all__ = ["SR_METHODS", "SRTrainConfig", "train_superres"]
 
@@ -48,9 +48,9 @@ class SRTrainConfig:
     """Settings of one super-resolution training run (recorded in the checkpoint).
 
     ``steps`` Adam steps of ``batch_size`` random ``crop`` × ``crop`` patches, learning rate ``lr``
-    with a cosine decay to 0; ``sigma_f`` for ``noise``; ``eps_rel`` and ``pgd_steps`` for
-    ``adversarial``; ``factor``: the downsampling factor (2 in the thesis); ``crop``: 160 in the
-    thesis, smaller on a CPU.
+    with a cosine decay over the epochs of ``save_every`` steps (a checkpoint after each);
+    ``sigma_f`` for ``noise``; ``eps_rel`` and ``pgd_steps`` for ``adversarial``; ``factor``: the
+    downsampling factor (2 in the thesis); ``crop``: 160 in the thesis, smaller on a CPU.
     """
 
     method: str = "standard"
@@ -78,9 +78,14 @@ class SRTrainConfig:
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1")
 
+    @property
+    def epochs(self) -> int:
+        """Epochs of ``save_every`` steps (the last may be shorter)."""
+        return math.ceil(self.steps / self.save_every)
 
-def _lr(config: SRTrainConfig, step: int) -> float:
-    return config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
+    def steps_done(self, epochs: int) -> int:
+        """Steps finished after ``epochs`` epochs."""
+        return min(self.steps, epochs * self.save_every)
 
 
 def train_superres(
@@ -90,63 +95,61 @@ def train_superres(
     config: SRTrainConfig,
     checkpoint: str | os.PathLike[str],
     resume: bool = False,
-    meta: dict[str, Any] | None = None,
+    info: Mapping[str, Any] | None = None,
     progress: bool = False,
     stop_at: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place on random patches of ``images`` (``[3, H, W]`` in [0, 1], each at
-    least ``config.crop`` on a side); returns the history (one record per ``save_every`` steps:
-    step, mean loss, seconds).
+    least ``config.crop`` on a side); returns the history, one record per epoch of ``save_every``
+    steps: ``epoch``, ``lr``, ``loss`` (mean MSE over the epoch's patches), ``seconds``, ``step``
+    (steps finished).
 
-    With ``resume`` and an existing ``checkpoint`` written with the same config, training continues
-    from its step (weights, optimiser state and history restored; the patches and noise of step s
-    depend on (seed, s) only, so the result equals an uninterrupted run). A checkpoint with another
-    config is refused. ``stop_at``: stop after that many steps (a time-boxed part of the run; the
-    checkpoint is written there, and ``resume`` continues it).
+    With ``resume`` and an existing ``checkpoint`` written with the same settings (``steps`` may
+    differ), training continues from its last epoch and equals an uninterrupted run; a run already
+    finished returns its history at once; a checkpoint with other settings is refused
+    (``InputError``). ``info``: provenance recorded in the checkpoint. ``stop_at``: stop after that
+    many steps (a multiple of ``save_every``; a time-boxed part of the run, continued by ``resume``).
     """
-    device = next(model.parameters()).device
-    path = Path(checkpoint)
-    record = {"training": asdict(config), **(meta or {})}
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    history: list[dict[str, Any]] = []
-    start = 0
-    if resume and path.exists():
-        old_model, old_meta = load_unet(path, map_location=device)
-        if old_meta.get("training") != asdict(config):
-            raise InputError(f"cannot resume from {path}: trained with {old_meta.get('training')}, now {asdict(config)}")
-        model.load_state_dict(old_model.state_dict())
-        state = torch.load(path.with_suffix(path.suffix + ".opt"), map_location=device, weights_only=True)
-        opt.load_state_dict(state["optimizer"])
-        start, history = int(old_meta["step"]), list(old_meta["history"])
+    for im in images:
+        if im.shape[-2] < config.crop or im.shape[-1] < config.crop:
+            raise InputError(f"crop size {config.crop} is larger than the image ({im.shape[-2]}x{im.shape[-1]})")
+    epochs = config.epochs
+    if stop_at is not None:
+        if stop_at < 1 or stop_at % config.save_every:
+            raise InputError(f"stop_at must be a positive multiple of save_every ({config.save_every}), got {stop_at}")
+        epochs = min(epochs, stop_at // config.save_every)
     noise = get_noise("gaussian", sigma=config.sigma_f) if config.method == "noise" else None
-    t0, loss_sum, count = time.perf_counter(), 0.0, 0
-    end = config.steps if stop_at is None else min(config.steps, int(stop_at))
-    for step in range(start, end):
-        gen = torch.Generator().manual_seed(sub_seed(config.seed, step))
-        x = random_crops(images, size=config.crop, count=config.batch_size, generator=gen).to(device)
+
+    def patches(epoch: int, generator: torch.Generator) -> Iterator[tuple[Tensor, None]]:
+        for _ in range(config.steps_done(epoch), config.steps_done(epoch + 1)):
+            yield random_crops(images, size=config.crop, count=config.batch_size, generator=generator), None
+
+    def step(net: nn.Module, x: Tensor, _: Tensor | None, *, generator: torch.Generator) -> tuple[Tensor, None]:
         y = degrade(x, factor=config.factor)
         if noise is not None:
-            y = y + noise.sample(y.shape, generator=gen, device="cpu").to(device)
+            y = y + noise.sample(y.shape, generator=generator, device=y.device)
         elif config.method == "adversarial":
-            model.eval()
-            y = pgd_regression(model, y, x, eps=relative_eps(config.eps_rel, y.shape), steps=config.pgd_steps,
-                               generator=sub_seed(config.seed, step, 1))
-        model.train()
-        for group in opt.param_groups:
-            group["lr"] = _lr(config, step)
-        loss = F.mse_loss(model(y), x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_sum, count = loss_sum + float(loss.detach()), count + 1
-        done = step + 1
-        if done % config.save_every == 0 or done == end:
-            history.append({"step": done, "loss": loss_sum / count, "seconds": time.perf_counter() - t0})
-            if progress:
-                print(f"step {done}/{config.steps} mse {loss_sum / count:.5f} ({time.perf_counter() - t0:.0f}s)", flush=True)
-            loss_sum, count = 0.0, 0
-            model.eval()
-            save_unet(path, model, {**record, "step": done, "history": history})
-            atomic_write(path.with_suffix(path.suffix + ".opt"), lambda f: torch.save({"optimizer": opt.state_dict()}, f))
-    model.eval()
-    return history
+            net.eval()
+            y = pgd_regression(net, y, x, eps=relative_eps(config.eps_rel, y.shape), steps=config.pgd_steps,
+                               generator=generator)
+            net.train()
+        return F.mse_loss(net(y), x), None
+
+    def lr_at(epoch: int) -> float:
+        return config.lr * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
+
+    training = asdict(config)
+    meta = UNetMeta(arch_kwargs=model.config(), training=training, info=dict(info or {}))
+
+    def mismatch(old: UNetMeta) -> str:
+        same = old.arch_kwargs == meta.arch_kwargs and {k: v for k, v in old.training.items() if k != "steps"} == {
+            k: v for k, v in training.items() if k != "steps"}
+        return "" if same else (f"trained with {old.training} ({old.arch_kwargs}), now {training} "
+                                f"({meta.arch_kwargs})")
+
+    return run_epochs(
+        model, patches, step=step, optimizer=torch.optim.Adam(model.parameters(), lr=config.lr), epochs=epochs,
+        batch_size=config.batch_size, seed=config.seed, resume=resume, lr_at=lr_at,
+        evaluate=lambda epoch: {"step": config.steps_done(epoch + 1)}, progress=progress,
+        checkpoint=EpochCheckpoint(path=Path(checkpoint), kind=UNET_CHECKPOINT, meta=meta, mismatch=mismatch),
+    )
