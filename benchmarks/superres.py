@@ -47,6 +47,7 @@ from smoothcert.regression import (
     median_bounds_from_draws,
     mse,
     psnr,
+    select_sigma_g,
     ssim,
     worst_mse_ball,
     worst_mse_box,
@@ -85,10 +86,17 @@ def metrics(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
 NOT_RESULTS = ("workdir", "progress", "threads", "pilot_steps", "data_root")
 
 
+#: List options a rerun may EXTEND (never shrink or reorder away): added adversarial budgets are new
+#: models and cells; added sigma_g factors re-open the selection of every smoothed cell (see evaluate).
+GROWABLE = ("adv_eps_rel", "sigma_g_factors")
+
+
 class Store:
     """results.json in the workdir: finished cells and radii (a dict rewritten atomically after each)
     and, under ``"settings"``, the options they were computed with: a rerun with other settings is
-    refused rather than mixing old cells into new tables."""
+    refused rather than mixing old cells into new tables. The one exception: the lists of
+    :data:`GROWABLE` may gain entries (every old entry kept); the recorded settings become the new
+    ones and :func:`evaluate` decides which finished cells still hold."""
 
     def __init__(self, path: Path, settings: dict[str, Any]) -> None:
         self.path = path
@@ -96,11 +104,15 @@ class Store:
         if path.exists() and "settings" not in self.data:  # written before settings were recorded: adopted
             self.put("settings", settings)
         old = self.data.setdefault("settings", settings)
-        if old != settings:
-            diff = {k: (old.get(k), settings.get(k)) for k in sorted(set(old) | set(settings))
-                    if old.get(k) != settings.get(k)}
+        diff = {k: (old.get(k), settings.get(k)) for k in sorted(set(old) | set(settings))
+                if old.get(k) != settings.get(k)
+                and not (k in GROWABLE and isinstance(old.get(k), list) and isinstance(settings.get(k), list)
+                         and set(old[k]) <= set(settings[k]))}
+        if diff:
             raise SystemExit(f"{path} holds results computed with other settings (was, now): {diff}; "
-                             "use another --workdir")
+                             f"use another --workdir (only {', '.join(GROWABLE)} may gain entries)")
+        if old != settings:
+            self.put("settings", settings)
 
     def get(self, key: str) -> Any:
         return self.data.get(key)
@@ -161,39 +173,48 @@ def pilot(args, images, test, work: Path) -> dict[str, Any]:
 
 
 def evaluate(args, models, val, test, store: Store) -> None:
+    """Every (model, budget) cell into ``store``. A finished cell is kept, except a smoothed one whose
+    recorded sigma_g candidates lack some of --sigma-g-factors (the grid was extended): the missing
+    candidates are scored on the validation crops (each candidate's score is seeded alone, so the old
+    scores stand) and the cell is kept if its chosen sigma_g still wins, else recomputed in full —
+    either way it equals what a fresh run with the extended grid writes."""
     xv, yv = val
     xt, yt = test
     shape = xt.shape[1:]
     for name, net in models.items():
+        sigma_f = float(name[5:]) if name.startswith("noise") else None
         for eps_rel in BUDGETS:
             key = f"eval/{name}/{eps_rel:g}"
-            if store.get(key) is not None:
+            old = store.get(key)
+            if old is not None and (sigma_f is None or all(f"{f:g}" in old["val_mse_by_factor"]
+                                                           for f in args.sigma_g_factors)):
                 continue
             t0 = time.perf_counter()
             eps = relative_eps(eps_rel, shape)
-            adv = yt if eps == 0 else pgd_regression(net, yt, xt, eps=eps, steps=args.pgd_steps, generator=args.seed)
-            with torch.no_grad():
-                rec: dict[str, Any] = {"base": metrics(net(adv), xt)}
-            sigma_f = float(name[5:]) if name.startswith("noise") else None
+            rec: dict[str, Any] = {}
             if sigma_f is not None:
-                # sigma_g on the validation crops under the transfer attack (thesis: tuned per model and budget).
+                # sigma_g on the validation crops under the transfer attack (thesis: tuned per model and
+                # budget); a factor 0 is the base model itself (no smoothing at evaluation).
                 eps_v = relative_eps(eps_rel, xv.shape[1:])
                 adv_v = yv if eps == 0 else pgd_regression(net, yv, xv, eps=eps_v, steps=args.pgd_steps, generator=args.seed)
-                # A factor 0 is the base model itself (no smoothing at evaluation).
-                scores = {}
-                for f in args.sigma_g_factors:
-                    if f == 0:
-                        with torch.no_grad():
-                            out_v = net(adv_v)
-                    else:
-                        sr = SmoothedRegressor(net, noise=get_noise("gaussian", sigma=f * sigma_f))
-                        out_v = sr.mean(adv_v, n=args.n_val, batch_size=256, generator=args.seed)
-                    scores[f] = float(mse(out_v, xv).mean())
-                best = min(scores, key=scores.get)
-                sigma_g = best * sigma_f
-                rec["sigma_g"] = sigma_g
-                rec["sigma_g_factor"] = best
-                rec["val_mse_by_factor"] = {f"{k:g}": v for k, v in scores.items()}
+                known = {} if old is None else {float(k) * sigma_f: v for k, v in old["val_mse_by_factor"].items()}
+                factors = list(dict.fromkeys([*(float(k) for k in (old or {}).get("val_mse_by_factor", {})),
+                                              *args.sigma_g_factors]))
+                sigma_g, scores = select_sigma_g(net, adv_v, xv, sigma_gs=[f * sigma_f for f in factors],
+                                                 n=args.n_val, generator=args.seed, scores=known)
+                best = factors[[f * sigma_f for f in factors].index(sigma_g)]
+                by_factor = {f"{f:g}": scores[f * sigma_f] for f in factors}
+                if old is not None and old["sigma_g_factor"] == best:  # the extended grid keeps the choice
+                    store.put(key, {**old, "val_mse_by_factor": by_factor})
+                    emit({"kind": "eval_kept", "model": name, "eps_rel": eps_rel, "sigma_g_factor": best,
+                          "val_mse_by_factor": by_factor})
+                    continue
+                rec.update({"sigma_g": sigma_g, "sigma_g_factor": best, "val_mse_by_factor": by_factor})
+            adv = yt if eps == 0 else pgd_regression(net, yt, xt, eps=eps, steps=args.pgd_steps, generator=args.seed)
+            with torch.no_grad():
+                rec = {"base": metrics(net(adv), xt), **rec}
+            if sigma_f is not None:
+                sigma_g = rec["sigma_g"]
                 if sigma_g == 0:
                     rec["smoothed_transfer"] = rec["smoothed_eot"] = rec["smoothed"] = rec["base"]
                     rec["seconds"] = round(time.perf_counter() - t0, 1)

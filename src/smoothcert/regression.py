@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from .checks import as_batch, check_float, check_sample_sizes, ensure_eval, model_device
 from .engine import Engine
 from .errors import InputError, InputTypeError
-from .noise import Gaussian, Noise
+from .noise import Gaussian, Noise, get_noise
 from .ops import mse, psnr
 from .rng import make_generator
 
@@ -52,6 +52,7 @@ __all__ = [
     "median_order_statistics",
     "mse",
     "psnr",
+    "select_sigma_g",
     "ssim",
     "worst_mse_ball",
     "worst_mse_box",
@@ -421,6 +422,45 @@ def _center_certificate(
         r_hat=r_hat, mass=torch.full_like(r_hat, k_hat / n),
         abstained=torch.full((count,), abstain, dtype=torch.bool, device=dists.device),
     )
+
+
+def select_sigma_g(
+    model: nn.Module,
+    y: Tensor,
+    x: Tensor,
+    *,
+    sigma_gs: list[float] | tuple[float, ...],
+    n: int,
+    batch_size: int | str = 256,
+    generator: int,
+    scores: dict[float, float] | None = None,
+) -> tuple[float, dict[float, float]]:
+    """The thesis's choice of the smoothing level sigma_g on a validation split: the candidate whose
+    smoothed mean ĝ(y) (``n`` Gaussian draws, seeded by ``generator``) has the lowest MSE against the
+    references ``x``; sigma_g = 0 is the base model f(y) itself (no smoothing).
+
+    ``y``: validation inputs ``[B, ...]`` (clean or attacked), ``x``: references ``[B, *output_shape]``.
+    ``scores``: MSEs already computed for some candidates (same model, inputs, n and generator): only
+    the others are evaluated. Every candidate is scored with the same seed, so a score does not depend
+    on which other candidates are in the list and an extended grid gives the same choice as a fresh one.
+    Returns ``(sigma_g, scores)`` with ``scores`` the mean validation MSE per candidate (ties: the first).
+    """
+    if not sigma_gs:
+        raise InputError("select_sigma_g needs at least one sigma_g candidate")
+    done = dict(scores or {})
+    candidates = [check_float("sigma_g", s) for s in sigma_gs]
+    for s in candidates:
+        if s in done:
+            continue
+        if s == 0:
+            with torch.no_grad():
+                out = model(y)
+        else:
+            out = SmoothedRegressor(model, noise=get_noise("gaussian", sigma=s)).mean(y, n=n, batch_size=batch_size,
+                                                                          generator=generator)
+        done[s] = float(mse(out, x).mean())
+    ranked = {s: done[s] for s in candidates}
+    return min(ranked, key=ranked.get), ranked
 
 
 # ---- metrics and certified worst cases ----
