@@ -105,3 +105,33 @@ def test_tiny_benchmark_writes_tables_pictures_and_resumes(tmp_path, data_root, 
     # Other settings in the same workdir: refused, not mixed into the tables.
     with pytest.raises(SystemExit, match="pgd_steps"):
         bench.main([*args, "--pgd-steps", "2"])
+
+    # Added adversarial budgets and sigma_g factors are accepted (removing one is not): only the new
+    # model is trained, and every cell equals what a fresh run with the extended settings writes.
+    with pytest.raises(SystemExit, match="adv_eps_rel"):
+        bench.main([*args, "--adv-eps-rel", "0.1"])  # (argparse: the last --adv-eps-rel counts)
+    more = [*args, "--adv-eps-rel", "0.05", "0.1", "--sigma-g-factors", "0", "0.25", "0.5", "0.75", "1", "1.5", "3", "8"]
+    # One cell as if computed with a grid lacking its winner: the extension must recompute it in full.
+    stored = json.loads((work / "results.json").read_text())
+    cell = stored["eval/noise0.25/0.05"]
+    del cell["val_mse_by_factor"][f"{cell['sigma_g_factor']:g}"]
+    cell["sigma_g_factor"] = float(min(cell["val_mse_by_factor"], key=cell["val_mse_by_factor"].get))
+    cell["sigma_g"] = 0.25 * cell["sigma_g_factor"]
+    (work / "results.json").write_text(json.dumps(stored))
+    extended = bench.main(more)
+    out = _lines(capsys)
+    assert [r["model"] for r in out if r["kind"] == "train" and r["seconds_this_run"] > 0.5] in (["adv0.1"], [])
+    assert {p.name: p.stat().st_mtime_ns for p in work.glob("*.pt") if p.name in ckpts} == ckpts
+    kept = {r["eps_rel"] for r in out if r["kind"] == "eval_kept"}
+    assert kept == set(bench.BUDGETS) - {0.05}  # the new factors 3 and 8 do not win here: cells kept
+    redone = {(r["model"], r["eps_rel"]) for r in out if r["kind"] == "eval"}
+    assert redone == {("noise0.25", 0.05)} | {("adv0.1", b) for b in bench.BUDGETS}
+    assert extended["settings"]["sigma_g_factors"][-2:] == [3.0, 8.0]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for p in work.glob("*.pt"):  # the same models (training is deterministic and resumes exactly)
+        (fresh / p.name).write_bytes(p.read_bytes())
+    again = bench.main([*more[:3], str(fresh), *more[4:]])
+    strip = {k: {**v, "seconds": None} for k, v in extended.items() if k.startswith("eval/")}
+    assert strip == {k: {**v, "seconds": None} for k, v in again.items() if k.startswith("eval/")}
+    assert bench.main(more) == extended  # and a third run changes nothing

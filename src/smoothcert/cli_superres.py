@@ -1,4 +1,4 @@
-"""``smoothcert sr train|attack|certify``: argument parsing for the super-resolution runs only; each
+"""``smoothcert sr train|attack|certify|evaluate``: argument parsing for the super-resolution runs only; each
 command builds one typed run (:mod:`smoothcert.runs.superres`), calls its function and prints where the
 result went. Added to the main parser by :func:`add_sr_parser`."""
 
@@ -6,7 +6,17 @@ from __future__ import annotations
 
 import argparse
 
-from .runs.superres import SRAttackRun, SRCertifyRun, SRTrainRun, run_sr_attack, run_sr_certify, run_sr_train
+from .analysis.superres import sr_evaluate_table
+from .runs.superres import (
+    SRAttackRun,
+    SRCertifyRun,
+    SREvaluateRun,
+    SRTrainRun,
+    run_sr_attack,
+    run_sr_certify,
+    run_sr_evaluate,
+    run_sr_train,
+)
 from .train.superres import SR_METHODS, SRTrainConfig
 
 __all__ = ["add_sr_parser"]
@@ -54,9 +64,20 @@ def cmd_sr_certify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sr_evaluate(args: argparse.Namespace) -> int:
+    run = SREvaluateRun(folder=args.folder, pattern=args.pattern, crop=args.crop, limit=args.limit,
+                        checkpoint=args.checkpoint, out=args.out, sigma_g=tuple(args.sigma_g), n=args.n,
+                        val_folder=args.val_dir, val_pattern=args.val_pattern, val_limit=args.val_limit,
+                        batch_size=args.batch, seed=args.seed, device=args.device)
+    path = run_sr_evaluate(run)
+    print(sr_evaluate_table(path))
+    print(f"rows: {path}")
+    return 0
+
+
 def add_sr_parser(sub: argparse._SubParsersAction) -> None:
-    """Add ``sr`` with its three commands to the main parser's subcommands."""
-    sr = sub.add_parser("sr", help="super-resolution: train a U-Net, attack it, certify its smoothed outputs")
+    """Add ``sr`` with its four commands to the main parser's subcommands."""
+    sr = sub.add_parser("sr", help="super-resolution: train a U-Net, attack it, certify or evaluate its smoothed outputs")
     cmds = sr.add_subparsers(dest="sr_command", required=True)
 
     p = cmds.add_parser("train", help="train a U-Net (standard, Gaussian noise augmentation, adversarial)")
@@ -100,3 +121,13 @@ def add_sr_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--outputs-in-unit-range", action="store_true",
                    help="clip the median box to [0, 1] (only if the model's outputs lie there)")
     p.set_defaults(func=cmd_sr_certify)
+
+    p = cmds.add_parser("evaluate", help="clean MSE/PSNR/SSIM of a U-Net, its smoothed mean and bilinear; TSV rows")
+    _test_set(p)
+    p.add_argument("--sigma-g", type=float, nargs="*", default=[],
+                   help="smoothing levels of the smoothed mean (0 = the U-Net itself); with --val-dir: candidates")
+    p.add_argument("--n", type=int, default=32, help="draws of the smoothed estimate")
+    p.add_argument("--val-dir", default=None, help="validation images: choose sigma_g among --sigma-g on them")
+    p.add_argument("--val-pattern", default="*")
+    p.add_argument("--val-limit", type=int, default=None, help="at most this many validation images")
+    p.set_defaults(func=cmd_sr_evaluate)

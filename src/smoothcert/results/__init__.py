@@ -41,7 +41,14 @@ from .schema import (
     predict_row,
     soft_certify_row,
 )
-from .superres import SR_ATTACK_KIND, SR_CERTIFY_KIND, sr_attack_schema, sr_certify_schema
+from .superres import (
+    SR_ATTACK_KIND,
+    SR_CERTIFY_KIND,
+    SR_EVALUATE_KIND,
+    sr_attack_schema,
+    sr_certify_schema,
+    sr_evaluate_schema,
+)
 from .writer import ResultWriter, config_diff, normalise_config, read_config, sidecar_path, sidecar_text
 
 __all__ = [
@@ -61,6 +68,7 @@ __all__ = [
     "SOFT_CERTIFY",
     "SR_ATTACK_KIND",
     "SR_CERTIFY_KIND",
+    "SR_EVALUATE_KIND",
     "ConfigMismatchError",
     "ResultFileError",
     "ResultTable",
@@ -91,4 +99,5 @@ __all__ = [
     "soft_certify_row",
     "sr_attack_schema",
     "sr_certify_schema",
+    "sr_evaluate_schema",
 ]

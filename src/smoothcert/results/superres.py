@@ -12,10 +12,12 @@ from collections.abc import Sequence
 
 from .schema import RowSchema, eps_key
 
-__all__ = ["SR_ATTACK_KIND", "SR_CERTIFY_KIND", "sr_attack_schema", "sr_certify_schema"]
+__all__ = ["SR_ATTACK_KIND", "SR_CERTIFY_KIND", "SR_EVALUATE_KIND", "sr_attack_schema", "sr_certify_schema",
+           "sr_evaluate_schema"]
 
 SR_ATTACK_KIND = "sr_attack"
 SR_CERTIFY_KIND = "sr_certify"
+SR_EVALUATE_KIND = "sr_evaluate"
 
 
 def sr_attack_schema(eps_rel: Sequence[float]) -> RowSchema:
@@ -41,3 +43,15 @@ def sr_certify_schema(eps: Sequence[float]) -> RowSchema:
         k = eps_key(e)
         cols += [f"median_cert_psnr@{k}", f"center_radius@{k}", f"center_cert_psnr@{k}"]
     return RowSchema(SR_CERTIFY_KIND, (*cols, "model", "sigma", "n0", "n", "alpha", "delta", "seconds"))
+
+
+def sr_evaluate_schema(sigma_g: Sequence[float]) -> RowSchema:
+    """``idx image``, then ``mse@bilinear psnr@bilinear ssim@bilinear`` (the bilinear ×factor upsampling
+    of the input, i.e. no model), ``mse@base psnr@base ssim@base`` (the U-Net f on the clean input),
+    then per smoothing level S in ``sigma_g`` ``mse@S psnr@S ssim@S`` (the smoothed mean ĝ; S =
+    ``repr`` of sigma_g; sigma_g = 0 is f itself), then ``model sigma_g_chosen n seconds``
+    (``sigma_g_chosen``: the level chosen on the validation images, nan without them)."""
+    cols = ["idx", "image"]
+    for k in ("bilinear", "base", *(eps_key(s) for s in sigma_g)):
+        cols += [f"mse@{k}", f"psnr@{k}", f"ssim@{k}"]
+    return RowSchema(SR_EVALUATE_KIND, (*cols, "model", "sigma_g_chosen", "n", "seconds"))

@@ -4,6 +4,10 @@
   adversarial) on random patches of image folders (and scikit-image's photos); a resumable checkpoint.
 * :class:`SRAttackRun` -> :func:`run_sr_attack`: per test image and relative budget, attack the base
   model (l2 PGD) or the smoothed mean (EOT-PGD) and write MSE/PSNR/SSIM rows (resumable TSV).
+* :class:`SREvaluateRun` -> :func:`run_sr_evaluate`: clean MSE/PSNR/SSIM per test image of the
+  bilinear input, the U-Net and its smoothed mean at each sigma_g (optionally chosen on validation
+  images, the thesis's procedure: :func:`~smoothcert.regression.select_sigma_g`); resumable TSV
+  (means over the images: :func:`smoothcert.analysis.superres.sr_evaluate_table`).
 * :class:`SRCertifyRun` -> :func:`run_sr_certify`: per test image, median bounds and center smoothing
   at each l2 radius; certified worst-case PSNR and output radius rows (resumable TSV).
 
@@ -35,15 +39,25 @@ from ..regression import (
     median_bounds_from_draws,
     mse,
     psnr,
+    select_sigma_g,
     ssim,
     worst_mse_ball,
     worst_mse_box,
 )
-from ..results import ResultWriter, eps_key, sr_attack_schema, sr_certify_schema
+from ..results import ResultWriter, eps_key, sr_attack_schema, sr_certify_schema, sr_evaluate_schema
 from ..rng import input_seed
 from ..train.superres import SRTrainConfig, train_superres
 
-__all__ = ["SRAttackRun", "SRCertifyRun", "SRTrainRun", "run_sr_attack", "run_sr_certify", "run_sr_train"]
+__all__ = [
+    "SRAttackRun",
+    "SRCertifyRun",
+    "SREvaluateRun",
+    "SRTrainRun",
+    "run_sr_attack",
+    "run_sr_certify",
+    "run_sr_evaluate",
+    "run_sr_train",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -140,6 +154,36 @@ class SRCertifyRun(_TestSet):
         check_int("crop", self.crop, minimum=1)
         if not 0 < self.alpha < 1:
             raise InputError(f"alpha must be in (0, 1), got {self.alpha}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SREvaluateRun(_TestSet):
+    """Clean MSE/PSNR/SSIM of a U-Net on a folder's centre crops, beside the bilinear input and the
+    smoothed mean ĝ = mean of f(y + N(0, sigma_g²)) (``n`` draws) at each level in ``sigma_g`` (0: f
+    itself). ``val_folder``: validation images (centre crops of ``crop``, ``val_pattern``, at most
+    ``val_limit``) on which the level with the lowest mean MSE of ĝ is chosen (the thesis's
+    procedure; needs at least one ``sigma_g``)."""
+
+    checkpoint: PathLike
+    out: PathLike
+    sigma_g: tuple[float, ...] = ()
+    n: int = 32
+    val_folder: PathLike | None = None
+    val_pattern: str = "*"
+    val_limit: int | None = None
+    batch_size: int = 256
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        for s in self.sigma_g:
+            check_float("sigma_g", s)
+        if len(set(self.sigma_g)) != len(self.sigma_g):
+            raise InputError(f"sigma_g values repeat: {self.sigma_g}")
+        check_int("n", self.n, minimum=1)
+        check_int("crop", self.crop, minimum=1)
+        if self.val_folder is not None and not self.sigma_g:
+            raise InputError("choosing sigma_g on validation images needs sigma_g candidates (--sigma-g)")
 
 
 def run_sr_train(run: SRTrainRun, *, progress: bool = True) -> list[dict[str, Any]]:
@@ -246,6 +290,56 @@ def run_sr_certify(run: SRCertifyRun) -> Path:
                         f"center_cert_psnr@{k}": float(psnr(worst_mse_ball(ball.center, ball.radius, x))[0])}
             row |= {"model": str(run.checkpoint), "sigma": run.sigma, "n0": run.n0, "n": run.n, "alpha": run.alpha,
                     "delta": run.delta, "seconds": time.perf_counter() - t0}
+            writer.write(schema.row(row))
+    return Path(run.out)
+
+
+
+def _smoothed(net: torch.nn.Module, y: torch.Tensor, sigma_g: float, *, n: int, batch_size: int | str,
+              generator: int) -> torch.Tensor:
+    if sigma_g == 0:  # the base model itself, as in select_sigma_g
+        with torch.no_grad():
+            return net(y)
+    return SmoothedRegressor(net, noise=get_noise("gaussian", sigma=sigma_g)).mean(y, n=n, batch_size=batch_size,
+                                                                                  generator=generator)
+
+
+def run_sr_evaluate(run: SREvaluateRun) -> Path:
+    """One row per test image (:func:`~smoothcert.results.superres.sr_evaluate_schema`); images
+    already in ``run.out`` (same settings) are skipped. With ``run.val_folder`` the chosen sigma_g
+    (validation draws seeded by ``run.seed``; recomputed on resume, deterministically) is in every
+    row. Test draws of image ``idx`` are seeded by ``input_seed(seed, idx)`` for every level (common
+    random numbers across levels). Returns the result file's path."""
+    device = _device(run.device)
+    net, _ = load_unet(run.checkpoint, map_location=device)
+    net.eval()
+    names, xs = _test_images(run)
+    chosen = math.nan
+    if run.val_folder is not None:
+        _, xv = _test_images(_TestSet(folder=run.val_folder, pattern=run.val_pattern, crop=run.crop,
+                                      limit=run.val_limit, factor=run.factor))
+        xv = xv.to(device)
+        chosen, _ = select_sigma_g(net, degrade(xv, factor=run.factor), xv, sigma_gs=run.sigma_g, n=run.n,
+                                   batch_size=run.batch_size, generator=run.seed)
+    schema = sr_evaluate_schema(run.sigma_g)
+    with ResultWriter(run.out, config=_config(run), columns=schema.columns) as writer:
+        for idx, name in enumerate(names):
+            if idx in writer.done:
+                continue
+            t0 = time.perf_counter()
+            x = xs[idx:idx + 1].to(device)
+            y = degrade(x, factor=run.factor)
+            with torch.no_grad():
+                outs = {"bilinear": y, "base": net(y)}
+            for s in run.sigma_g:
+                outs[eps_key(s)] = _smoothed(net, y, s, n=run.n, batch_size=run.batch_size,
+                                             generator=input_seed(run.seed, idx))
+            row: dict[str, Any] = {"idx": idx, "image": name}
+            for k, out in outs.items():
+                m = mse(out, x)
+                row |= {f"mse@{k}": float(m[0]), f"psnr@{k}": float(psnr(m)[0]), f"ssim@{k}": float(ssim(out, x)[0])}
+            row |= {"model": str(run.checkpoint), "sigma_g_chosen": chosen, "n": run.n,
+                    "seconds": time.perf_counter() - t0}
             writer.write(schema.row(row))
     return Path(run.out)
 
