@@ -22,7 +22,10 @@ Writes into --workdir: one checkpoint per model (written every --save-every step
 (one entry per finished (model, budget) cell and certified radius), tables.md, grid.png,
 certified.png; prints one JSON line per result. Rerunning the same command resumes: finished
 models are loaded, an interrupted one continues from its last checkpoint (exactly: the training
-loop's resume), and finished cells are read back rather than recomputed.
+loop's resume), and finished cells are read back rather than recomputed. A rerun may ADD
+--adv-eps-rel budgets (new models, trained and evaluated alone) and --sigma-g-factors (each smoothed
+cell scores only the new factors on the validation crops and is recomputed only if one of them wins:
+the cells equal a fresh run's); any other change of a result-bearing option is refused.
 """
 
 from __future__ import annotations
