@@ -98,6 +98,8 @@ def test_sr_evaluate_bad_input(tmp_path, folders, checkpoint, capsys):
     assert "repeat" in capsys.readouterr().err
     assert main([*base[:5], "99", *base[6:], "--out", str(tmp_path / "d.tsv")]) == 2
     assert "larger than the image" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "f.tsv"), "--sigma-g", "0.1", "--val-dir", str(tmp_path / "no")]) == 2
+    assert "no image folder" in capsys.readouterr().err
     # The same file with other settings: refused, not mixed.
     out = tmp_path / "e.tsv"
     assert main([*base, "--out", str(out), "--sigma-g", "0.1", "--n", "2"]) == 0
