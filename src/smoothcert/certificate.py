@@ -15,14 +15,28 @@ from torch import Tensor
 
 from .noise import Noise
 
-__all__ = ["ABSTAIN", "Certificate", "CertifyAtResult", "PlannedCertificate", "decide", "split_counts"]
+__all__ = ["ABSTAIN", "Certificate", "CertifyAtResult", "PerInput", "PlannedCertificate", "decide", "split_counts"]
 
 #: Label returned when the smoothed classifier declines to answer.
 ABSTAIN = -1
 
 
+class PerInput:
+    """What every per-input result record shares: ``len()`` is the number of inputs B (the length of
+    its ``prediction`` [B]) and ``abstained`` marks the inputs answered with :data:`ABSTAIN`."""
+
+    prediction: Tensor
+
+    def __len__(self) -> int:
+        return int(self.prediction.shape[0])
+
+    @property
+    def abstained(self) -> Tensor:
+        return self.prediction == ABSTAIN
+
+
 @dataclass
-class Certificate:
+class Certificate(PerInput):
     """Result of :meth:`SmoothedClassifier.certify` for a batch of B inputs (tensors on the CPU).
 
     With probability at least 1 - alpha (over the Monte Carlo draws, for each input separately),
@@ -43,16 +57,9 @@ class Certificate:
     seconds: Tensor  #: float64 [B], wall time per input (a shared batch's time split evenly)
     p_upper_b: Tensor | None = None  #: float64 [B], upper bound on pB (two-class certificates)
 
-    def __len__(self) -> int:
-        return int(self.prediction.shape[0])
-
-    @property
-    def abstained(self) -> Tensor:
-        return self.prediction == ABSTAIN
-
 
 @dataclass
-class PlannedCertificate:
+class PlannedCertificate(PerInput):
     """Result of :func:`smoothcert.adaptive.certify_planned` for B inputs (tensors on the CPU).
 
     Same guarantee as :class:`Certificate`, per input: with probability at least 1 - alpha,
@@ -74,16 +81,9 @@ class PlannedCertificate:
     norm: str
     seconds: Tensor  #: float64 [B], wall time per input (a shared batch's time split evenly)
 
-    def __len__(self) -> int:
-        return int(self.prediction.shape[0])
-
-    @property
-    def abstained(self) -> Tensor:
-        return self.prediction == ABSTAIN
-
 
 @dataclass
-class CertifyAtResult:
+class CertifyAtResult(PerInput):
     """Decisions of :func:`smoothcert.adaptive.certify_at` for B inputs and R radii (tensors on the CPU).
 
     With probability at least 1 - alpha per input, every ``certified[i, j]`` that is True is
@@ -102,9 +102,6 @@ class CertifyAtResult:
     seconds: Tensor  #: float64 [B]
     #: the level of each look: alpha / (number of stages), Bonferroni over the stages (None: not recorded)
     alpha_look: float | None = None
-
-    def __len__(self) -> int:
-        return int(self.prediction.shape[0])
 
     def largest_certified_radius(self) -> Tensor:
         """float64 [B]: the largest radius of the grid certified for each input (0 where none).

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .certificate import Certificate, PlannedCertificate
+from .certificate import Certificate, PerInput, PlannedCertificate
 from .checks import as_batch, ensure_eval, model_device
 from .errors import ConfigMismatchError, InputError, InputTypeError
 from .models.sll import (
@@ -128,7 +128,7 @@ def margin_radius(features: Tensor, head: nn.Linear, *, lipschitz: float = 1.0) 
 
 
 @dataclass
-class MarginCertificate:
+class MarginCertificate(PerInput):
     """Result of :func:`certify_margin` for B inputs (CPU tensors). Deterministic: for every i,
     f(x') = prediction[i] for all ||x' - x_i||_2 < radius[i] (no probability, no abstain)."""
 
@@ -137,9 +137,6 @@ class MarginCertificate:
     feature_radius: Tensor  #: float64 [B], distance of the features to the head's nearest boundary
     lipschitz: float  #: the bound L the feature-space margin was divided by
     seconds: Tensor  #: float64 [B], the batch's wall time split evenly
-
-    def __len__(self) -> int:
-        return int(self.prediction.shape[0])
 
 
 def certify_margin(model: nn.Module, x: Tensor) -> MarginCertificate:

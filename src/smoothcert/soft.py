@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .certificate import ABSTAIN, Certificate, decide, split_counts
+from .certificate import ABSTAIN, Certificate, PerInput, decide, split_counts
 from .checks import as_batch, check_int, check_sample_sizes, ensure_eval, model_device
 from .engine import Engine
 from .errors import InputError, InputTypeError
@@ -45,10 +45,10 @@ from .rng import make_generator
 from .stats import MEAN_BOUNDS, bonferroni, check_alpha, clopper_pearson_lower, mean_lower, mean_upper
 
 __all__ = [
-    "DeterministicRadius",
     "OUTPUT_KINDS",
     "SELECTIONS",
     "SOFT_BOUNDS",
+    "DeterministicRadius",
     "SoftCertificate",
     "certify_clean_class",
     "certify_soft",
@@ -68,7 +68,7 @@ SELECTIONS = ("draws", "clean")
 
 
 @dataclass
-class SoftCertificate:
+class SoftCertificate(PerInput):
     """Result of :func:`certify_soft` for B inputs (tensors on the CPU).
 
     With probability at least 1 - alpha over the Monte Carlo draws (for each input separately):
@@ -88,13 +88,6 @@ class SoftCertificate:
     bound: str  #: "phi" or "lbound"
     method: str  #: confidence bound: "hoeffding", "bernstein" or "best"
     seconds: Tensor  #: float64 [B], wall time per input (a shared batch's time split evenly)
-
-    def __len__(self) -> int:
-        return int(self.prediction.shape[0])
-
-    @property
-    def abstained(self) -> Tensor:
-        return self.prediction == ABSTAIN
 
 
 @dataclass
