@@ -428,6 +428,15 @@ class Engine:
 
     # ---- sampling ----
 
+    def _pass_options(self, model: nn.Module, x: Tensor, noise: Noise, batch_size: int | str) -> dict[str, Any]:
+        """The keywords every sampling function takes from this engine: rows per pass (resolved,
+        and kept as :attr:`last_batch_size`), precision, layout, fixed shapes, the forward (compiled
+        or channels-last copy) and the noise dtype."""
+        rows = self.resolve_batch_size(model, x, noise, batch_size)
+        self.last_batch_size = rows
+        return {"batch_size": rows, "precision": self.precision, "channels_last": self.channels_last,
+                "fixed_shape": self.fixed_shape, "forward": self.forward(model), "noise_dtype": self.noise_dtype}
+
     def counts(
         self,
         model: nn.Module,
@@ -443,13 +452,8 @@ class Engine:
         """:func:`sample_counts` with this engine's settings: int64 ``[B, num_classes]`` class
         counts of n draws per input, on the model's device. ``x``: ``[B, ...]``, validated. Call
         :meth:`prepare` first so that probing and compiling stay outside timings."""
-        rows = self.resolve_batch_size(model, x, noise, batch_size)
-        self.last_batch_size = rows
-        return sample_counts(
-            model, x, noise=noise, n=n, num_classes=num_classes, batch_size=rows, generator=generator,
-            precision=self.precision, channels_last=self.channels_last, fixed_shape=self.fixed_shape,
-            forward=self.forward(model), noise_dtype=self.noise_dtype, on_rows=on_rows,
-        )
+        return sample_counts(model, x, noise=noise, n=n, num_classes=num_classes, generator=generator,
+                             on_rows=on_rows, **self._pass_options(model, x, noise, batch_size))
 
     def mean_probs(
         self,
@@ -463,13 +467,8 @@ class Engine:
         generator: torch.Generator | None,
     ) -> Tensor:
         """:func:`sample_mean_probs` with this engine's settings: float64 ``[B, num_classes]``."""
-        rows = self.resolve_batch_size(model, x, noise, batch_size)
-        self.last_batch_size = rows
-        return sample_mean_probs(
-            model, x, noise=noise, n=n, num_classes=num_classes, batch_size=rows, generator=generator,
-            precision=self.precision, channels_last=self.channels_last, fixed_shape=self.fixed_shape,
-            forward=self.forward(model), noise_dtype=self.noise_dtype,
-        )
+        return sample_mean_probs(model, x, noise=noise, n=n, num_classes=num_classes, generator=generator,
+                                 **self._pass_options(model, x, noise, batch_size))
 
     def outputs(
         self,
@@ -483,10 +482,5 @@ class Engine:
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """:func:`noisy_outputs` with this engine's settings, for models whose outputs are not
         logits (e.g. a regression model's images): ``(owner [b], outputs [b, ...])`` per chunk."""
-        rows = self.resolve_batch_size(model, x, noise, batch_size)
-        self.last_batch_size = rows
-        return noisy_outputs(
-            model, x, noise=noise, n=n, batch_size=rows, generator=generator, precision=self.precision,
-            channels_last=self.channels_last, fixed_shape=self.fixed_shape, forward=self.forward(model),
-            noise_dtype=self.noise_dtype,
-        )
+        return noisy_outputs(model, x, noise=noise, n=n, generator=generator,
+                             **self._pass_options(model, x, noise, batch_size))
