@@ -367,7 +367,7 @@ def standard_normal_f64_(out: Tensor, *, generator: torch.Generator | None = Non
     size is not a multiple of 16, re-draw the last 16 from fresh uniforms). This function does
     the same steps in the same order, so it consumes the generator identically and its values
     differ from ``normal_``'s only by the rounding of log/cos/sin (about 1e-16 relative; tested).
-    Why: 12.2 vs 5.7 microseconds per 784-dimensional draw on 2 cores (BENCHMARKS.md, CPU engine),
+    Why: 12.4 vs 6.4 microseconds per 784-dimensional draw on 2 cores (BENCHMARKS.md, CPU engine),
     which is most of what exact float64 noise cost against float32 noise. The tail is the exact
     law's up to the 53-bit uniforms: |delta| reaches sqrt(2 * 53 ln 2) = 8.57 (P(|Z| > 8.57) ~ 1e-17).
     """

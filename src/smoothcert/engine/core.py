@@ -57,8 +57,8 @@ def _graph_steps(compiled: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Ten
 #: ``compile=None`` ("auto") of a run compiles on CPU when the run evaluates at least this many
 #: noisy rows (inputs x (n0 + n)). Measured on an idle 2-core AVX-512 CPU (2026-12-05, torch 2.13,
 #: float64-exact noise, channels-last weights, automatic rows per pass; BENCHMARKS.md, CPU engine):
-#: the frozen graph saves 0.067 s (LeNet-small) and 0.096 s (LeNet) per input at N = 10,000 and
-#: costs 17 s on a cold cache (4-8 s warm), so it breaks even after 1.8-2.5 M rows; 3 M rows (300
+#: the frozen graph saves 0.042-0.067 s (LeNet-small) and 0.057-0.096 s (LeNet) per input at N = 10,000
+#: over three runs and costs 17 s on a cold cache (4-8 s warm), so it breaks even after 1.8-4 M rows; 3 M rows (300
 #: inputs at N = 10,000, 30 at N = 100,000) keeps it a gain. The quickstart (550,000 rows) stays eager.
 AUTO_COMPILE_MIN_ROWS = 3_000_000
 
@@ -107,7 +107,7 @@ DEFAULT_BATCH_ROWS = 1000
 def default_batch_size(device: torch.device | str) -> int | str:
     """Rows per forward pass when a run does not choose: ``"auto"`` on CPU, where the automatic
     size (:func:`~smoothcert.engine.memory.auto_batch_size` of a 56 MiB budget: 256 rows for LeNet
-    on 28x28) keeps the activations in cache -- LeNet-small took 35 microseconds per row at 256
+    on 28x28) keeps the activations in cache -- LeNet-small took 42 microseconds per row at 256
     rows and 58 at 1000 on 2 cores (BENCHMARKS.md, CPU engine); :data:`DEFAULT_BATCH_ROWS` elsewhere."""
     return AUTO if torch.device(device).type == "cpu" else DEFAULT_BATCH_ROWS
 
@@ -152,8 +152,8 @@ class Engine:
         channels_last: feed image batches in channels-last memory layout; on CPU also evaluate a
             channels-last copy of the model (made on first use, made again when the weights
             change; the caller's model is not modified). Both are needed there: with
-            channels-last inputs but contiguous weights LeNet-small ran 3.2x slower on 2 CPU
-            cores (105 vs 33 microseconds per row, BENCHMARKS.md, CPU engine). On GPUs only the
+            channels-last inputs but contiguous weights LeNet-small ran 1.9x slower on 2 CPU
+            cores (79 vs 42 microseconds per row at 256 rows, BENCHMARKS.md, CPU engine). On GPUs only the
             inputs (weight layout unmeasured there). Turn off for models that cannot take it.
         compile: evaluate f through ``torch.compile(model, dynamic=False)``, built once per model
             and kept. Each batch shape compiles once, on first use, in :meth:`warmup` (which
@@ -161,9 +161,9 @@ class Engine:
             :attr:`compile_seconds`. Needs a C++ compiler on CPU and Triton on GPU; a failure
             raises :class:`~smoothcert.errors.CompileError`. On CPU (``compile_mode`` None or
             "default") the graph is compiled with inductor's ``freezing``: the weights become
-            constants folded into the kernels (batchnorm into convolutions, weights pre-packed):
-            LeNet ran 2.1-3.3x faster than eager on 2 idle cores where plain compile was not
-            (issue #17), 1.3-2x on heavily shared cores (BENCHMARKS.md). The option is passed to this compilation only (the global
+            constants folded into the graph (batchnorm into convolutions): per pass 1.2-1.6x
+            faster than eager for LeNet-small and no faster for LeNet on 2 idle cores
+            (BENCHMARKS.md, CPU engine). The option is passed to this compilation only (the global
             ``torch._inductor.config.freezing`` is left as it is). Frozen weights are a
             precondition: the engine fingerprints the parameters and buffers (storage and
             version counter) and recompiles, with fresh warm-ups, when they have changed since;
