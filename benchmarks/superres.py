@@ -47,12 +47,12 @@ from smoothcert.noise import get_noise
 from smoothcert.regression import (
     SmoothedRegressor,
     center_from_draws,
+    certified_psnr,
     median_bounds_from_draws,
     mse,
     psnr,
     select_sigma_g,
     ssim,
-    worst_mse_ball,
     worst_mse_box,
 )
 from smoothcert.train.superres import SRTrainConfig, train_superres
@@ -342,18 +342,18 @@ def certified(args, models, test, store: Store, work: Path) -> list[dict[str, An
         if store.get(key) is not None:
             rows.append(store.get(key))
             continue
-        box = median_bounds_from_draws(draws, sigma=sigma, eps=eps, alpha=args.alpha)
-        ball = center_from_draws(draws0, draws, sigma=sigma, eps=eps, alpha=args.alpha, delta=args.delta)
+        c = certified_psnr(draws0, draws, x, sigma=sigma, eps=eps, alpha=args.alpha, delta=args.delta)
+        box, ball = c.box, c.ball
         rec: dict[str, Any] = {
             "model": name, "sigma": sigma, "eps": eps, "eps_rel": eps / math.sqrt(x[0].numel()), "images": k,
             "n0": args.cert_n0, "n": args.cert_n, "alpha": args.alpha,
-            "median_clean_psnr": float(psnr(mse(box.median, x)).mean()),
-            "median_cert_psnr": float(psnr(worst_mse_box(box.lower, box.upper, x)).mean()),
+            "median_clean_psnr": float(c.median_clean.mean()),
+            "median_cert_psnr": float(c.median_certified.mean()),
             "median_cert_psnr_clipped01": float(psnr(worst_mse_box(box.lower, box.upper, x, value_range=(0, 1))).mean()),
             "k_lower": box.k_lower, "k_upper": box.k_upper,
-            "center_clean_psnr": float(psnr(mse(ball.center, x)).mean()),
+            "center_clean_psnr": float(c.center_clean.mean()),
             "center_radius": float(ball.radius.mean()),
-            "center_cert_psnr": float(psnr(worst_mse_ball(ball.center, ball.radius, x)).mean()),
+            "center_cert_psnr": float(c.center_certified.mean()),
             "center_abstained": int(ball.abstained.sum()),
         }
         if eps > 0:

@@ -184,3 +184,22 @@ def test_fixed_shape_engine_padding_rows_are_dropped():
     assert (draws.std(dim=1) > 0).all()
     with pytest.raises(InputTypeError, match="Engine"):
         SmoothedRegressor(nn.Identity(), noise=get_noise("gaussian", sigma=0.1), engine="fp32")
+
+
+def test_certified_psnr_bundles_both_certificates_and_never_beats_the_clean_psnr():
+    from smoothcert.regression import (center_from_draws, certified_psnr, median_bounds_from_draws, mse, psnr,
+                                       worst_mse_ball, worst_mse_box)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 4, 4, generator=g)
+    draws0 = x[:, None] + 0.1 * torch.randn(2, 16, 1, 4, 4, generator=g)
+    draws = x[:, None] + 0.1 * torch.randn(2, 200, 1, 4, 4, generator=g)
+    c = certified_psnr(draws0, draws, x, sigma=0.25, eps=0.1, alpha=0.05, delta=0.1, value_range=(0, 1))
+    box = median_bounds_from_draws(draws, sigma=0.25, eps=0.1, alpha=0.05)
+    ball = center_from_draws(draws0, draws, sigma=0.25, eps=0.1, alpha=0.05, delta=0.1)
+    assert torch.equal(c.median_clean, psnr(mse(box.median, x)))
+    assert torch.equal(c.median_certified, psnr(worst_mse_box(box.lower, box.upper, x, value_range=(0, 1))))
+    assert torch.equal(c.center_certified, psnr(worst_mse_ball(ball.center, ball.radius, x)))
+    # the median lies in its box and the centre in its ball: the worst point is never closer to x
+    assert bool((c.median_certified <= c.median_clean + 1e-9).all())
+    assert bool((c.center_certified <= c.center_clean + 1e-9).all())

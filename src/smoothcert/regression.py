@@ -44,10 +44,12 @@ from .rng import make_generator
 
 __all__ = [
     "CenterCertificate",
+    "CertifiedPSNR",
     "MedianBounds",
     "SmoothedRegressor",
     "center_from_draws",
     "center_quantile_level",
+    "certified_psnr",
     "median_bounds_from_draws",
     "median_order_statistics",
     "mse",
@@ -515,3 +517,36 @@ def worst_mse_ball(center: Tensor, radius: Tensor, reference: Tensor) -> Tensor:
     gap = (center.double() - reference.double()).flatten(1).norm(dim=1)
     return (gap + radius.double().to(gap.device)).pow(2) / d
 
+
+
+@dataclass(frozen=True)
+class CertifiedPSNR:
+    """Both certificates at one eps for B inputs and their PSNRs against the reference, each
+    ``[B]`` float64: the clean PSNR of the median / centre and the certified worst case (the PSNR
+    at the worst point of the certified box / ball; the box clipped to ``value_range`` when given)."""
+
+    box: MedianBounds
+    ball: CenterCertificate
+    median_clean: Tensor
+    median_certified: Tensor
+    center_clean: Tensor
+    center_certified: Tensor
+
+
+def certified_psnr(
+    draws0: Tensor, draws: Tensor, reference: Tensor, *, sigma: float, eps: float, alpha: float,
+    delta: float = 0.05, value_range: tuple[float, float] | None = None,
+) -> CertifiedPSNR:
+    """:func:`median_bounds_from_draws` and :func:`center_from_draws` at ``eps`` from the same
+    draws (``draws0`` ``[B, n0, *shape]`` for the centre's choice, ``draws`` ``[B, n, *shape]``),
+    and the PSNR (data range 1) of each against ``reference`` ``[B, *shape]``: the clean one and the
+    certified worst case over all inputs within ``eps`` (each at level 1 − alpha)."""
+    box = median_bounds_from_draws(draws, sigma=sigma, eps=eps, alpha=alpha)
+    ball = center_from_draws(draws0, draws, sigma=sigma, eps=eps, alpha=alpha, delta=delta)
+    return CertifiedPSNR(
+        box=box, ball=ball,
+        median_clean=psnr(mse(box.median, reference)),
+        median_certified=psnr(worst_mse_box(box.lower, box.upper, reference, value_range=value_range)),
+        center_clean=psnr(mse(ball.center, reference)),
+        center_certified=psnr(worst_mse_ball(ball.center, ball.radius, reference)),
+    )

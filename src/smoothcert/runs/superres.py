@@ -35,14 +35,11 @@ from ..models.unet import UNet, load_unet
 from ..noise import get_noise
 from ..regression import (
     SmoothedRegressor,
-    center_from_draws,
-    median_bounds_from_draws,
+    certified_psnr,
     mse,
     psnr,
     select_sigma_g,
     ssim,
-    worst_mse_ball,
-    worst_mse_box,
 )
 from ..results import ResultWriter, eps_key, sr_attack_schema, sr_certify_schema, sr_evaluate_schema
 from ..rng import input_seed
@@ -278,16 +275,15 @@ def run_sr_certify(run: SRCertifyRun) -> Path:
             draws = sr.samples(y, n=run.n, batch_size=run.batch_size, generator=seed + 1)
             row: dict[str, Any] = {"idx": idx, "image": name}
             for e in run.eps:
-                box = median_bounds_from_draws(draws, sigma=run.sigma, eps=e, alpha=run.alpha)
-                ball = center_from_draws(draws0, draws, sigma=run.sigma, eps=e, alpha=run.alpha, delta=run.delta)
+                c = certified_psnr(draws0, draws, x, sigma=run.sigma, eps=e, alpha=run.alpha, delta=run.delta,
+                                   value_range=value_range)
                 if "clean_psnr_median" not in row:
-                    row["clean_psnr_median"] = float(psnr(mse(box.median, x))[0])
-                    row["clean_psnr_center"] = float(psnr(mse(ball.center, x))[0])
+                    row["clean_psnr_median"] = float(c.median_clean[0])
+                    row["clean_psnr_center"] = float(c.center_clean[0])
                 k = eps_key(e)
-                row |= {f"median_cert_psnr@{k}": float(psnr(worst_mse_box(box.lower, box.upper, x,
-                                                                           value_range=value_range))[0]),
-                        f"center_radius@{k}": float(ball.radius[0]),
-                        f"center_cert_psnr@{k}": float(psnr(worst_mse_ball(ball.center, ball.radius, x))[0])}
+                row |= {f"median_cert_psnr@{k}": float(c.median_certified[0]),
+                        f"center_radius@{k}": float(c.ball.radius[0]),
+                        f"center_cert_psnr@{k}": float(c.center_certified[0])}
             row |= {"model": str(run.checkpoint), "sigma": run.sigma, "n0": run.n0, "n": run.n, "alpha": run.alpha,
                     "delta": run.delta, "seconds": time.perf_counter() - t0}
             writer.write(schema.row(row))
