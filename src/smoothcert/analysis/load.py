@@ -158,16 +158,6 @@ def _sigma_from_path(path: Path) -> float | None:
     return None
 
 
-def _sigma_from_path(path: Path) -> float | None:
-    # The last matching component wins: in noise_0.25/test/sigma_0.50 the certification sigma
-    # is 0.50 (noise_X is the *training* noise, which is not the smoothing sigma).
-    for part in reversed(path.parts):
-        m = _SIGMA_COMPONENT.match(part)
-        if m:
-            return float(m.group(1))
-    return None
-
-
 def load_results(path: str | Path, *, label: str | None = None) -> Results:
     """Read a certification results file (tab-separated, header line first).
 
