@@ -1,4 +1,4 @@
-"""The CPU engine: frozen compilation (scoped, recompiled when weights change) and the automatic
+"""The CPU engine: compilation (frozen on request: scoped, recompiled when weights change) and the automatic
 ``compile`` default of certify/predict runs (decided by work size, a C++ compiler, and a resumed
 file's record)."""
 
@@ -31,14 +31,14 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
 
 
-def test_cpu_compile_freezes_the_weights_in_this_compilation_only(monkeypatch):
+def test_compile_modes_reach_torch_compile(monkeypatch):
     calls: list = []
     monkeypatch.setattr(torch, "compile", _recording_compile(calls))
-    engine = Engine(compile=True)
-    model = _model()
-    engine.forward(model)
-    assert calls == [{"dynamic": False, "options": {"freezing": True}}]
-    # Another mode is passed as given (torch.compile takes mode or options, not both).
+    Engine(compile=True).forward(_model())
+    assert calls == [{"dynamic": False}]  # the default: weights stay graph inputs
+    Engine(compile_mode="frozen").forward(_model())
+    # and inductor's global flag around each call (see the real-compile tests below)
+    assert calls[-1] == {"dynamic": False, "options": {"freezing": True}}
     Engine(compile_mode="max-autotune").forward(_model())
     assert calls[-1] == {"dynamic": False, "mode": "max-autotune"}
 
@@ -48,7 +48,7 @@ def test_changed_weights_are_compiled_again_with_fresh_warm_ups(monkeypatch):
     monkeypatch.setattr(torch, "compile", _recording_compile(calls))
     noise = get_noise("gaussian", sigma=0.25)
     model = _model()
-    s = SmoothedClassifier(model, noise=noise, num_classes=3, compile=True)
+    s = SmoothedClassifier(model, noise=noise, num_classes=3, compile_mode="frozen")
     x = torch.rand(2, 1, 4, 4)
     s.predict(x, n=64, alpha=0.01, batch_size=64, generator=0)
     assert len(calls) == 1
@@ -120,7 +120,7 @@ def test_real_frozen_compile_leaves_the_global_flag_and_follows_new_weights():
     before = inductor_config.freezing
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
                           nn.Linear(4 * 8 * 8, 3)).eval()
-    engine = Engine(compile=True)
+    engine = Engine(compile_mode="frozen")
     x = torch.rand(32, 1, 8, 8)
     with torch.inference_mode():
         out = engine.forward(model)(x)
@@ -134,6 +134,50 @@ def test_real_frozen_compile_leaves_the_global_flag_and_follows_new_weights():
     with torch.inference_mode():
         torch.testing.assert_close(engine.forward(model)(x), model(x), rtol=1e-4, atol=1e-4)
     assert inductor_config.freezing == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [None, "frozen"])
+def test_only_the_frozen_mode_holds_the_weights_as_constants(mode):
+    # A graph compiled by the engine, called directly after a batchnorm changes in place: the frozen
+    # graph folded the batchnorm into the convolution's constants and still answers with the old
+    # one; the default graph reads the new weights. This failed while the engine passed
+    # torch.compile(options={"freezing": True}), which dynamo ignores when it lifts parameters
+    # (nothing was frozen). Real inductor: ~10-30 s.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 3)).eval()
+    engine = Engine(compile=True, compile_mode=mode, channels_last=False)  # no copy: the graph reads model
+    x = torch.rand(8, 1, 4, 4)
+    with torch.inference_mode():
+        graph = engine.forward(model)
+        before = graph(x).clone()
+    with torch.no_grad():
+        model[1].weight.mul_(-2.0)
+        model[1].bias.add_(1.0)
+    with torch.inference_mode():
+        after, expected_new = graph(x), model(x)
+    assert not torch.allclose(before, expected_new, atol=1e-3)
+    if mode == "frozen":
+        torch.testing.assert_close(after, before, rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(after, expected_new, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_no_engine_is_handed_a_graph_frozen_on_old_weights():
+    # Dynamo's cache is process-wide and its guards on a frozen graph check which parameter objects
+    # it was built on, not their values: without the engine's reset before a frozen build, a new
+    # frozen engine on the same model (changed in place since) got the old graph. Real inductor.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 3)).eval()
+    x = torch.rand(8, 1, 4, 4)
+    with torch.inference_mode():
+        Engine(compile_mode="frozen", channels_last=False).forward(model)(x)
+    with torch.no_grad():
+        model[1].weight.mul_(-2.0)
+    for later in (Engine(compile_mode="frozen", channels_last=False), Engine(compile=True, channels_last=False)):
+        with torch.inference_mode():
+            torch.testing.assert_close(later.forward(model)(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 # ---- the CPU fast paths of issue #17: vectorised float64 Gaussian, channels-last weights, rows per pass

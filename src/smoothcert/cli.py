@@ -22,7 +22,7 @@ from .cli_superres import add_sr_parser
 from .data import list_datasets
 from .denoise import list_denoiser_losses, list_denoisers
 from .distributed import DEFAULT_TIMEOUT
-from .engine import COMPILE_MODES, PRECISIONS, default_batch_size
+from .engine import AUTO_COMPILE_MIN_ROWS, COMPILE_MODES, PRECISIONS, default_batch_size
 from .errors import InputError, SmoothcertError
 from .models import SOURCE_FORMATS, list_models
 from .noise import list_noises
@@ -446,11 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--precision", choices=PRECISIONS, default="fp32")
         p.add_argument("--no-channels-last", action="store_true", help="feed NCHW batches (for models that need it)")
         p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                       help="torch.compile the model (warm-up excluded from timings; on CPU with frozen "
-                            "weights). Default: a resumed file's record, else on for CPU runs of at least "
-                            "500,000 noisy rows when a C++ compiler is present")
+                       help="torch.compile the model (warm-up excluded from timings). Default: a resumed "
+                            f"file's record, else on for CPU runs of at least {AUTO_COMPILE_MIN_ROWS:,} noisy "
+                            "rows (inputs x (n0 + n)) when a C++ compiler is present")
         p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
-                       help="torch.compile mode (implies --compile); reduce-overhead replays CUDA graphs")
+                       help="torch.compile mode, or 'frozen' (weights folded in as constants); implies "
+                            "--compile; reduce-overhead replays CUDA graphs")
         p.add_argument("--fixed-shape", action=argparse.BooleanOptionalAction, default=None,
                        help="pad every forward pass to --batch rows (default: on with --compile)")
         p.add_argument("--max-batch-bytes", type=int, default=None, help="memory budget of --batch auto (bytes)")

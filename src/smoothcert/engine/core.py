@@ -54,16 +54,38 @@ def _graph_steps(compiled: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Ten
     return run
 
 
+def _frozen_calls(compiled: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """``compiled`` called with inductor's ``freezing`` switched on for the duration of each call.
+
+    Dynamo decides while it traces (inside the first call of each shape, not in
+    ``torch.compile``) whether the parameters become graph constants, and it reads the global
+    ``torch._inductor.config.freezing`` for that: ``torch.compile(options={"freezing": True})``
+    alone leaves them graph inputs and nothing is frozen (seen in inductor's output code, torch
+    2.13; tests/test_cpu_engine.py). So the flag is set around every call and restored after
+    it; the process-wide value is never left changed (a compilation running in another thread
+    at the same moment would see it). ``compiled`` should still be built with that option: it
+    makes the frozen graphs' backend differ from the unfrozen ones', so dynamo never hands one
+    kind to a caller of the other.
+    """
+    import torch._inductor.config as inductor_config
+
+    def run(batch: Tensor) -> Tensor:
+        with inductor_config.patch(freezing=True):
+            return compiled(batch)
+
+    return run
+
+
 #: ``compile=None`` ("auto") of a run compiles on CPU when the run evaluates at least this many
 #: noisy rows (inputs x (n0 + n)). Measured on an idle 2-core AVX-512 CPU (2026-12-05, torch 2.13,
 #: float64-exact noise, channels-last weights, automatic rows per pass; BENCHMARKS.md, CPU engine):
-#: the frozen graph saves 0.042-0.067 s (LeNet-small) and 0.057-0.096 s (LeNet) per input at N = 10,000
+#: the compiled graph saves 0.042-0.067 s (LeNet-small) and 0.057-0.096 s (LeNet) per input at N = 10,000
 #: over three runs and costs 17 s on a cold cache (4-8 s warm), so it breaks even after 1.8-4 M rows; 3 M rows (300
 #: inputs at N = 10,000, 30 at N = 100,000) keeps it a gain. The quickstart (550,000 rows) stays eager.
 AUTO_COMPILE_MIN_ROWS = 3_000_000
 
 #: Whether ``compile=None`` may choose to compile on CPU at all (on: measured faster above the
-#: rows threshold once the weights are kept channels-last; before that change the frozen graph
+#: rows threshold once the weights are kept channels-last; before that change the compiled graph
 #: was slower than eager on the quickstart, 49.4 s vs 30.3 s).
 AUTO_COMPILE_CPU = True
 
@@ -83,7 +105,7 @@ def default_compile(device: torch.device | str, *, rows: int) -> tuple[bool, str
 
     On CPU, while :data:`AUTO_COMPILE_CPU` is on (it is):
     yes when a C++ compiler is present and the run evaluates at least
-    :data:`AUTO_COMPILE_MIN_ROWS` noisy rows (``rows``: inputs x (n0 + n)), where the frozen
+    :data:`AUTO_COMPILE_MIN_ROWS` noisy rows (``rows``: inputs x (n0 + n)), where the
     compiled graph was measured faster including its compile time; otherwise eager. On other
     devices: eager (compile stays an explicit choice there)."""
     device = torch.device(device)
@@ -92,11 +114,11 @@ def default_compile(device: torch.device | str, *, rows: int) -> tuple[bool, str
     if not AUTO_COMPILE_CPU:
         return False, "eager: automatic CPU compilation is switched off (AUTO_COMPILE_CPU); pass --compile to compile"
     if rows < AUTO_COMPILE_MIN_ROWS:
-        return False, (f"eager: {rows:,} noisy rows is below the {AUTO_COMPILE_MIN_ROWS:,} where a frozen "
+        return False, (f"eager: {rows:,} noisy rows is below the {AUTO_COMPILE_MIN_ROWS:,} where a "
                        "compile pays for itself on CPU")
     if cxx_compiler() is None:
         return False, "eager: no C++ compiler found (set CXX), so the CPU model is not compiled"
-    return True, f"compiled with frozen weights: {rows:,} noisy rows amortise the compile on CPU"
+    return True, f"compiled: {rows:,} noisy rows amortise the compile on CPU"
 
 
 #: Rows per forward pass of a certify/predict run that does not choose, on devices other than
@@ -159,20 +181,23 @@ class Engine:
             and kept. Each batch shape compiles once, on first use, in :meth:`warmup` (which
             :meth:`prepare` calls before any clock starts); warm-up time goes to
             :attr:`compile_seconds`. Needs a C++ compiler on CPU and Triton on GPU; a failure
-            raises :class:`~smoothcert.errors.CompileError`. On CPU (``compile_mode`` None or
-            "default") the graph is compiled with inductor's ``freezing``: the weights become
-            constants folded into the graph (batchnorm into convolutions): per pass 1.2-1.6x
-            faster than eager for LeNet-small and no faster for LeNet on 2 idle cores
-            (BENCHMARKS.md, CPU engine). The option is passed to this compilation only (the global
-            ``torch._inductor.config.freezing`` is left as it is). Frozen weights are a
+            raises :class:`~smoothcert.errors.CompileError`. The weights stay graph inputs, read
+            at every call. Per pass on 2 idle CPU cores (BENCHMARKS.md, CPU engine): 1.2-1.3x faster
+            than eager for LeNet-small, 1.05-1.1x for LeNet.
+        compile_mode: torch.compile's ``mode`` (:data:`COMPILE_MODES`), or ``"frozen"``; implies
+            ``compile``. ``"reduce-overhead"`` replays each shape's kernels as one CUDA graph (GPU
+            only; on CPU it compiles like ``"default"``); the engine marks a new graph step before
+            every pass and uses each pass's output before the next (the graph reuses its output
+            buffer). ``"frozen"``: the default mode with inductor's ``freezing``: the weights become
+            constants of the graph (batchnorm folded into convolutions, oneDNN-packed convolutions
+            with fused ReLU on CPU). Not the default: on 2 idle CPU cores it was no faster end to
+            end than the unfrozen graph (LeNet) or slower (LeNet-small; BENCHMARKS.md). The
+            global ``torch._inductor.config.freezing`` is set only around each call of the frozen
+            graph (dynamo reads it while tracing) and restored after it. Frozen weights are a
             precondition: the engine fingerprints the parameters and buffers (storage and
             version counter) and recompiles, with fresh warm-ups, when they have changed since;
             that clears torch's compile cache (``torch.compiler.reset()``, process-wide, so
             every model of this engine is compiled again too). Never train through an engine.
-        compile_mode: torch.compile's ``mode`` (:data:`COMPILE_MODES`); implies ``compile``.
-            ``"reduce-overhead"`` replays each shape's kernels as one CUDA graph (GPU only; on CPU
-            it compiles like ``"default"``); the engine marks a new graph step before every pass
-            and uses each pass's output before the next (the graph reuses its output buffer).
         fixed_shape: all forward passes of a sampling call get the same number of rows
             (:func:`fixed_rows`: the work split into equal passes of at most ``batch_size`` rows,
             padded by under 8 rows per pass with rows that are evaluated but never counted), so
@@ -320,23 +345,26 @@ class Engine:
             return None if runner is model else runner
         stale = state.compiled is not None and (
             state.compiled_source is not runner
-            or (self._frozen(model) and state.fingerprint != _weights_fingerprint(model)))
-        if stale:
-            # The frozen graph holds the old weights as constants: build it again for the new ones.
-            # Dynamo's cache would hand back the old graph (its guards check shapes, not values),
-            # so it is cleared; other compiled models recompile on their next warm-up or call.
+            or (self._frozen() and state.fingerprint != _weights_fingerprint(model)))
+        if stale or (state.compiled is None and self._frozen()):
+            # New weights: a frozen graph holds the old ones as constants, and the channels-last
+            # copy is made again (another module). Dynamo's cache would hand back an old graph
+            # (its guards check shapes and, when frozen, which parameter objects -- not their
+            # values), also one frozen by an earlier compile of these parameters elsewhere in the
+            # process, so it is cleared before a graph is built again or a frozen one is built;
+            # other compiled models recompile on their next warm-up or call.
             torch.compiler.reset()
             for other in self._models.values():
                 other.compiled, other.warm = None, set()
         if state.compiled is None:
             try:
-                if self._frozen(model):
-                    # Scoped to this compilation: torch.compile's options patch inductor's config
-                    # while it compiles this graph only.
+                if self._frozen():
                     mode: dict[str, Any] = {"options": {"freezing": True}}
                 else:
                     mode = {} if self.compile_mode is None else {"mode": self.compile_mode}
                 compiled = torch.compile(runner, dynamic=False, **mode)
+                if self._frozen():
+                    compiled = _frozen_calls(compiled)
             except Exception as e:  # e.g. "Dynamo is not supported on Python 3.x"
                 raise CompileError(
                     f"torch.compile cannot wrap the base model ({type(e).__name__}: {e}); "
@@ -348,9 +376,9 @@ class Engine:
             state.fingerprint = _weights_fingerprint(model)
         return state.compiled
 
-    def _frozen(self, model: nn.Module) -> bool:
-        """Compile with frozen weights: on CPU, in the default mode."""
-        return model_device(model).type == "cpu" and self.compile_mode in (None, "default")
+    def _frozen(self) -> bool:
+        """Whether ``model``'s graph holds its weights as constants (``compile_mode="frozen"``)."""
+        return self.compile_mode == "frozen"
 
     def warmup(self, model: nn.Module, x: Tensor, noise: Noise, *, batch_size: int | str) -> float:
         """Run one engine pass of ``batch_size`` rows on inputs shaped like ``x`` (three with CUDA

@@ -25,8 +25,10 @@ PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 #: old, faster path, kept as an explicit option (docs/soundness.md).
 NOISE_DTYPES = ("float64", "float32")
 
-#: Modes of torch.compile the engine accepts (``compile_mode``); "reduce-overhead" uses CUDA graphs.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: Modes of compilation the engine accepts (``compile_mode``): torch.compile's own modes
+#: ("reduce-overhead" uses CUDA graphs) and "frozen": the default mode with inductor's
+#: ``freezing``, the weights folded into the graph as constants (Engine docs).
+COMPILE_MODES = ("default", "frozen", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def fixed_rows(total: int, batch_size: int, *, multiple: int = 8) -> int:

@@ -228,7 +228,7 @@ class EngineSpec:
     noisy rows per forward pass (an int, or "auto": from free memory / ``max_batch_bytes``).
     ``compile`` None ("auto") is decided by the certify and predict runs
     (:func:`smoothcert.runs.launch.resolve_compile`: a resumed file's record, else compiled with
-    frozen weights on CPU for runs large enough to amortise it); elsewhere it means off."""
+    on CPU for runs large enough to amortise it); elsewhere it means off."""
 
     batch_size: int | str = 1000
     precision: str = "fp32"
