@@ -62,6 +62,10 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args()
+    # Every compiled variant here compiles once per (rows, threads, autocast) of the same forward
+    # code; dynamo's default limit of 8 graphs per code object would send the later ones back to
+    # eager silently (seen: "hit config.recompile_limit (8)").
+    torch._dynamo.config.recompile_limit = 256
     print(json.dumps({"cpu": platform.processor() or platform.machine(), "flags": _cpu_flags(),
                       "capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
                       "cxx": cxx_compiler()}), flush=True)
