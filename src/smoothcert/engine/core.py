@@ -129,8 +129,8 @@ DEFAULT_BATCH_ROWS = 1000
 def default_batch_size(device: torch.device | str) -> int | str:
     """Rows per forward pass when a run does not choose: ``"auto"`` on CPU, where the automatic
     size (:func:`~smoothcert.engine.memory.auto_batch_size` of a 56 MiB budget: 256 rows for LeNet
-    on 28x28) keeps the activations in cache -- LeNet-small took 42 microseconds per row at 256
-    rows and 58 at 1000 on 2 cores (BENCHMARKS.md, CPU engine); :data:`DEFAULT_BATCH_ROWS` elsewhere."""
+    on 28x28) keeps the activations in cache -- LeNet-small took 34-35 microseconds per row at 256-576
+    rows and 55 at 1000 on 2 cores, eager (BENCHMARKS.md, CPU engine); :data:`DEFAULT_BATCH_ROWS` elsewhere."""
     return AUTO if torch.device(device).type == "cpu" else DEFAULT_BATCH_ROWS
 
 
@@ -174,8 +174,8 @@ class Engine:
         channels_last: feed image batches in channels-last memory layout; on CPU also evaluate a
             channels-last copy of the model (made on first use, made again when the weights
             change; the caller's model is not modified). Both are needed there: with
-            channels-last inputs but contiguous weights LeNet-small ran 1.9x slower on 2 CPU
-            cores (79 vs 42 microseconds per row at 256 rows, BENCHMARKS.md, CPU engine). On GPUs only the
+            channels-last inputs but contiguous weights LeNet-small ran 2.2x slower on 2 CPU
+            cores (75 vs 34 microseconds per row at 256 rows, BENCHMARKS.md, CPU engine). On GPUs only the
             inputs (weight layout unmeasured there). Turn off for models that cannot take it.
         compile: evaluate f through ``torch.compile(model, dynamic=False)``, built once per model
             and kept. Each batch shape compiles once, on first use, in :meth:`warmup` (which
