@@ -422,7 +422,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="smoothcert's compile (torch.compile), where supported (default: the engine's)")
     p.add_argument("--compile-mode", default=None,
-                   help="smoothcert's torch.compile mode, e.g. reduce-overhead (CUDA graphs); implies --compile")
+                   help="smoothcert's compile mode: frozen (weights as constants) or a torch.compile mode, e.g. "
+                        "reduce-overhead (CUDA graphs); implies --compile")
     p.add_argument("--fixed-shape", action=argparse.BooleanOptionalAction, default=None,
                    help="smoothcert's fixed_shape (every batch the same shape), where supported "
                    "(default: the engine's)")

@@ -43,6 +43,70 @@ def test_compile_modes_reach_torch_compile(monkeypatch):
     assert calls[-1] == {"dynamic": False, "mode": "max-autotune"}
 
 
+def test_the_frozen_graph_runs_with_inductors_flag_on_and_grad_off_and_leaves_both(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    seen: list = []
+
+    def compile_(module, **kwargs):
+        def graph(x):
+            seen.append((inductor_config.freezing, torch.is_grad_enabled()))
+            return module(x)
+        return graph
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    before = inductor_config.freezing
+    x = torch.rand(2, 1, 4, 4)
+    Engine(compile_mode="frozen").forward(_model())(x)
+    Engine(compile=True).forward(_model())(x)
+    assert seen == [(True, False), (before, True)]
+    assert inductor_config.freezing == before and torch.is_grad_enabled()
+
+
+def _counting_reset(monkeypatch) -> list:
+    resets: list = []
+    monkeypatch.setattr(torch.compiler, "reset", lambda: resets.append(1))
+    return resets
+
+
+def test_frozen_models_side_by_side_keep_their_graphs(monkeypatch):
+    # Two models of one frozen engine, used in turn: each compiled once, dynamo's cache never cleared
+    # (a first version cleared it on every first build, and the two models rebuilt each other forever).
+    calls: list = []
+    monkeypatch.setattr(torch, "compile", _recording_compile(calls))
+    resets = _counting_reset(monkeypatch)
+    engine = Engine(compile_mode="frozen")
+    a, b = _model(), _model()
+    for _ in range(3):
+        engine.forward(a), engine.forward(b)
+    assert len(calls) == 2 and resets == []
+    # The same model frozen again by another engine after an in-place change: the cache is cleared
+    # once (it may hold a graph frozen on the old values), and this engine's models warm again.
+    engine.warmup(a, torch.rand(1, 1, 4, 4), get_noise("gaussian", sigma=0.25), batch_size=8)
+    with torch.no_grad():
+        a[1].weight.add_(1.0)
+    Engine(compile_mode="frozen").forward(a)
+    assert len(resets) == 1
+    engine.forward(b)  # unchanged, but its graph was dropped with the cache: warmed again before use
+    assert engine.warmup(b, torch.rand(1, 1, 4, 4), get_noise("gaussian", sigma=0.25), batch_size=8) > 0.0
+    assert len(calls) == 3 and len(resets) == 1  # b's wrapper is kept (it retraces), not rebuilt
+    Engine(compile_mode="frozen").forward(_model())  # tensors no frozen graph holds: no clearing
+    assert len(resets) == 1
+
+
+def test_the_default_graph_reads_new_weights_without_recompiling(monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(torch, "compile", _recording_compile(calls))
+    resets = _counting_reset(monkeypatch)
+    engine = Engine(compile=True)
+    model = _model()
+    engine.forward(model)
+    with torch.no_grad():
+        model[1].weight.mul_(2.0)
+    engine.forward(model)
+    assert len(calls) == 1 and resets == []
+
+
 def test_changed_weights_are_compiled_again_with_fresh_warm_ups(monkeypatch):
     calls: list = []
     monkeypatch.setattr(torch, "compile", _recording_compile(calls))
@@ -175,7 +239,8 @@ def test_no_engine_is_handed_a_graph_frozen_on_old_weights():
         Engine(compile_mode="frozen", channels_last=False).forward(model)(x)
     with torch.no_grad():
         model[1].weight.mul_(-2.0)
-    for later in (Engine(compile_mode="frozen", channels_last=False), Engine(compile=True, channels_last=False)):
+    # the unfrozen engine first: after the frozen one below the cache is clear, and it would prove nothing
+    for later in (Engine(compile=True, channels_last=False), Engine(compile_mode="frozen", channels_last=False)):
         with torch.inference_mode():
             torch.testing.assert_close(later.forward(model)(x), model(x), rtol=1e-5, atol=1e-5)
 

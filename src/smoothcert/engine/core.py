@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ..checks import AUTO, check_batch_size, model_device
 from ..errors import CompileError, InputError
@@ -55,33 +56,61 @@ def _graph_steps(compiled: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Ten
 
 
 def _frozen_calls(compiled: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """``compiled`` called with inductor's ``freezing`` switched on for the duration of each call.
+    """``compiled`` called with inductor's ``freezing`` switched on, and grad off, for the duration
+    of each call.
 
     Dynamo decides while it traces (inside the first call of each shape, not in
-    ``torch.compile``) whether the parameters become graph constants, and it reads the global
-    ``torch._inductor.config.freezing`` for that: ``torch.compile(options={"freezing": True})``
-    alone leaves them graph inputs and nothing is frozen (seen in inductor's output code, torch
-    2.13; tests/test_cpu_engine.py). So the flag is set around every call and restored after
-    it; the process-wide value is never left changed (a compilation running in another thread
-    at the same moment would see it). ``compiled`` should still be built with that option: it
-    makes the frozen graphs' backend differ from the unfrozen ones', so dynamo never hands one
-    kind to a caller of the other.
+    ``torch.compile``) whether the parameters become graph constants, from the global
+    ``torch._inductor.config.freezing`` and only with grad off: ``torch.compile(options={"freezing":
+    True})`` alone leaves them graph inputs and nothing is frozen (seen in inductor's output code, torch
+    2.13; tests/test_cpu_engine.py). So the flag is patched around every call and restored after it,
+    never left changed (whether another thread sees it meanwhile depends on how the installed torch
+    keeps its config). ``compiled`` should still be built with that option: it makes the frozen
+    graphs' backend differ from the unfrozen ones', so dynamo never hands one kind to a caller of the
+    other.
     """
     import torch._inductor.config as inductor_config
 
     def run(batch: Tensor) -> Tensor:
-        with inductor_config.patch(freezing=True):
+        with inductor_config.patch(freezing=True), torch.no_grad():
             return compiled(batch)
 
     return run
 
 
+#: Parameters and buffers that a frozen graph in dynamo's cache may hold as constants: those of every
+#: module an engine froze since the engine last cleared that cache (weak, by identity: a dropped
+#: model leaves, and tensors are never compared by value).
+_FROZEN_TENSORS = WeakIdKeyDictionary()
+#: How often the engines cleared dynamo's cache; a model state built before the last clear warms again.
+_CACHE_EPOCH = [0]
+
+
+def _tensors(module: nn.Module) -> list[Tensor]:
+    return [*module.parameters(), *module.buffers()]
+
+
+def _frozen_before(module: nn.Module) -> bool:
+    """Whether some parameter or buffer of ``module`` may be a constant of a cached frozen graph."""
+    return any(t in _FROZEN_TENSORS for t in _tensors(module))
+
+
+def _clear_compiled() -> None:
+    """Clear dynamo's process-wide cache (``torch.compiler.reset()``): every compiled model, of any
+    engine, compiles again on its next call (engines warm their models again first)."""
+    torch.compiler.reset()
+    _FROZEN_TENSORS.clear()
+    _CACHE_EPOCH[0] += 1
+
+
 #: ``compile=None`` ("auto") of a run compiles on CPU when the run evaluates at least this many
 #: noisy rows (inputs x (n0 + n)). Measured on an idle 2-core AVX-512 CPU (2026-12-05, torch 2.13,
-#: float64-exact noise, channels-last weights, automatic rows per pass; BENCHMARKS.md, CPU engine):
-#: the compiled graph saves 0.042-0.067 s (LeNet-small) and 0.057-0.096 s (LeNet) per input at N = 10,000
-#: over three runs and costs 17 s on a cold cache (4-8 s warm), so it breaks even after 1.8-4 M rows; 3 M rows (300
-#: inputs at N = 10,000, 30 at N = 100,000) keeps it a gain. The quickstart (550,000 rows) stays eager.
+#: float64-exact noise, channels-last weights, automatic rows per pass), first run
+#: (docs/benchmark-history.md): the compiled graph saved 0.042-0.067 s (LeNet-small) and 0.057-0.096 s
+#: (LeNet) per input at N = 10,000 and cost 17 s on a cold cache (4-8 s warm), a break-even after
+#: 1.8-4 M rows; 3 M rows (300 inputs at N = 10,000, 30 at N = 100,000) kept it a gain. A second run
+#: (BENCHMARKS.md, CPU engine) saved -0.009 to +0.118 s per input: within the run-to-run spread, so
+#: the threshold is kept, not re-derived. The quickstart (550,000 rows) stays eager.
 AUTO_COMPILE_MIN_ROWS = 3_000_000
 
 #: Whether ``compile=None`` may choose to compile on CPU at all (on: measured faster above the
@@ -161,6 +190,7 @@ class _ModelState:
     layout_copy: nn.Module | None = None  #: channels-last copy of the model (CPU), made for ``copy_fingerprint``
     copy_fingerprint: tuple[tuple[int, int], ...] = ()
     fingerprint: tuple[tuple[int, int], ...] = ()  #: the weights the compiled graph was built (frozen) on
+    cache_epoch: int = 0  #: :data:`_CACHE_EPOCH` when ``warm`` was last valid
     warm: set[tuple[Any, ...]] = field(default_factory=set)  #: (rows, input shape, device) warmed
     auto: dict[str, int] = field(default_factory=dict)  #: "1x28x28@cpu" -> rows
 
@@ -182,8 +212,8 @@ class Engine:
             :meth:`prepare` calls before any clock starts); warm-up time goes to
             :attr:`compile_seconds`. Needs a C++ compiler on CPU and Triton on GPU; a failure
             raises :class:`~smoothcert.errors.CompileError`. The weights stay graph inputs, read
-            at every call. Per pass on 2 idle CPU cores (BENCHMARKS.md, CPU engine): 1.2-1.3x faster
-            than eager for LeNet-small, 1.05-1.1x for LeNet.
+            at every call. Per pass on an idle 2-core CPU (BENCHMARKS.md, CPU engine; 256-1000 rows,
+            1-2 threads): 1.0-1.7x faster than eager for LeNet-small, 1.1-1.25x for LeNet.
         compile_mode: torch.compile's ``mode`` (:data:`COMPILE_MODES`), or ``"frozen"``; implies
             ``compile``. ``"reduce-overhead"`` replays each shape's kernels as one CUDA graph (GPU
             only; on CPU it compiles like ``"default"``); the engine marks a new graph step before
@@ -193,11 +223,13 @@ class Engine:
             with fused ReLU on CPU). Not the default: on 2 idle CPU cores it was no faster end to
             end than the unfrozen graph (LeNet) or slower (LeNet-small; BENCHMARKS.md). The
             global ``torch._inductor.config.freezing`` is set only around each call of the frozen
-            graph (dynamo reads it while tracing) and restored after it. Frozen weights are a
-            precondition: the engine fingerprints the parameters and buffers (storage and
-            version counter) and recompiles, with fresh warm-ups, when they have changed since;
-            that clears torch's compile cache (``torch.compiler.reset()``, process-wide, so
-            every model of this engine is compiled again too). Never train through an engine.
+            graph (dynamo reads it while tracing), with grad off, and restored after it. Frozen
+            weights are a precondition: the engine fingerprints the parameters and buffers (storage
+            and version counter) and recompiles, with fresh warm-ups, when they have changed since.
+            Before it freezes tensors that an earlier frozen graph may hold (these weights changed,
+            or another engine froze the same model) it clears torch's compile cache
+            (``torch.compiler.reset()``, process-wide: every compiled model, of any engine,
+            compiles again, at its next warm-up). Never train through an engine.
         fixed_shape: all forward passes of a sampling call get the same number of rows
             (:func:`fixed_rows`: the work split into equal passes of at most ``batch_size`` rows,
             padded by under 8 rows per pass with rows that are evaluated but never counted), so
@@ -343,19 +375,18 @@ class Engine:
         runner = self._runner(model, state)
         if not self.compile:
             return None if runner is model else runner
+        if state.compiled is not None and state.cache_epoch != _CACHE_EPOCH[0]:
+            state.warm = set()  # dynamo's cache was cleared since: the graph compiles again at the next warm-up
         stale = state.compiled is not None and (
             state.compiled_source is not runner
             or (self._frozen() and state.fingerprint != _weights_fingerprint(model)))
-        if stale or (state.compiled is None and self._frozen()):
-            # New weights: a frozen graph holds the old ones as constants, and the channels-last
-            # copy is made again (another module). Dynamo's cache would hand back an old graph
-            # (its guards check shapes and, when frozen, which parameter objects -- not their
-            # values), also one frozen by an earlier compile of these parameters elsewhere in the
-            # process, so it is cleared before a graph is built again or a frozen one is built;
-            # other compiled models recompile on their next warm-up or call.
-            torch.compiler.reset()
-            for other in self._models.values():
-                other.compiled, other.warm = None, set()
+        if stale:  # new weights (a frozen graph holds the old ones), or a new channels-last copy
+            state.compiled, state.warm = None, set()
+        if state.compiled is None and self._frozen() and (stale or _frozen_before(runner)):
+            # Dynamo's cache is process-wide and its guards on a frozen graph check which parameter
+            # objects it was built on, not their values: it would hand back a graph frozen on the
+            # old values of these same tensors (here or in another engine), so it is cleared.
+            _clear_compiled()
         if state.compiled is None:
             try:
                 if self._frozen():
@@ -374,10 +405,13 @@ class Engine:
                 compiled = _graph_steps(compiled)
             state.compiled, state.compiled_source = compiled, runner
             state.fingerprint = _weights_fingerprint(model)
+        state.cache_epoch = _CACHE_EPOCH[0]
+        if self._frozen():
+            _FROZEN_TENSORS.update(dict.fromkeys(_tensors(runner), True))
         return state.compiled
 
     def _frozen(self) -> bool:
-        """Whether ``model``'s graph holds its weights as constants (``compile_mode="frozen"``)."""
+        """Whether the compiled graphs hold the weights as constants (``compile_mode="frozen"``)."""
         return self.compile_mode == "frozen"
 
     def warmup(self, model: nn.Module, x: Tensor, noise: Noise, *, batch_size: int | str) -> float:
