@@ -309,5 +309,9 @@ def test_runs_default_to_automatic_rows_on_cpu_and_1000_elsewhere():
     assert default_batch_size("cpu") == "auto" and default_batch_size("cuda") == DEFAULT_BATCH_ROWS == 1000
     parser = build_parser()
     base = ["certify", "--checkpoint", "m.pt", "--out", "o.tsv", "--device", "cpu"]
-    assert _engine(parser.parse_args(base)).batch_size == "auto"
-    assert _engine(parser.parse_args([*base, "--batch", "1000"])).batch_size == 1000
+    spec = _engine(parser.parse_args(base))
+    assert spec.batch_size is None  # the run decides, from its device (the Python runs layer alike)
+    assert spec.for_device("cpu").batch_size == "auto" and spec.for_device("cuda:0").batch_size == 1000
+    assert EngineSpec().for_device(torch.device("cpu")).batch_size == "auto"
+    explicit = _engine(parser.parse_args([*base, "--batch", "1000"]))
+    assert explicit.batch_size == 1000 and explicit.for_device("cpu") is explicit

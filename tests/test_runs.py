@@ -119,6 +119,19 @@ def test_a_certify_run_from_python_writes_the_cli_rows_and_sidecar(tmp_path, mon
     assert lines[0].startswith("certifying 6 inputs of embedded/test") and lines[1].startswith("engine: 100 rows")
 
 
+def test_a_python_run_without_a_batch_size_gets_the_devices_default(tmp_path, monkeypatch):
+    # EngineSpec() leaves the rows per pass to the run's device, as the CLI does without --batch:
+    # "auto" on CPU (recorded as asked; the engine reports what it chose).
+    shutil.copy(LEGACY / "model.pt", tmp_path / "model.pt")
+    monkeypatch.chdir(tmp_path)
+    lines: list[str] = []
+    run_certify(CertifyRun(model=ClassifierSpec(checkpoint="model.pt", device="cpu"), out="c.tsv", n0=20, n=200,
+                           alpha=0.01, select=Selection(max_count=1), engine=EngineSpec()),
+                progress=False, log=lines.append)
+    assert json.loads((tmp_path / "c.tsv.json").read_text())["batch_size"] == "auto"
+    assert lines[1].startswith("engine: 576 rows")  # lenet-small on 28x28 within the 56 MiB budget
+
+
 def test_fine_tuning_check_compares_the_networks():
     init = read_init(LEGACY / "model.pt")
     assert init.meta.arch == "lenet-small" and len(init.record["sha256"]) == 64

@@ -22,7 +22,7 @@ from .cli_superres import add_sr_parser
 from .data import list_datasets
 from .denoise import list_denoiser_losses, list_denoisers
 from .distributed import DEFAULT_TIMEOUT
-from .engine import AUTO_COMPILE_MIN_ROWS, COMPILE_MODES, PRECISIONS, default_batch_size
+from .engine import AUTO_COMPILE_MIN_ROWS, COMPILE_MODES, PRECISIONS
 from .errors import InputError, SmoothcertError
 from .models import SOURCE_FORMATS, list_models
 from .noise import list_noises
@@ -49,7 +49,6 @@ from .runs import (
     run_predict,
     run_train,
     run_train_denoiser,
-    resolve_device,
 )
 from .train import TrainConfig, list_methods
 
@@ -171,13 +170,8 @@ def _selection(args: argparse.Namespace) -> Selection:
     return Selection(skip=args.skip, max_count=args.max, start=args.start)
 
 
-def _batch(args: argparse.Namespace) -> int | str:
-    """``--batch``, or the default for the run's device (:func:`~smoothcert.engine.default_batch_size`)."""
-    return args.batch if args.batch is not None else default_batch_size(resolve_device(args.device))
-
-
 def _engine(args: argparse.Namespace) -> EngineSpec:
-    return EngineSpec(batch_size=_batch(args), precision=args.precision, channels_last=not args.no_channels_last,
+    return EngineSpec(batch_size=args.batch, precision=args.precision, channels_last=not args.no_channels_last,
                       compile=args.compile, compile_mode=args.compile_mode, fixed_shape=args.fixed_shape,
                       max_batch_bytes=args.max_batch_bytes, allow_unbounded=args.allow_unbounded,
                       noise_dtype="float32" if args.fast_noise else "float64")
@@ -240,7 +234,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_attack(args: argparse.Namespace) -> int:
     """PGD / DDN on the smoothed classifier (default when the checkpoint was trained with noise or
     --noise is given; --base to attack the network alone) and the summary table."""
-    engine = EngineSpec(batch_size=_batch(args), precision=args.precision, channels_last=not args.no_channels_last,
+    engine = EngineSpec(batch_size=args.batch, precision=args.precision, channels_last=not args.no_channels_last,
                         allow_unbounded=args.allow_unbounded)
     run = AttackRun(model=_classifier(args), out=args.out, data=_data(args), split=args.split,
                     select=_selection(args), engine=engine, smoothed=args.smoothed, attack=args.attack,

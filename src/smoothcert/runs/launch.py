@@ -146,6 +146,7 @@ def run_certify(run: CertifyRun, *, progress: bool = True, log: Log | None = Non
     configuration (nothing is written then)."""
     if run.certificate == "lipschitz-margin":
         return _run_margin(run, progress=progress, log=log)
+    run = dataclasses.replace(run, engine=run.engine.for_device(resolve_device(run.model.device)))
     with _sharded(run.model.device, run.dist_timeout) as (shard, device):
         smoothed, dataset, facts = _smoothed(
             run.model, run.data, run.split, run.engine, device, log=log, progress=progress, out=Path(run.out),
@@ -212,6 +213,7 @@ def _run_soft(run: CertifyRun, smoothed: SmoothedClassifier, dataset: Dataset, i
 def run_predict(run: PredictRun, *, progress: bool = True, log: Log | None = None) -> Path:
     """PREDICT the selected inputs of ``run`` into ``run.out`` (resumable, sharded like
     :func:`run_certify`). Returns ``run.out``."""
+    run = dataclasses.replace(run, engine=run.engine.for_device(resolve_device(run.model.device)))
     with _sharded(run.model.device, run.dist_timeout) as (shard, device):
         smoothed, dataset, facts = _smoothed(
             run.model, run.data, run.split, run.engine, device, log=log, progress=progress, out=Path(run.out),
@@ -234,6 +236,7 @@ def run_attack(run: AttackRun, *, progress: bool = True, log: Log | None = None)
     """
     spec = run.model
     device = resolve_device(spec.device)
+    run = dataclasses.replace(run, engine=run.engine.for_device(device))
     model, meta, sha = load_base(spec, run.data, device)
     smoothed = run.smoothed if run.smoothed is not None else (spec.noise is not None or meta.noise != "none")
     target: Any

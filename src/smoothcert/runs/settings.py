@@ -15,6 +15,7 @@ Building blocks: :class:`DataSpec` (where the data comes from), :class:`Selectio
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,7 @@ from ..checks import AUTO, check_batch_size, check_float, check_int, check_sampl
 from ..data import list_datasets
 from ..denoise import DENOISE_MODES, denoiser_kind, list_denoiser_losses
 from ..distributed import DEFAULT_TIMEOUT
-from ..engine import COMPILE_MODES, NOISE_DTYPES, PRECISIONS
+from ..engine import COMPILE_MODES, NOISE_DTYPES, PRECISIONS, default_batch_size
 from ..errors import InputError, InputTypeError
 from ..models import SOURCE_FORMATS, list_models, parse_external_arch
 from ..noise import list_noises
@@ -225,12 +226,14 @@ class ClassifierSpec:
 class EngineSpec:
     """How f(x + noise) is sampled: the keywords of :class:`~smoothcert.smooth.SmoothedClassifier`
     (precision, layout, compilation, memory budget, unbounded inputs) and ``batch_size``, the
-    noisy rows per forward pass (an int, or "auto": from free memory / ``max_batch_bytes``).
+    noisy rows per forward pass (an int, or "auto": from free memory / ``max_batch_bytes``; None:
+    the run's device decides, :func:`~smoothcert.engine.default_batch_size`: "auto" on CPU, 1000
+    elsewhere -- :meth:`for_device`).
     ``compile`` None ("auto") is decided by the certify and predict runs
     (:func:`smoothcert.runs.launch.resolve_compile`: a resumed file's record, else compiled with
     on CPU for runs large enough to amortise it); elsewhere it means off."""
 
-    batch_size: int | str = 1000
+    batch_size: int | str | None = None
     precision: str = "fp32"
     channels_last: bool = True
     compile: bool | None = None
@@ -242,7 +245,8 @@ class EngineSpec:
     noise_dtype: str = "float64"
 
     def __post_init__(self) -> None:
-        check_batch_size(self.batch_size)
+        if self.batch_size is not None:
+            check_batch_size(self.batch_size)
         if self.compile is not None and not isinstance(self.compile, bool):
             raise InputTypeError(f"compile must be True, False or None (auto), got {self.compile!r}")
         _check_choice("noise_dtype", self.noise_dtype, NOISE_DTYPES)
@@ -250,6 +254,17 @@ class EngineSpec:
         _check_choice("compile_mode", self.compile_mode, COMPILE_MODES, optional=True)
         if self.max_batch_bytes is not None:
             check_int("max_batch_bytes", self.max_batch_bytes, minimum=1)
+
+    @property
+    def rows(self) -> int | str:
+        """``batch_size`` as given, or "auto" where the device will decide (for checks made before)."""
+        return AUTO if self.batch_size is None else self.batch_size
+
+    def for_device(self, device: Any) -> EngineSpec:
+        """This spec with ``batch_size`` None replaced by ``device``'s default rows per pass."""
+        if self.batch_size is not None:
+            return self
+        return dataclasses.replace(self, batch_size=default_batch_size(device))
 
     def classifier_options(self) -> dict[str, Any]:
         """The keywords of :class:`~smoothcert.smooth.SmoothedClassifier` (all but ``batch_size``)."""
@@ -322,7 +337,7 @@ class CertifyRun:
     def __post_init__(self) -> None:
         _set(self, "out", Path(self.out))
         check_alpha(self.alpha)
-        check_sample_sizes(n=self.n, n0=self.n0, batch_size=self.engine.batch_size)
+        check_sample_sizes(n=self.n, n0=self.n0, batch_size=self.engine.rows)
         check_pack(self.pack)
         _check_choice("certificate", self.certificate, CERTIFICATES)
         if self.certificate == "hard":
@@ -391,7 +406,7 @@ class PredictRun:
     def __post_init__(self) -> None:
         _set(self, "out", Path(self.out))
         check_alpha(self.alpha)
-        check_sample_sizes(n=self.n, batch_size=self.engine.batch_size)
+        check_sample_sizes(n=self.n, batch_size=self.engine.rows)
         check_pack(self.pack)
         _check_dist_timeout(self.dist_timeout)
 
@@ -439,7 +454,7 @@ class AttackRun:
         check_int("attack_batch", self.attack_batch, minimum=1)
         check_int("m (noise draws per attack step)", self.m, minimum=1)
         check_alpha(self.alpha)
-        check_sample_sizes(n=self.n, n0=self.n0, batch_size=self.engine.batch_size)
+        check_sample_sizes(n=self.n, n0=self.n0, batch_size=self.engine.rows)
         if self.engine.compile or self.engine.compile_mode is not None:
             raise InputError("attack runs do not compile the model: leave engine.compile off")
 
