@@ -80,18 +80,38 @@ def test_frozen_models_side_by_side_keep_their_graphs(monkeypatch):
     for _ in range(3):
         engine.forward(a), engine.forward(b)
     assert len(calls) == 2 and resets == []
+    # Another frozen engine on a's tensors, unchanged: the graph cached for them holds their values.
+    noise, x = get_noise("gaussian", sigma=0.25), torch.rand(1, 1, 4, 4)
+    engine.warmup(a, x, noise, batch_size=8), engine.warmup(b, x, noise, batch_size=8)
+    Engine(compile_mode="frozen").forward(a)
+    assert resets == []
     # The same model frozen again by another engine after an in-place change: the cache is cleared
     # once (it may hold a graph frozen on the old values), and this engine's models warm again.
-    engine.warmup(a, torch.rand(1, 1, 4, 4), get_noise("gaussian", sigma=0.25), batch_size=8)
     with torch.no_grad():
         a[1].weight.add_(1.0)
     Engine(compile_mode="frozen").forward(a)
     assert len(resets) == 1
     engine.forward(b)  # unchanged, but its graph was dropped with the cache: warmed again before use
-    assert engine.warmup(b, torch.rand(1, 1, 4, 4), get_noise("gaussian", sigma=0.25), batch_size=8) > 0.0
-    assert len(calls) == 3 and len(resets) == 1  # b's wrapper is kept (it retraces), not rebuilt
+    assert engine.warmup(b, x, noise, batch_size=8) > 0.0  # warmed before the clear, warmed again
+    assert len(calls) == 4 and len(resets) == 1  # b's wrapper is kept (it retraces), not rebuilt
     Engine(compile_mode="frozen").forward(_model())  # tensors no frozen graph holds: no clearing
     assert len(resets) == 1
+
+
+def test_a_graph_called_after_a_clear_is_recorded_with_the_values_it_froze(monkeypatch):
+    # A caller keeping the frozen graph and calling it after a clear retraces it on the present
+    # values; a later change of those weights must clear again before anyone freezes them anew.
+    monkeypatch.setattr(torch, "compile", _recording_compile([]))
+    resets = _counting_reset(monkeypatch)
+    model, x = _model(), torch.rand(2, 1, 4, 4)
+    graph = Engine(compile_mode="frozen").forward(model)
+    graph(x)
+    engine_core._clear_compiled()
+    graph(x)  # traced again, on these values
+    with torch.no_grad():
+        model[1].weight.add_(1.0)
+    Engine(compile_mode="frozen").forward(model)
+    assert len(resets) == 2
 
 
 def test_the_default_graph_reads_new_weights_without_recompiling(monkeypatch):

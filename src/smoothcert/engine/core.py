@@ -55,7 +55,7 @@ def _graph_steps(compiled: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Ten
     return run
 
 
-def _frozen_calls(compiled: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+def _frozen_calls(compiled: Callable[[Tensor], Tensor], tensors: Sequence[Tensor]) -> Callable[[Tensor], Tensor]:
     """``compiled`` called with inductor's ``freezing`` switched on, and grad off, for the duration
     of each call.
 
@@ -67,20 +67,23 @@ def _frozen_calls(compiled: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Te
     never left changed (whether another thread sees it meanwhile depends on how the installed torch
     keeps its config). ``compiled`` should still be built with that option: it makes the frozen
     graphs' backend differ from the unfrozen ones', so dynamo never hands one kind to a caller of the
-    other.
+    other. Every call first records ``tensors`` (the module's parameters and buffers) in
+    :data:`_FROZEN_TENSORS`: a call may trace, and freeze their present values.
     """
     import torch._inductor.config as inductor_config
 
     def run(batch: Tensor) -> Tensor:
+        _record_frozen(tensors)
         with inductor_config.patch(freezing=True), torch.no_grad():
             return compiled(batch)
 
     return run
 
 
-#: Parameters and buffers that a frozen graph in dynamo's cache may hold as constants: those of every
-#: module an engine froze since the engine last cleared that cache (weak, by identity: a dropped
-#: model leaves, and tensors are never compared by value).
+#: Parameters and buffers that a frozen graph in dynamo's cache may hold as constants, each with its
+#: (storage address, version counter) at its first frozen call since the engines last cleared that
+#: cache: a graph traced then holds those values. Weak and by identity (a dropped model leaves;
+#: tensors are never compared by value).
 _FROZEN_TENSORS = WeakIdKeyDictionary()
 #: How often the engines cleared dynamo's cache; a model state built before the last clear warms again.
 _CACHE_EPOCH = [0]
@@ -90,9 +93,18 @@ def _tensors(module: nn.Module) -> list[Tensor]:
     return [*module.parameters(), *module.buffers()]
 
 
-def _frozen_before(module: nn.Module) -> bool:
-    """Whether some parameter or buffer of ``module`` may be a constant of a cached frozen graph."""
-    return any(t in _FROZEN_TENSORS for t in _tensors(module))
+def _record_frozen(tensors: Sequence[Tensor]) -> None:
+    """Note ``tensors`` as possibly frozen into a cached graph with their present values (the first
+    record since the last clear is kept: a graph traced then may still be cached)."""
+    for t in tensors:
+        if t not in _FROZEN_TENSORS:
+            _FROZEN_TENSORS[t] = (t.data_ptr(), t._version)
+
+
+def _frozen_on_other_values(module: nn.Module) -> bool:
+    """Whether a cached frozen graph may hold some tensor of ``module`` with values it no longer has."""
+    return any(t in _FROZEN_TENSORS and _FROZEN_TENSORS[t] != (t.data_ptr(), t._version)
+               for t in _tensors(module))
 
 
 def _clear_compiled() -> None:
@@ -225,7 +237,9 @@ class Engine:
             global ``torch._inductor.config.freezing`` is set only around each call of the frozen
             graph (dynamo reads it while tracing), with grad off, and restored after it. Frozen
             weights are a precondition: the engine fingerprints the parameters and buffers (storage
-            and version counter) and recompiles, with fresh warm-ups, when they have changed since.
+            and version counter) and recompiles, with fresh warm-ups, when they have changed since
+            (changes made through ``.data``, which bypasses the version counter, or to tensors that
+            are neither parameters nor buffers are not seen).
             Before it freezes tensors that an earlier frozen graph may hold (these weights changed,
             or another engine froze the same model) it clears torch's compile cache
             (``torch.compiler.reset()``, process-wide: every compiled model, of any engine,
@@ -382,10 +396,10 @@ class Engine:
             or (self._frozen() and state.fingerprint != _weights_fingerprint(model)))
         if stale:  # new weights (a frozen graph holds the old ones), or a new channels-last copy
             state.compiled, state.warm = None, set()
-        if state.compiled is None and self._frozen() and (stale or _frozen_before(runner)):
+        if state.compiled is None and self._frozen() and _frozen_on_other_values(runner):
             # Dynamo's cache is process-wide and its guards on a frozen graph check which parameter
             # objects it was built on, not their values: it would hand back a graph frozen on the
-            # old values of these same tensors (here or in another engine), so it is cleared.
+            # old values of these same tensors (traced here or by another engine), so it is cleared.
             _clear_compiled()
         if state.compiled is None:
             try:
@@ -395,7 +409,7 @@ class Engine:
                     mode = {} if self.compile_mode is None else {"mode": self.compile_mode}
                 compiled = torch.compile(runner, dynamic=False, **mode)
                 if self._frozen():
-                    compiled = _frozen_calls(compiled)
+                    compiled = _frozen_calls(compiled, _tensors(runner))
             except Exception as e:  # e.g. "Dynamo is not supported on Python 3.x"
                 raise CompileError(
                     f"torch.compile cannot wrap the base model ({type(e).__name__}: {e}); "
@@ -406,8 +420,6 @@ class Engine:
             state.compiled, state.compiled_source = compiled, runner
             state.fingerprint = _weights_fingerprint(model)
         state.cache_epoch = _CACHE_EPOCH[0]
-        if self._frozen():
-            _FROZEN_TENSORS.update(dict.fromkeys(_tensors(runner), True))
         return state.compiled
 
     def _frozen(self) -> bool:

@@ -180,7 +180,8 @@ def _run_margin(run: CertifyRun, *, progress: bool, log: Log | None) -> Path:
     dataset, name = load_split(run.data, run.split, meta)
     indices = run.select.indices(len(dataset))
     facts = run_facts(dataset=name, data=run.data, split=run.split, checkpoint_sha256=sha, meta=meta, denoiser=None)
-    batch = run.engine.batch_size if isinstance(run.engine.batch_size, int) else 256
+    rows = run.engine.for_device(device).batch_size  # no noise: "auto" (CPU) means a plain 256-input batch
+    batch = rows if isinstance(rows, int) else 256
     _say(log, f"margin certificate of {len(indices)} inputs of {name}/{run.split} -> {run.out}")
     certify_margin_dataset(model, dataset, run.out, batch_size=batch, indices=indices, config=facts,
                            progress=progress)
