@@ -81,8 +81,8 @@ def main() -> None:
                     return model(x)
             variants["eager-bf16"] = bf16_eager
         torch.set_num_threads(max(args.threads))
-        # Frozen engines first: building a frozen graph clears dynamo's cache (Engine.forward), which
-        # would otherwise make the compiled variants recompile inside their untimed pass.
+        # Frozen engines first: a frozen build may clear dynamo's cache (Engine.forward, when the tensors
+        # it freezes may be held with other values), which would drop the graphs built before it.
         builds = (("frozen", "frozen", None), ("frozen-bf16", "frozen", torch.bfloat16),
                   ("compiled", None, None), ("compiled-bf16", None, torch.bfloat16))
         for label, mode, dtype in builds:

@@ -230,8 +230,8 @@ class EngineSpec:
     the run's device decides, :func:`~smoothcert.engine.default_batch_size`: "auto" on CPU, 1000
     elsewhere -- :meth:`for_device`).
     ``compile`` None ("auto") is decided by the certify and predict runs
-    (:func:`smoothcert.runs.launch.resolve_compile`: a resumed file's record, else compiled with
-    on CPU for runs large enough to amortise it); elsewhere it means off."""
+    (:func:`smoothcert.runs.launch.resolve_compile`: a resumed file's record, else compiled on CPU
+    for runs large enough to amortise it); elsewhere it means off."""
 
     batch_size: int | str | None = None
     precision: str = "fp32"
