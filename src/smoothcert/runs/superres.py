@@ -44,6 +44,7 @@ from ..regression import (
 from ..results import ResultWriter, eps_key, sr_attack_schema, sr_certify_schema, sr_evaluate_schema
 from ..rng import input_seed
 from ..train.superres import SRTrainConfig, train_superres
+from .classifier import resolve_device
 
 __all__ = [
     "SRAttackRun",
@@ -57,12 +58,6 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike[str]
-
-
-def _device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,96 +91,97 @@ class _TestSet:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SRAttackRun(_TestSet):
-    """Attack a U-Net or its smoothed mean on a folder's centre crops at relative budgets ``eps_rel``
-    (eps = sqrt(d)·eps_rel). ``sigma_g`` None: attack f with l2 PGD; else EOT-PGD with ``samples``
-    draws per step against ĝ = mean of f(y + N(0, sigma_g²)), evaluated with ``n`` draws."""
+class _UNetOnTestSet(_TestSet):
+    """What the attack, certify and evaluate runs share: a U-Net ``checkpoint`` applied to a test
+    folder's centre crops, rows written to ``out``, ``batch_size`` images per pass."""
 
     checkpoint: PathLike
     out: PathLike
-    eps_rel: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
-    steps: int = 10
-    sigma_g: float | None = None
-    n: int = 32
-    samples: int = 4
     batch_size: int = 256
     seed: int = 0
     device: str | None = None
 
     def __post_init__(self) -> None:
+        check_int("crop", self.crop, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SRAttackRun(_UNetOnTestSet):
+    """Attack a U-Net or its smoothed mean on a folder's centre crops at relative budgets ``eps_rel``
+    (eps = sqrt(d)·eps_rel). ``sigma_g`` None: attack f with l2 PGD; else EOT-PGD with ``samples``
+    draws per step against ĝ = mean of f(y + N(0, sigma_g²)), evaluated with ``n`` draws."""
+
+    eps_rel: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
+    steps: int = 10
+    sigma_g: float | None = None
+    n: int = 32
+    samples: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         for e in self.eps_rel:
             check_float("eps_rel", e)
         check_int("steps", self.steps, minimum=1)
         check_int("n", self.n, minimum=1)
         check_int("samples", self.samples, minimum=1)
-        check_int("crop", self.crop, minimum=1)
         if self.sigma_g is not None:
             check_float("sigma_g", self.sigma_g, strict=True)
 
 
 @dataclass(frozen=True, kw_only=True)
-class SRCertifyRun(_TestSet):
+class SRCertifyRun(_UNetOnTestSet):
     """Median bounds and center smoothing of a U-Net at noise level ``sigma`` for each l2 radius in
     ``eps``; ``outputs_in_unit_range``: clip the median box to [0, 1] for the worst-case PSNR (only
     for a model whose outputs are known to lie there)."""
 
-    checkpoint: PathLike
-    out: PathLike
     sigma: float = 0.25
     eps: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5)
     n0: int = 32
     n: int = 1000
     alpha: float = 0.05
     delta: float = 0.05
-    batch_size: int = 256
     outputs_in_unit_range: bool = False
-    seed: int = 0
-    device: str | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_float("sigma", self.sigma, strict=True)
         for e in self.eps:
             check_float("eps", e)
         check_int("n0", self.n0, minimum=1)
         check_int("n", self.n, minimum=self.n0 + 1)
-        check_int("crop", self.crop, minimum=1)
         if not 0 < self.alpha < 1:
             raise InputError(f"alpha must be in (0, 1), got {self.alpha}")
 
 
 @dataclass(frozen=True, kw_only=True)
-class SREvaluateRun(_TestSet):
+class SREvaluateRun(_UNetOnTestSet):
     """Clean MSE/PSNR/SSIM of a U-Net on a folder's centre crops, beside the bilinear input and the
     smoothed mean ĝ = mean of f(y + N(0, sigma_g²)) (``n`` draws) at each level in ``sigma_g`` (0: f
     itself). ``val_folder``: validation images (centre crops of ``crop``, ``val_pattern``, at most
     ``val_limit``) on which the level with the lowest mean MSE of ĝ is chosen (the thesis's
     procedure; needs at least one ``sigma_g``)."""
 
-    checkpoint: PathLike
-    out: PathLike
     sigma_g: tuple[float, ...] = ()
     n: int = 32
     val_folder: PathLike | None = None
     val_pattern: str = "*"
     val_limit: int | None = None
-    batch_size: int = 256
-    seed: int = 0
-    device: str | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for s in self.sigma_g:
             check_float("sigma_g", s)
         if len(set(self.sigma_g)) != len(self.sigma_g):
             raise InputError(f"sigma_g values repeat: {self.sigma_g}")
         check_int("n", self.n, minimum=1)
-        check_int("crop", self.crop, minimum=1)
         if self.val_folder is not None and not self.sigma_g:
             raise InputError("choosing sigma_g on validation images needs sigma_g candidates (--sigma-g)")
 
 
 def run_sr_train(run: SRTrainRun, *, progress: bool = True) -> list[dict[str, Any]]:
     """Train as ``run`` says; returns the history (the checkpoint holds it too)."""
-    device = _device(run.device)
+    device = resolve_device(run.device)
     images = [im for folder in run.folders for im in load_folder(folder, pattern=run.pattern)]
     if run.skimage:
         images += skimage_photos()
@@ -218,7 +214,7 @@ def _config(run: Any) -> dict[str, Any]:
 def run_sr_attack(run: SRAttackRun) -> Path:
     """One row per test image (:func:`~smoothcert.results.superres.sr_attack_schema`); images already
     in ``run.out`` (same settings) are skipped. Returns the result file's path."""
-    device = _device(run.device)
+    device = resolve_device(run.device)
     net, _ = load_unet(run.checkpoint, map_location=device)
     names, xs = _test_images(run)
     schema = sr_attack_schema(run.eps_rel)
@@ -257,7 +253,7 @@ def run_sr_attack(run: SRAttackRun) -> Path:
 def run_sr_certify(run: SRCertifyRun) -> Path:
     """One row per test image (:func:`~smoothcert.results.superres.sr_certify_schema`): the same n0 + n
     draws serve every radius (each radius's statement holds at level 1 − alpha). Resumable."""
-    device = _device(run.device)
+    device = resolve_device(run.device)
     net, _ = load_unet(run.checkpoint, map_location=device)
     names, xs = _test_images(run)
     schema = sr_certify_schema(run.eps)
@@ -306,7 +302,7 @@ def run_sr_evaluate(run: SREvaluateRun) -> Path:
     (validation draws seeded by ``run.seed``; recomputed on resume, deterministically) is in every
     row. Test draws of image ``idx`` are seeded by ``input_seed(seed, idx)`` for every level (common
     random numbers across levels). Returns the result file's path."""
-    device = _device(run.device)
+    device = resolve_device(run.device)
     net, _ = load_unet(run.checkpoint, map_location=device)
     net.eval()
     names, xs = _test_images(run)
