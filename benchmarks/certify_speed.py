@@ -65,17 +65,16 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import commit as code_commit
 from scipy.stats import norm
 from torch import Tensor, nn
 
@@ -362,24 +361,6 @@ def _cores() -> int:
     return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
 
 
-def _commit() -> str | None:
-    """Short commit of the checkout this script lives in, '+dirty' with uncommitted changes."""
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
-        )
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo, capture_output=True, text=True, timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
 def _weight_layout(model: nn.Module) -> str:
     """'channels_last' if any 4-D weight is stored channels-last, else 'contiguous'."""
     for p in model.parameters():
@@ -560,7 +541,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "device_name": _device_name(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "commit": _commit(),
+        "commit": code_commit(),
         "model": arch,
         "parameters": sum(q.numel() for q in model.parameters()),
         "input_shape": list(shape),

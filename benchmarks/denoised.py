@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from common import train_clean
 from torch import nn
 
 from smoothcert import analysis
@@ -128,22 +128,8 @@ def _clean_classifier(train_set, test_set, name: str, args, device, path: Path) 
                         mean=list(info.mean), std=list(info.std)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     images, labels = train_set.tensors()
-    order = torch.Generator().manual_seed(args.seed)
-    t0 = time.perf_counter()
-    for epoch in range(config.epochs):
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(config, epoch)
-        model.train()
-        perm = torch.randperm(len(images), generator=order)
-        for s in range(0, len(images), config.batch_size):
-            idx = perm[s : s + config.batch_size]
-            x = images[idx].to(device)
-            x = x.float().div_(255) if x.dtype == torch.uint8 else x
-            loss = F.cross_entropy(model(x), labels[idx].to(device).long())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    seconds = time.perf_counter() - t0
+    seconds = train_clean(model, images, labels, optimizer=opt, epochs=config.epochs, batch_size=config.batch_size,
+                          seed=args.seed, device=device, lr_at=lambda epoch: learning_rate(config, epoch))
     meta.epoch = config.epochs
     save_checkpoint(path, model, meta=meta, extra={"seconds": seconds})
     model.eval()

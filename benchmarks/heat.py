@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,7 +47,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from common import commit as code_commit
+from common import train_clean
 from torch import nn
 
 from smoothcert import SmoothedClassifier, get_noise
@@ -78,14 +78,6 @@ PAPER = {
 }
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _meta(name: str, info, arch: str, sigma: float, noise: str = "gaussian", training=None) -> CheckpointMeta:
     return CheckpointMeta(arch=arch, dataset=name, num_classes=info.num_classes, in_channels=info.input_shape[0],
                           input_size=list(info.input_shape[1:]), mean=list(info.mean), std=list(info.std),
@@ -106,20 +98,8 @@ def _clean_baseline(train_set, name: str, args, device, path: Path) -> float:
     model = _build(args.arch, info, device)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
     images, labels = train_set.tensors()
-    order = torch.Generator().manual_seed(args.seed)
-    t0 = time.perf_counter()
-    for _ in range(args.epochs):
-        model.train()
-        perm = torch.randperm(len(images), generator=order)
-        for s in range(0, len(images), args.batch):
-            idx = perm[s: s + args.batch]
-            x = images[idx].to(device)
-            x = x.float().div_(255) if x.dtype == torch.uint8 else x
-            loss = F.cross_entropy(model(x), labels[idx].to(device).long())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    seconds = time.perf_counter() - t0
+    seconds = train_clean(model, images, labels, optimizer=opt, epochs=args.epochs, batch_size=args.batch,
+                          seed=args.seed, device=device)
     meta = _meta(name, info, args.arch, 0.0, noise="none",
                  training={"method": "clean", "epochs": args.epochs, "lr": args.lr, "train_size": len(train_set)})
     meta.epoch = args.epochs
@@ -414,7 +394,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.n is None:
         args.n = 100_000 if device.type == "cuda" else 10_000
     rows_all = []
-    commit = _commit()  # the code this process imported (later commits in the work tree do not change it)
+    commit = code_commit()  # the code this process imported (later commits in the work tree do not change it)
     for dataset in args.datasets:
         work = Path(args.out) / dataset
         work.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from heat import _clean_baseline, _commit, _meta
+from common import commit as code_commit
+from heat import _clean_baseline, _meta
 
 from smoothcert import SmoothedClassifier, get_noise
 from smoothcert.data import get_dataset
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         teacher_probs = baseline(x_tr).softmax(dim=1)
     x_noisy = noisy_half(x_tr, noise, fraction=0.5, generator=torch.Generator().manual_seed(5))
-    commit = _commit()
+    commit = code_commit()
 
     why_path = sweep / "why.json"
     if not why_path.exists():

@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from common import commit as code_commit
 
 from smoothcert import SmoothedClassifier, analysis, get_noise
 from smoothcert.data import get_dataset
@@ -118,14 +118,6 @@ def _attack_check(ckpt: Path, test_set, out: Path, sigma: float, args, device: t
             "confirmed_violations": len(s.confirmed_violations)}
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", required=True, help="folder with MNIST/raw and FashionMNIST/raw (torchvision layout)")
@@ -168,7 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-           "threads": torch.get_num_threads(), "torch": torch.__version__, "commit": _commit()}
+           "threads": torch.get_num_threads(), "torch": torch.__version__, "commit": code_commit()}
     lines: list[dict[str, Any]] = []
     for name in args.datasets:
         train_set = get_dataset(name, split="train", root=args.data_root)
