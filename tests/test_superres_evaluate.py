@@ -86,6 +86,19 @@ def test_sr_evaluate_rows_table_resume(tmp_path, folders, checkpoint, capsys):
     assert math.isnan(read_table(plain).values["sigma_g_chosen"][0])
 
 
+def test_rows_are_named_after_the_images_they_hold(tmp_path, folders, checkpoint):
+    # A non-image file sorted before the images (README.md < im0.png) once shifted every row's name
+    # by one: the names came from a plain glob, the images from the image-suffix filter.
+    import shutil
+    mixed = tmp_path / "mixed"
+    shutil.copytree(folders[0], mixed)
+    (mixed / "README.md").write_text("not an image")
+    out = tmp_path / "m.tsv"
+    assert main(["sr", "evaluate", "--folder", str(mixed), "--crop", "10", "--checkpoint", str(checkpoint),
+                 "--out", str(out), "--sigma-g", "0", "--n", "2"]) == 0
+    assert read_table(out).values["image"] == ["im0.png", "im1.png"]
+
+
 def test_sr_evaluate_bad_input(tmp_path, folders, checkpoint, capsys):
     test, val = folders
     base = ["sr", "evaluate", "--folder", str(test), "--crop", "10", "--checkpoint", str(checkpoint)]

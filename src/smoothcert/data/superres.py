@@ -77,19 +77,25 @@ def _to_tensor(arr: np.ndarray) -> Tensor:
     return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float() / scale  # a writable copy
 
 
-def load_folder(folder: str | os.PathLike[str], *, pattern: str = "*", limit: int | None = None) -> list[Tensor]:
-    """The images in ``folder`` matching ``pattern`` (sorted by name) as RGB ``[3, H, W]`` tensors in
-    [0, 1] (grey images are repeated to three channels, alpha dropped)."""
-    from PIL import Image  # Pillow: a core dependency, imported where images are read
-
+def image_paths(folder: str | os.PathLike[str], *, pattern: str = "*", limit: int | None = None) -> list[Path]:
+    """The image files (:data:`IMAGE_SUFFIXES`) in ``folder`` matching ``pattern``, sorted by name, at
+    most ``limit``: what :func:`load_folder` reads, in its order."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingFileError(f"no image folder at {folder}")
     paths = sorted(p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise MissingFileError(f"no images matching {pattern!r} in {folder}")
+    return paths[:limit]
+
+
+def load_folder(folder: str | os.PathLike[str], *, pattern: str = "*", limit: int | None = None) -> list[Tensor]:
+    """The images in ``folder`` matching ``pattern`` (sorted by name, :func:`image_paths`) as RGB
+    ``[3, H, W]`` tensors in [0, 1] (grey images are repeated to three channels, alpha dropped)."""
+    from PIL import Image  # Pillow: a core dependency, imported where images are read
+
     images = []
-    for p in paths[:limit]:
+    for p in image_paths(folder, pattern=pattern, limit=limit):
         with Image.open(p) as im:
             images.append(_to_tensor(np.asarray(im.convert("RGB"))))
     return images

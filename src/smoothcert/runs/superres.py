@@ -29,7 +29,7 @@ import torch
 
 from ..attacks_regression import eot_pgd_regression, pgd_regression, relative_eps
 from ..checks import check_float, check_int
-from ..data.superres import center_crop, degrade, load_folder, skimage_photos
+from ..data.superres import center_crop, degrade, image_paths, load_folder, skimage_photos
 from ..errors import InputError
 from ..models.unet import UNet, load_unet
 from ..noise import get_noise
@@ -197,18 +197,17 @@ def run_sr_train(run: SRTrainRun, *, progress: bool = True) -> list[dict[str, An
 
 
 def _test_images(ts: _TestSet) -> tuple[list[str], torch.Tensor]:
-    folder = Path(ts.folder)
-    names = sorted(p.name for p in folder.glob(ts.pattern) if p.is_file() and not p.name.startswith("."))
-    images = load_folder(folder, pattern=ts.pattern, limit=ts.limit)
-    x = torch.stack([center_crop(im, ts.crop) for im in images])
-    return names[: len(images)], x
+    """The names and centre crops ``[N, 3, crop, crop]`` of the test images, in the same order."""
+    names = [p.name for p in image_paths(ts.folder, pattern=ts.pattern, limit=ts.limit)]
+    images = load_folder(ts.folder, pattern=ts.pattern, limit=ts.limit)
+    return names, torch.stack([center_crop(im, ts.crop) for im in images])
 
 
 def _config(run: Any) -> dict[str, Any]:
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(run).items() if k not in ("out", "device")}
     cfg["checkpoint"] = str(cfg["checkpoint"])
     cfg["folder"] = str(cfg["folder"])
-    return cfg | {"batch_size": run.batch_size}
+    return cfg
 
 
 def run_sr_attack(run: SRAttackRun) -> Path:
