@@ -41,6 +41,7 @@ from .errors import InputError, InputTypeError
 from .noise import Gaussian, Noise, get_noise
 from .ops import mse, psnr
 from .rng import make_generator
+from .stats import check_alpha
 
 __all__ = [
     "CenterCertificate",
@@ -128,13 +129,6 @@ def center_quantile_level(*, eps: float, sigma: float, delta: float, n: int, alp
     return float(norm.cdf(norm.ppf(0.5 + delta) + eps / sigma) + math.sqrt(math.log(1 / alpha) / (2 * n)))
 
 
-def _check_alpha(alpha: float) -> float:
-    alpha = check_float("alpha", alpha, strict=True)
-    if alpha >= 1:
-        raise InputError(f"alpha must be in (0, 1), got {alpha}")
-    return alpha
-
-
 def _check_eps(eps: float) -> float:
     try:
         return check_float("eps", eps)
@@ -206,8 +200,8 @@ class SmoothedRegressor:
         count = y.shape[0]
         store = torch.empty(count * n, math.prod(shape), device=model_device(self.model))
         offset = 0
-        for owner, out in self._chunks(y, n=n, batch_size=batch_size, generator=generator):
-            real = int((owner < count).sum())  # padding rows come last
+        for _, out in self._chunks(y, n=n, batch_size=batch_size, generator=generator):
+            real = min(out.shape[0], count * n - offset)  # padding rows come last; no device sync
             store[offset:offset + real] = out[:real].float()
             offset += real
         return store.view(count, n, *shape)
@@ -270,7 +264,7 @@ class SmoothedRegressor:
         """
         sigma = self._gaussian_sigma("median_bounds")
         eps = _check_eps(eps)
-        alpha = _check_alpha(alpha)
+        alpha = check_alpha(check_float("alpha", alpha, strict=True))
         y, gen = self._prepare(y, generator)
         draws = self._samples(y, n=n, batch_size=batch_size, generator=gen)
         return median_bounds_from_draws(draws, sigma=sigma, eps=eps, alpha=alpha)
@@ -328,7 +322,7 @@ class SmoothedRegressor:
         """
         sigma = self._gaussian_sigma("center")
         eps = _check_eps(eps)
-        alpha = _check_alpha(alpha)
+        alpha = check_alpha(check_float("alpha", alpha, strict=True))
         delta = check_float("delta", delta, strict=True)
         if delta >= 0.5:
             raise InputError(f"delta must be in (0, 1/2), got {delta}")
@@ -341,7 +335,7 @@ class SmoothedRegressor:
         dists = torch.empty(count * n, dtype=torch.float64, device=centre.device)
         offset = 0
         for owner, out in self._chunks(y, n=n, batch_size=batch_size, generator=gen):
-            real = int((owner < count).sum())  # padding rows come last
+            real = min(out.shape[0], count * n - offset)  # padding rows come last; no device sync
             dists[offset:offset + real] = (out[:real].double() - centre[owner[:real]]).norm(dim=1)
             offset += real
         return _center_certificate(centre, dists.view(count, n), self._output_shape(y), sigma=sigma, eps=eps,
@@ -353,7 +347,7 @@ def median_bounds_from_draws(draws: Tensor, *, sigma: float, eps: float, alpha: 
     are n i.i.d. outputs f(y_b + delta_j), delta_j ~ N(0, sigma² I), per input (the same draws may
     serve several eps: the guarantee holds for each eps separately at level 1 − alpha)."""
     eps = _check_eps(eps)
-    alpha = _check_alpha(alpha)
+    alpha = check_alpha(check_float("alpha", alpha, strict=True))
     sigma = check_float("sigma", sigma, strict=True)
     count, n, shape = draws.shape[0], draws.shape[1], draws.shape[2:]
     d = math.prod(shape)
@@ -377,7 +371,7 @@ def center_from_draws(
     """:meth:`SmoothedRegressor.center` from draws already made: ``draws0`` ``[B, n0, *shape]`` choose
     the centre, ``draws`` ``[B, n, *shape]`` (independent of them) give r̂ and R; same guarantee."""
     eps = _check_eps(eps)
-    alpha = _check_alpha(alpha)
+    alpha = check_alpha(check_float("alpha", alpha, strict=True))
     sigma = check_float("sigma", sigma, strict=True)
     centre = _choose_centre(draws0)
     count, n = draws.shape[:2]

@@ -42,7 +42,8 @@ from ..regression import (
     ssim,
 )
 from ..results import ResultWriter, eps_key, sr_attack_schema, sr_certify_schema, sr_evaluate_schema
-from ..rng import input_seed
+from ..rng import input_seed, sub_seed
+from ..stats import check_alpha
 from ..train.superres import SRTrainConfig, train_superres
 from .classifier import resolve_device
 
@@ -150,8 +151,7 @@ class SRCertifyRun(_UNetOnTestSet):
             check_float("eps", e)
         check_int("n0", self.n0, minimum=1)
         check_int("n", self.n, minimum=self.n0 + 1)
-        if not 0 < self.alpha < 1:
-            raise InputError(f"alpha must be in (0, 1), got {self.alpha}")
+        check_alpha(self.alpha)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -228,7 +228,7 @@ def run_sr_attack(run: SRAttackRun) -> Path:
             row: dict[str, Any] = {"idx": idx, "image": name}
             for j, e in enumerate(run.eps_rel):
                 eps = relative_eps(e, x.shape)
-                seed = input_seed(run.seed, idx) + j
+                seed = sub_seed(run.seed, idx, j)  # attack j's stream; its evaluation: key (j, 1)
                 if sr is None:
                     adv = y if eps == 0 else pgd_regression(net, y, x, eps=eps, steps=run.steps, generator=seed)
                     with torch.no_grad():
@@ -236,7 +236,8 @@ def run_sr_attack(run: SRAttackRun) -> Path:
                 else:
                     adv = y if eps == 0 else eot_pgd_regression(net, y, x, noise=sr.noise, eps=eps, steps=run.steps,
                                                                 samples=run.samples, generator=seed)
-                    out = sr.mean(adv, n=run.n, batch_size=run.batch_size, generator=seed + 1)
+                    out = sr.mean(adv, n=run.n, batch_size=run.batch_size,
+                                  generator=sub_seed(run.seed, idx, j, 1))
                 m = mse(out, x)
                 k = eps_key(e)
                 row |= {f"mse@{k}": float(m[0]), f"psnr@{k}": float(psnr(m)[0]), f"ssim@{k}": float(ssim(out, x)[0]),
@@ -267,7 +268,7 @@ def run_sr_certify(run: SRCertifyRun) -> Path:
             y = degrade(x, factor=run.factor)
             seed = input_seed(run.seed, idx)
             draws0 = sr.samples(y, n=run.n0, batch_size=run.batch_size, generator=seed)
-            draws = sr.samples(y, n=run.n, batch_size=run.batch_size, generator=seed + 1)
+            draws = sr.samples(y, n=run.n, batch_size=run.batch_size, generator=sub_seed(run.seed, idx, 1))
             row: dict[str, Any] = {"idx": idx, "image": name}
             for e in run.eps:
                 c = certified_psnr(draws0, draws, x, sigma=run.sigma, eps=e, alpha=run.alpha, delta=run.delta,
