@@ -67,13 +67,18 @@ def _frozen_calls(compiled: Callable[[Tensor], Tensor], tensors: Sequence[Tensor
     never left changed (whether another thread sees it meanwhile depends on how the installed torch
     keeps its config). ``compiled`` should still be built with that option: it makes the frozen
     graphs' backend differ from the unfrozen ones', so dynamo never hands one kind to a caller of the
-    other. Every call first records ``tensors`` (the module's parameters and buffers) in
-    :data:`_FROZEN_TENSORS`: a call may trace, and freeze their present values.
+    other. The first call after each cache clear records ``tensors`` (the module's parameters and
+    buffers) in :data:`_FROZEN_TENSORS`: it may trace, and freeze their present values (a record
+    lasts until the next clear, so later calls need none).
     """
     import torch._inductor.config as inductor_config
 
+    recorded = [-1]  # the cache epoch of the last record: records last until the next clear
+
     def run(batch: Tensor) -> Tensor:
-        _record_frozen(tensors)
+        if recorded[0] != _CACHE_EPOCH[0]:
+            _record_frozen(tensors)
+            recorded[0] = _CACHE_EPOCH[0]
         with inductor_config.patch(freezing=True), torch.no_grad():
             return compiled(batch)
 
@@ -491,9 +496,10 @@ class Engine:
         """Rows per forward pass for ``x`` (``[B, ...]``, validated; "auto" resolved), after
         warming up a compiled model for the pass shapes that ``draws`` per input will use (with
         fixed shapes, one per distinct :func:`fixed_rows`; none given: the full batch). Call it
-        *before* starting a clock: it may probe memory and compile. Without ``compile`` it runs
-        no forward pass (only the "auto" probe)."""
+        *before* starting a clock: it may probe memory, copy the model (channels-last, CPU) and
+        compile. Without ``compile`` it runs no forward pass (only the "auto" probe)."""
         rows = self.resolve_batch_size(model, x, noise, batch_size)
+        self.forward(model)  # the channels-last copy (and the compiled wrapper) now, not in a timed call
         if self.compile:
             shapes = {fixed_rows(len(x) * d, rows) if self.fixed_shape else rows for d in draws} or {rows}
             for shape in sorted(shapes):
