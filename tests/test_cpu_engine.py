@@ -339,8 +339,8 @@ def test_runs_default_to_automatic_rows_on_cpu_and_1000_elsewhere():
 
 def test_prepare_makes_the_channels_last_copy_before_any_clock():
     # Without compile the copy used to be made inside the first timed sampling call.
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
     engine = Engine()
-    engine.prepare(model, torch.rand(1, 1, 8, 8), get_noise("gaussian", sigma=0.25), batch_size=8)
+    engine.prepare(model, torch.rand(1, 2, 8, 8), get_noise("gaussian", sigma=0.25), batch_size=8)
     copy_ = engine._state(model).layout_copy
     assert copy_ is not None and copy_[0].weight.is_contiguous(memory_format=torch.channels_last)
