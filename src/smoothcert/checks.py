@@ -157,6 +157,16 @@ def check_int(name: str, value: Any, *, minimum: int) -> int:
     return int(value)
 
 
+def check_choice(name: str, value: Any, choices: Sequence[Any], *, optional: bool = False) -> Any:
+    """``value`` if it is one of ``choices`` (or None with ``optional``); an InputError naming the
+    setting and the choices otherwise."""
+    if value is None and optional:
+        return value
+    if value not in choices:
+        raise InputError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return value
+
+
 def check_float(name: str, value: Any, *, minimum: float = 0.0, strict: bool = False) -> float:
     """``value`` as a finite float >= ``minimum`` (> if ``strict``); a ValueError otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \

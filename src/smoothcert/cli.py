@@ -50,6 +50,8 @@ from .runs import (
     run_train,
     run_train_denoiser,
 )
+from .soft import SELECTIONS
+from .stats import MEAN_BOUNDS
 from .train import TrainConfig, list_methods
 
 __all__ = ["DEFAULT_RADII", "build_parser", "main"]
@@ -417,10 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(default 1000 10000), or 'auto': where unanimous draws first certify each radius")
             p.add_argument("--radius-loss", type=float, default=0.02,
                            help="with --target radius: radius the plan may give up against --n draws")
-            p.add_argument("--selection", choices=["draws", "clean"], default="draws",
+            p.add_argument("--selection", choices=SELECTIONS, default="draws",
                            help="class from --n0 noisy draws, or from one clean forward pass (the HeatSmoothing "
                                 "paper's variant; equally sound)")
-            p.add_argument("--bound-method", choices=["best", "hoeffding", "bernstein"], default="best",
+            p.add_argument("--bound-method", choices=MEAN_BOUNDS, default="best",
                            help="soft certificates: confidence bound on each mean (best: both at alpha/2)")
         p.add_argument("--n", type=int, default=100_000,
                        help="estimation draws (default 100000: about 12 s per MNIST input with LeNet on 2 CPU "

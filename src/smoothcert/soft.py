@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from .certificate import ABSTAIN, Certificate, PerInput, decide, split_counts
-from .checks import as_batch, check_int, check_sample_sizes, ensure_eval, model_device
+from .checks import as_batch, check_choice, check_int, check_sample_sizes, ensure_eval, model_device
 from .engine import Engine
 from .errors import InputError, InputTypeError
 from .noise import Noise
@@ -114,12 +114,6 @@ def _check_noise(noise: Noise) -> float:
     return sigma
 
 
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise InputError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-    return value
-
-
 def _as_probs(outputs: Tensor, *, num_classes: int, kind: str) -> tuple[Tensor, Tensor]:
     """``(F, ok)``: float64 probabilities from a model's outputs and a 0-d bool tensor saying they
     were valid, left on the device (so a sampling loop checks once, at the end, not per chunk)."""
@@ -152,7 +146,7 @@ def probabilities(outputs: Tensor, *, num_classes: int, kind: str) -> Tensor:
     Raises InputError for the wrong number of classes, non-finite outputs, or "probs" rows
     outside [0, 1] or not summing to 1 (within :data:`PROB_TOLERANCE`).
     """
-    _check_choice("outputs", kind, OUTPUT_KINDS)
+    check_choice("outputs", kind, OUTPUT_KINDS)
     p, ok = _as_probs(outputs, num_classes=num_classes, kind=kind)
     if not bool(ok):
         raise _invalid(kind)
@@ -163,7 +157,7 @@ def soft_radius(g_lower: Tensor, g_upper: Tensor, *, sigma: float, bound: str) -
     """The radius certified by ``G_A >= g_lower`` and ``max_{c != A} G_c <= g_upper`` (float64 [B];
     0 where g_lower <= g_upper): ``sigma/2 (Phi^-1(g_lower) - Phi^-1(g_upper))`` ("phi") or
     ``sigma sqrt(pi/2) (g_lower - g_upper)`` ("lbound")."""
-    _check_choice("bound", bound, SOFT_BOUNDS)
+    check_choice("bound", bound, SOFT_BOUNDS)
     lo = torch.as_tensor(g_lower, dtype=torch.float64)
     hi = torch.as_tensor(g_upper, dtype=torch.float64)
     if bound == "phi":
@@ -262,10 +256,10 @@ def certify_soft(
     Returns:
         :class:`SoftCertificate`, tensors on the CPU.
     """
-    _check_choice("bound", bound, SOFT_BOUNDS)
-    _check_choice("method", method, MEAN_BOUNDS)
-    _check_choice("outputs", outputs, OUTPUT_KINDS)
-    _check_choice("selection", selection, SELECTIONS)
+    check_choice("bound", bound, SOFT_BOUNDS)
+    check_choice("method", method, MEAN_BOUNDS)
+    check_choice("outputs", outputs, OUTPUT_KINDS)
+    check_choice("selection", selection, SELECTIONS)
     sigma = _check_noise(noise)
     num_classes = check_int("num_classes", num_classes, minimum=2)
     _check_sizes(n0=n0, n=n, batch_size=batch_size, selection=selection)
@@ -319,7 +313,7 @@ def deterministic_radius(
     Args: model f (logits or probabilities, ``[b, num_classes]``), x ``[B, ...]`` in [0, 1],
     sigma > 0 the smoothing level the model was trained for. Returns :class:`DeterministicRadius`.
     """
-    _check_choice("bound", bound, SOFT_BOUNDS)
+    check_choice("bound", bound, SOFT_BOUNDS)
     if not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and sigma > 0 and math.isfinite(sigma)):
         raise InputError(f"sigma must be a finite number > 0, got {sigma!r}")
     num_classes = check_int("num_classes", num_classes, minimum=2)

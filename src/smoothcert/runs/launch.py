@@ -40,8 +40,8 @@ from .classifier import (
     smoothing_noise,
     wire_denoiser,
 )
-from .settings import SOFT_CERTIFICATES, AttackRun, CertifyRun, ClassifierSpec, DataSpec, EngineSpec, PredictRun
-from .soft import certify_clean_class_dataset, certify_soft_dataset, deterministic_dataset
+from .settings import AttackRun, CertifyRun, ClassifierSpec, DataSpec, EngineSpec, PredictRun
+from .soft import SOFT_CERTIFICATES, certify_clean_class_dataset, certify_soft_dataset, deterministic_dataset
 
 __all__ = ["resolve_compile", "run_attack", "run_certify", "run_predict"]
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..checks import AUTO, check_batch_size, check_float, check_int, check_sample_sizes
+from ..checks import AUTO, check_batch_size, check_choice, check_float, check_int, check_sample_sizes
 from ..data import list_datasets
 from ..denoise import DENOISE_MODES, denoiser_kind, list_denoiser_losses
 from ..distributed import DEFAULT_TIMEOUT
@@ -65,13 +65,6 @@ def _set(obj: object, name: str, value: Any) -> None:
     object.__setattr__(obj, name, value)
 
 
-def _check_choice(name: str, value: Any, choices: Sequence[str], *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if value not in choices:
-        raise InputError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
-
-
 # ----------------------------------------------------------------------------- building blocks
 
 
@@ -91,7 +84,7 @@ class DataSpec:
     download: bool = False
 
     def __post_init__(self) -> None:
-        _check_choice("dataset", self.dataset, list_datasets(), optional=True)
+        check_choice("dataset", self.dataset, list_datasets(), optional=True)
         if self.root is not None:
             _set(self, "root", Path(self.root))
 
@@ -150,7 +143,7 @@ class DenoiserSpec:
         if not isinstance(self.source, (str, os.PathLike)) or not str(self.source):
             raise InputTypeError(f"denoiser source must be a file path or 'ffdnet', got {self.source!r}")
         _set(self, "source", str(self.source))
-        _check_choice("denoise mode", self.mode, DENOISE_MODES, optional=True)
+        check_choice("denoise mode", self.mode, DENOISE_MODES, optional=True)
         if self.levels is not None:
             _set(self, "levels", tuple(float(v) for v in self.levels))
 
@@ -215,7 +208,7 @@ class ClassifierSpec:
                     _set(self, name, values)
             if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
                 raise InputError(f"--normalize-mean has {len(self.mean)} values, --normalize-std {len(self.std)}")
-        _check_choice("noise", self.noise, list_noises(), optional=True)
+        check_choice("noise", self.noise, list_noises(), optional=True)
         if self.sigma is not None:
             check_float("sigma", self.sigma, strict=True)
         if self.denoiser is not None and not isinstance(self.denoiser, DenoiserSpec):
@@ -249,9 +242,9 @@ class EngineSpec:
             check_batch_size(self.batch_size)
         if self.compile is not None and not isinstance(self.compile, bool):
             raise InputTypeError(f"compile must be True, False or None (auto), got {self.compile!r}")
-        _check_choice("noise_dtype", self.noise_dtype, NOISE_DTYPES)
-        _check_choice("precision", self.precision, PRECISIONS)
-        _check_choice("compile_mode", self.compile_mode, COMPILE_MODES, optional=True)
+        check_choice("noise_dtype", self.noise_dtype, NOISE_DTYPES)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("compile_mode", self.compile_mode, COMPILE_MODES, optional=True)
         if self.max_batch_bytes is not None:
             check_int("max_batch_bytes", self.max_batch_bytes, minimum=1)
 
@@ -291,9 +284,6 @@ _DEFAULT_DIST_MINUTES = DEFAULT_TIMEOUT.total_seconds() / 60
 #: heuristic (rows without a certified radius; see :mod:`smoothcert.runs.soft`).
 CERTIFICATES = ("smoothing", "hard", "feature-smoothing", "lipschitz-margin", "soft-phi", "soft-lbound", "deterministic")
 #: The certificates run by :mod:`smoothcert.runs.soft` (one input at a time, their own row schemas).
-SOFT_CERTIFICATES = ("soft-phi", "soft-lbound", "deterministic")
-
-
 @dataclass(frozen=True, kw_only=True)
 class CertifyRun:
     """CERTIFY every selected input of ``data``'s ``split`` (see
@@ -339,7 +329,7 @@ class CertifyRun:
         check_alpha(self.alpha)
         check_sample_sizes(n=self.n, n0=self.n0, batch_size=self.engine.rows)
         check_pack(self.pack)
-        _check_choice("certificate", self.certificate, CERTIFICATES)
+        check_choice("certificate", self.certificate, CERTIFICATES)
         if self.certificate == "hard":
             _set(self, "certificate", "smoothing")
         lipschitz = self.certificate in ("feature-smoothing", "lipschitz-margin")
@@ -349,8 +339,8 @@ class CertifyRun:
             raise InputError("feature-space certificates transfer in l2 only (norm='l2')")
         if lipschitz and self.selection != "draws":
             raise InputError(f"certificate={self.certificate!r} takes no class selection: leave selection at 'draws'")
-        _check_choice("selection", self.selection, SELECTIONS)
-        _check_choice("bound_method", self.bound_method, MEAN_BOUNDS)
+        check_choice("selection", self.selection, SELECTIONS)
+        check_choice("bound_method", self.bound_method, MEAN_BOUNDS)
         if (self.certificate != "smoothing" or self.selection != "draws") and (
             self.target != "fixed" or self.two_class or self.pack != 1
         ):
@@ -358,7 +348,7 @@ class CertifyRun:
                              "at a time with n draws: leave target fixed, two_class off and pack 1")
         if self.certificate == "deterministic" and self.selection != "draws":
             raise InputError("the deterministic heuristic takes no class selection: leave selection at 'draws'")
-        _check_choice("target", self.target, ("fixed", "radius", "grid"))
+        check_choice("target", self.target, ("fixed", "radius", "grid"))
         if self.target != "fixed" and self.two_class:
             raise InputError(f"target={self.target!r} works with the one-class certificate; "
                              "two_class is not supported with it")
@@ -444,7 +434,7 @@ class AttackRun:
 
     def __post_init__(self) -> None:
         _set(self, "out", Path(self.out))
-        _check_choice("attack", self.attack, ATTACKS)
+        check_choice("attack", self.attack, ATTACKS)
         _set(self, "eps", tuple(float(e) for e in self.eps))
         if any(not math.isfinite(e) or e < 0 for e in self.eps):
             raise InputError(f"eps must be finite and >= 0, got {list(self.eps)}")
@@ -508,9 +498,9 @@ class TrainRun:
         _set(self, "out", Path(self.out))
         if self.data.dataset is None:
             raise InputError("a training run needs data.dataset")
-        _check_choice("noise", self.noise, list_noises())
+        check_choice("noise", self.noise, list_noises())
         check_float("sigma", self.sigma, strict=True)
-        _check_choice("arch", self.arch, list_models(), optional=True)
+        check_choice("arch", self.arch, list_models(), optional=True)
         _set(self, "hparams", dict(self.hparams))
         method = training_method(self.method, self.hparams)  # a bad hyperparameter fails before any data is read
         if self.init is not None and self.init_backbone is not None:
@@ -561,7 +551,7 @@ class DenoiserTrainRun:
         _set(self, "out", Path(self.out))
         if self.data.dataset is None:
             raise InputError("a training run needs data.dataset")
-        _check_choice("loss", self.loss, list_denoiser_losses())
+        check_choice("loss", self.loss, list_denoiser_losses())
         kind = denoiser_kind(self.kind)
         if (kind == "score") != (self.loss == "dsm"):
             raise InputError(f"--kind {self.kind} is a {kind} network: train it with "
@@ -581,9 +571,9 @@ class DenoiserTrainRun:
                 raise InputError(f"--kind {self.kind} is trained for one noise: pass --sigma (and --noise)")
             if self.sigmas or self.ladder:
                 raise InputError("--sigmas/--ladder are for score networks (--kind scorenet --loss dsm)")
-            _check_choice("noise", self.noise, list_noises())
+            check_choice("noise", self.noise, list_noises())
             check_float("sigma", self.sigma, strict=True)
-        _check_choice("access", self.access, ("full", "query"))
+        check_choice("access", self.access, ("full", "query"))
         if self.sigmas is not None:
             _set(self, "sigmas", tuple(float(s) for s in self.sigmas))
         _set(self, "arch_kwargs", {str(k).strip().replace("-", "_"): v for k, v in self.arch_kwargs.items()})
@@ -618,6 +608,6 @@ class ImportRun:
     def __post_init__(self) -> None:
         _set(self, "source", Path(self.source))
         _set(self, "out", Path(self.out))
-        _check_choice("source_format", self.source_format, SOURCE_FORMATS)
+        check_choice("source_format", self.source_format, SOURCE_FORMATS)
         if self.sigma is not None:
             check_float("sigma", self.sigma)

@@ -19,7 +19,6 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -42,6 +41,7 @@ from ..results import (
 from ..rng import input_seed
 from ..soft import SELECTIONS, certify_clean_class, certify_soft, deterministic_radius
 from ..stats import MEAN_BOUNDS, check_alpha
+from .certify import _stack
 
 __all__ = ["SOFT_CERTIFICATES", "certify_clean_class_dataset", "certify_soft_dataset", "deterministic_dataset"]
 
@@ -49,11 +49,6 @@ __all__ = ["SOFT_CERTIFICATES", "certify_clean_class_dataset", "certify_soft_dat
 SOFT_CERTIFICATES = ("soft-phi", "soft-lbound", "deterministic")
 #: Inputs per forward pass of the one-pass heuristic.
 DETERMINISTIC_BATCH = 256
-
-
-def _stack(dataset: Dataset, group: list[int]) -> tuple[torch.Tensor, list[int]]:
-    items = [dataset[i] for i in group]
-    return torch.stack([x for x, _ in items]), [int(y) for _, y in items]
 
 
 def certify_soft_dataset(
