@@ -123,6 +123,14 @@ def split_counts(counts: Tensor, c_a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return count_a, others.max(dim=1).values.clamp_min(0), others
 
 
+def competitor_upper(uppers: Tensor, c_a: Tensor, lower_a: Tensor) -> Tensor:
+    """The upper bound on the runner-up class: the largest of the per-class upper bounds ``[B, K]``
+    over the classes other than cA ``[B]`` (each bound at its own, e.g. Bonferroni, level), and at
+    most 1 - ``lower_a`` ``[B]`` (the classes' probabilities sum to at most 1). Returns ``[B]``."""
+    others = uppers.scatter(1, c_a[:, None], float("-inf"))  # cA is not its own competitor
+    return torch.minimum(others.max(dim=1).values, 1.0 - lower_a)
+
+
 def decide(
     noise: Noise, c_a: Tensor, p_lower: Tensor, *, p_upper_b: Tensor | None = None, norm: str, dim: int
 ) -> tuple[Tensor, Tensor]:

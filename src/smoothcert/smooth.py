@@ -15,12 +15,11 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from . import adaptive
-from .certificate import ABSTAIN, Certificate, CertifyAtResult, PlannedCertificate, decide, split_counts
+from .certificate import ABSTAIN, Certificate, CertifyAtResult, PlannedCertificate, competitor_upper, decide, split_counts
 from .checks import as_batch, check_sample_sizes, ensure_eval, model_device
 from .engine import COMPILE_MODES, Engine
 from .errors import CompileError, InputError, InputTypeError
@@ -353,9 +352,8 @@ class SmoothedClassifier:
         p_upper_b = None
         if two_class:
             alpha_b = bonferroni(alpha / 2, self.num_classes - 1)
-            uppers = clopper_pearson_upper(others.clamp_min(0).numpy(), n, alpha_b)
-            uppers[np.arange(len(c_a)), c_a.numpy()] = -np.inf  # cA is not a competitor
-            p_upper_b = torch.from_numpy(np.minimum(uppers.max(axis=1), 1.0 - p_lower.numpy()))
+            uppers = torch.from_numpy(clopper_pearson_upper(others.clamp_min(0).numpy(), n, alpha_b))
+            p_upper_b = competitor_upper(uppers, c_a, p_lower)
         prediction, radius = decide(self.noise, c_a, p_lower, p_upper_b=p_upper_b, norm=norm, dim=dim)
         elapsed = time.perf_counter() - start
         return Certificate(

@@ -32,11 +32,10 @@ import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .certificate import ABSTAIN, Certificate, PerInput, decide, split_counts
+from .certificate import ABSTAIN, Certificate, PerInput, competitor_upper, decide, split_counts
 from .checks import as_batch, check_choice, check_int, check_sample_sizes, ensure_eval, model_device
 from .engine import Engine
 from .errors import InputError, InputTypeError
@@ -286,8 +285,7 @@ def certify_soft(
     uppers = torch.from_numpy(
         mean_upper(mean.numpy(), var.numpy(), n, bonferroni(alpha / 2, num_classes - 1), method=method)
     )
-    uppers[rows, c_a] = -np.inf  # A is not its own competitor
-    g_upper = torch.minimum(uppers.max(dim=1).values, 1.0 - g_lower)
+    g_upper = competitor_upper(uppers, c_a, g_lower)
     radius = soft_radius(g_lower, g_upper, sigma=sigma, bound=bound)
     certified = g_lower > g_upper
     prediction = torch.where(certified, c_a, torch.full_like(c_a, ABSTAIN))
