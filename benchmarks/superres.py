@@ -52,6 +52,7 @@ from smoothcert.regression import (
     mse,
     psnr,
     select_sigma_g,
+    smoothed_mean,
     ssim,
     worst_mse_box,
 )
@@ -267,11 +268,7 @@ def tables(args, store: Store, models, n_test: int) -> str:
 
 def smoothed(net, sigma_g: float, y: torch.Tensor, *, n: int, generator: int) -> torch.Tensor:
     """The smoothed mean of ``net`` at ``y`` (``net(y)`` itself when sigma_g = 0)."""
-    if sigma_g == 0:
-        with torch.no_grad():
-            return net(y)
-    return SmoothedRegressor(net, noise=get_noise("gaussian", sigma=sigma_g)).mean(y, n=n, batch_size=256,
-                                                                                  generator=generator)
+    return smoothed_mean(net, y, sigma_g=sigma_g, n=n, batch_size=256, generator=generator)
 
 
 def attack_smoothed(args, net, sigma_g: float, y, x, *, eps: float, generator: int) -> torch.Tensor:

@@ -56,6 +56,7 @@ __all__ = [
     "mse",
     "psnr",
     "select_sigma_g",
+    "smoothed_mean",
     "ssim",
     "worst_mse_ball",
     "worst_mse_box",
@@ -420,6 +421,19 @@ def _center_certificate(
     )
 
 
+def smoothed_mean(
+    model: nn.Module, y: Tensor, *, sigma_g: float, n: int, batch_size: int | str,
+    generator: int | torch.Generator | None = None,
+) -> Tensor:
+    """ĝ(y) = mean of f(y + N(0, sigma_g² I)) over ``n`` draws (:meth:`SmoothedRegressor.mean`); at
+    ``sigma_g`` = 0 the model itself, one forward pass (no noise, no draws)."""
+    if sigma_g == 0:
+        with torch.no_grad():
+            return model(y)
+    return SmoothedRegressor(model, noise=get_noise("gaussian", sigma=sigma_g)).mean(
+        y, n=n, batch_size=batch_size, generator=generator)
+
+
 def select_sigma_g(
     model: nn.Module,
     y: Tensor,
@@ -448,12 +462,7 @@ def select_sigma_g(
     for s in candidates:
         if s in done:
             continue
-        if s == 0:
-            with torch.no_grad():
-                out = model(y)
-        else:
-            out = SmoothedRegressor(model, noise=get_noise("gaussian", sigma=s)).mean(y, n=n, batch_size=batch_size,
-                                                                          generator=generator)
+        out = smoothed_mean(model, y, sigma_g=s, n=n, batch_size=batch_size, generator=generator)
         done[s] = float(mse(out, x).mean())
     ranked = {s: done[s] for s in candidates}
     return min(ranked, key=ranked.get), ranked

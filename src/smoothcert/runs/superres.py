@@ -39,6 +39,7 @@ from ..regression import (
     mse,
     psnr,
     select_sigma_g,
+    smoothed_mean,
     ssim,
 )
 from ..results import ResultWriter, eps_key, sr_attack_schema, sr_certify_schema, sr_evaluate_schema
@@ -287,15 +288,6 @@ def run_sr_certify(run: SRCertifyRun) -> Path:
 
 
 
-def _smoothed(net: torch.nn.Module, y: torch.Tensor, sigma_g: float, *, n: int, batch_size: int | str,
-              generator: int) -> torch.Tensor:
-    if sigma_g == 0:  # the base model itself, as in select_sigma_g
-        with torch.no_grad():
-            return net(y)
-    return SmoothedRegressor(net, noise=get_noise("gaussian", sigma=sigma_g)).mean(y, n=n, batch_size=batch_size,
-                                                                                  generator=generator)
-
-
 def run_sr_evaluate(run: SREvaluateRun) -> Path:
     """One row per test image (:func:`~smoothcert.results.superres.sr_evaluate_schema`); images
     already in ``run.out`` (same settings) are skipped. With ``run.val_folder`` the chosen sigma_g
@@ -324,7 +316,7 @@ def run_sr_evaluate(run: SREvaluateRun) -> Path:
             with torch.no_grad():
                 outs = {"bilinear": y, "base": net(y)}
             for s in run.sigma_g:
-                outs[eps_key(s)] = _smoothed(net, y, s, n=run.n, batch_size=run.batch_size,
+                outs[eps_key(s)] = smoothed_mean(net, y, sigma_g=s, n=run.n, batch_size=run.batch_size,
                                              generator=input_seed(run.seed, idx))
             row: dict[str, Any] = {"idx": idx, "image": name}
             for k, out in outs.items():
