@@ -106,11 +106,12 @@ class DatasetInfo:
 
 
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+#: torchvision's ImageNet normalization (what its ImageNet classification weights expect too).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 _IMAGENET_INFO = DatasetInfo(
     name="imagenet", num_classes=1000, input_shape=(3, 224, 224),
-    mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
+    mean=IMAGENET_MEAN, std=IMAGENET_STD,
     source="ImageNet ILSVRC 2012 (user-supplied; labels are the sorted synset folder order)",
 )  # fmt: skip
 
@@ -334,8 +335,8 @@ class FolderDataset(Dataset):
         split: str = "test",
         resize: int = 256,
         crop: int = 224,
-        mean: Sequence[float] = _IMAGENET_MEAN,
-        std: Sequence[float] = _IMAGENET_STD,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
         expected_classes: int | None = None,
     ) -> None:
         tv = _require_torchvision()

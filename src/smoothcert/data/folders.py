@@ -9,8 +9,8 @@ from pathlib import Path
 from ..errors import InputError, MissingFileError
 from .core import (
     _IMAGENET_INFO,
-    _IMAGENET_MEAN,
-    _IMAGENET_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     Dataset,
     DatasetInfo,
     FolderDataset,
@@ -58,7 +58,7 @@ def _load_imagenet(*, split: str, root: Path | None = None, download: bool = Fal
     "folder",
     info=DatasetInfo(
         name="folder", num_classes=None, input_shape=(3, 224, 224),
-        mean=_IMAGENET_MEAN, std=_IMAGENET_STD, source="user image folder",
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, source="user image folder",
     ),
 )  # fmt: skip
 def _load_folder(
@@ -68,8 +68,8 @@ def _load_folder(
     download: bool = False,
     resize: int = 256,
     crop: int = 224,
-    mean: Sequence[float] = _IMAGENET_MEAN,
-    std: Sequence[float] = _IMAGENET_STD,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ) -> Dataset:
     """Any ImageFolder directory ``<root>/<split>/<class>/<image>``; "test" falls back to "val".
 

@@ -43,6 +43,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from ..data.core import IMAGENET_MEAN, IMAGENET_STD  # torchvision's ImageNet normalization (module docstring)
 from ..errors import CheckpointError, InputError, MissingFileError
 from ..files import file_sha256
 from .checkpoint import CheckpointMeta
@@ -64,9 +65,6 @@ __all__ = [
 #: Packages an ``--arch PROVIDER:NAME`` may name, with the pip extra that installs each.
 EXTERNAL_PROVIDERS: dict[str, str] = {"torchvision": "vision", "timm": "timm"}
 
-#: The normalization of torchvision's ImageNet classification weights (module docstring).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
