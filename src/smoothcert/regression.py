@@ -124,10 +124,22 @@ def median_order_statistics(*, n: int, p_lower: float, p_upper: float, alpha: fl
     return k_l, k_u
 
 
+def _dkw_width(alpha: float, n: int) -> float:
+    """sqrt(ln(1/alpha) / (2 n)): the one-sided DKW margin of an empirical CDF of n draws at level alpha."""
+    return math.sqrt(math.log(1 / alpha) / (2 * n))
+
+
+def _check_center_params(delta: float, beta: float) -> tuple[float, float]:
+    delta = check_float("delta", delta, strict=True)
+    if delta >= 0.5:
+        raise InputError(f"delta must be in (0, 1/2), got {delta}")
+    return delta, check_float("beta", beta, minimum=1.0)
+
+
 def center_quantile_level(*, eps: float, sigma: float, delta: float, n: int, alpha: float) -> float:
     """The empirical quantile level of center smoothing's certifying radius (Kumar & Goldstein 2021):
     Φ(Φ⁻¹(1/2 + delta) + eps/sigma) + sqrt(ln(1/alpha) / (2 n)); above 1 nothing can be certified."""
-    return float(norm.cdf(norm.ppf(0.5 + delta) + eps / sigma) + math.sqrt(math.log(1 / alpha) / (2 * n)))
+    return float(norm.cdf(norm.ppf(0.5 + delta) + eps / sigma) + _dkw_width(alpha, n))
 
 
 def _check_eps(eps: float) -> float:
@@ -324,10 +336,7 @@ class SmoothedRegressor:
         sigma = self._gaussian_sigma("center")
         eps = _check_eps(eps)
         alpha = check_alpha(check_float("alpha", alpha, strict=True))
-        delta = check_float("delta", delta, strict=True)
-        if delta >= 0.5:
-            raise InputError(f"delta must be in (0, 1/2), got {delta}")
-        beta = check_float("beta", beta, minimum=1.0)
+        delta, beta = _check_center_params(delta, beta)  # before any draw
         check_sample_sizes(n=n, n0=n0, batch_size=batch_size)
         y, gen = self._prepare(y, generator)
         count = y.shape[0]
@@ -400,13 +409,10 @@ def _center_certificate(
     delta: float, beta: float,
 ) -> CenterCertificate:
     """Steps 2-3 of center smoothing from the distances ``[B, n]`` of n fresh draws to ``centre``."""
-    delta = check_float("delta", delta, strict=True)
-    if delta >= 0.5:
-        raise InputError(f"delta must be in (0, 1/2), got {delta}")
-    beta = check_float("beta", beta, minimum=1.0)
+    delta, beta = _check_center_params(delta, beta)
     count, n = dists.shape
     dists = dists.sort(dim=1).values
-    t = math.sqrt(math.log(1 / alpha) / (2 * n))
+    t = _dkw_width(alpha, n)
     abstain = t > delta
     k_hat = min(n, math.floor((0.5 - delta + t) * n) + 1)
     r_hat = dists[:, k_hat - 1]
