@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..checks import check_int, check_sample_sizes, model_device
+from ..checks import check_choice, check_int, check_sample_sizes, model_device
 from ..engine import Engine
 from ..errors import InputError
 from ..noise import Noise
@@ -49,6 +49,12 @@ __all__ = ["SOFT_CERTIFICATES", "certify_clean_class_dataset", "certify_soft_dat
 SOFT_CERTIFICATES = ("soft-phi", "soft-lbound", "deterministic")
 #: Inputs per forward pass of the one-pass heuristic.
 DETERMINISTIC_BATCH = 256
+
+
+def _probe(engine: Engine) -> Engine:
+    """An uncompiled engine with ``engine``'s arithmetic, for the one-input check of a run's
+    arguments and model outputs: a compiled one would compile (and keep) a graph for its tiny batch."""
+    return Engine(precision=engine.precision, channels_last=engine.channels_last, noise_dtype=engine.noise_dtype)
 
 
 def certify_soft_dataset(
@@ -81,10 +87,8 @@ def certify_soft_dataset(
     """
     if certificate not in ("soft-phi", "soft-lbound"):
         raise InputError(f"certificate must be 'soft-phi' or 'soft-lbound' here, got {certificate!r}")
-    if method not in MEAN_BOUNDS:
-        raise InputError(f"method must be one of {', '.join(MEAN_BOUNDS)}, got {method!r}")
-    if selection not in SELECTIONS:
-        raise InputError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    check_choice("method", method, MEAN_BOUNDS)
+    check_choice("selection", selection, SELECTIONS)
     check_alpha(alpha)
     check_int("n", n, minimum=2)
     check_sample_sizes(n=n, n0=n0 if selection == "draws" else None, batch_size=batch_size)
@@ -95,8 +99,8 @@ def certify_soft_dataset(
     todo_all = list(range(len(dataset))) if indices is None else list(indices)
     if todo_all:
         x0, _ = _stack(dataset, todo_all[:1])
-        certify_soft(model, x0, noise=noise, num_classes=num_classes, n0=1, n=2, alpha=alpha, batch_size=2, generator=0, bound=bound, method=method, selection=selection,
-                     engine=engine)
+        certify_soft(model, x0, noise=noise, num_classes=num_classes, n0=1, n=2, alpha=alpha, batch_size=2,
+                     generator=0, bound=bound, method=method, selection=selection, engine=_probe(engine))
     run = {"certificate": certificate, "device": model_device(model).type, "noise": noise.name,
            "sigma": noise.sigma, "num_classes": num_classes, "n0": n0 if selection == "draws" else 0, "n": n,
            "alpha": alpha, "seed": seed, "bound_method": method, "selection": selection, "batch_size": batch_size,
@@ -193,7 +197,7 @@ def certify_clean_class_dataset(
     todo_all = list(range(len(dataset))) if indices is None else list(indices)
     if todo_all:  # the model's outputs and the noise, before the file is opened
         certify_clean_class(model, _stack(dataset, todo_all[:1])[0], noise=noise, num_classes=num_classes, n=1,
-                            alpha=alpha, batch_size=1, generator=0, engine=engine)
+                            alpha=alpha, batch_size=1, generator=0, engine=_probe(engine))
     run = {"certificate": "hard", "selection": "clean", "device": model_device(model).type, "noise": noise.name,
            "sigma": noise.sigma, "num_classes": num_classes, "n0": 0, "n": n, "alpha": alpha, "seed": seed,
            "norm": norm, "batch_size": batch_size, **engine.settings(), **(config or {})}
