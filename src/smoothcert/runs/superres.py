@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,16 @@ def _test_images(ts: _TestSet) -> tuple[list[str], torch.Tensor]:
     return names, torch.stack([center_crop(im, ts.crop) for im in images])
 
 
+def _pending(run: _UNetOnTestSet, writer: ResultWriter, names: list[str], xs: torch.Tensor,
+             device: torch.device) -> Iterator[tuple[int, str, torch.Tensor, torch.Tensor]]:
+    """``(idx, name, x, y)`` of each test image not yet in ``writer``: the crop ``x`` ``[1, 3, crop,
+    crop]`` on ``device`` and its degraded input ``y``."""
+    for idx, name in enumerate(names):
+        if idx not in writer.done:
+            x = xs[idx:idx + 1].to(device)
+            yield idx, name, x, degrade(x, factor=run.factor)
+
+
 def _config(run: Any) -> dict[str, Any]:
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(run).items() if k not in ("out", "device")}
     cfg["checkpoint"] = str(cfg["checkpoint"])
@@ -220,12 +231,8 @@ def run_sr_attack(run: SRAttackRun) -> Path:
     schema = sr_attack_schema(run.eps_rel)
     sr = None if run.sigma_g is None else SmoothedRegressor(net, noise=get_noise("gaussian", sigma=run.sigma_g))
     with ResultWriter(run.out, config=_config(run), columns=schema.columns) as writer:
-        for idx, name in enumerate(names):
-            if idx in writer.done:
-                continue
+        for idx, name, x, y in _pending(run, writer, names, xs, device):
             t0 = time.perf_counter()
-            x = xs[idx:idx + 1].to(device)
-            y = degrade(x, factor=run.factor)
             row: dict[str, Any] = {"idx": idx, "image": name}
             for j, e in enumerate(run.eps_rel):
                 eps = relative_eps(e, x.shape)
@@ -261,12 +268,8 @@ def run_sr_certify(run: SRCertifyRun) -> Path:
     sr = SmoothedRegressor(net, noise=get_noise("gaussian", sigma=run.sigma))
     value_range = (0.0, 1.0) if run.outputs_in_unit_range else None
     with ResultWriter(run.out, config=_config(run), columns=schema.columns) as writer:
-        for idx, name in enumerate(names):
-            if idx in writer.done:
-                continue
+        for idx, name, x, y in _pending(run, writer, names, xs, device):
             t0 = time.perf_counter()
-            x = xs[idx:idx + 1].to(device)
-            y = degrade(x, factor=run.factor)
             seed = input_seed(run.seed, idx)
             draws0 = sr.samples(y, n=run.n0, batch_size=run.batch_size, generator=seed)
             draws = sr.samples(y, n=run.n, batch_size=run.batch_size, generator=sub_seed(run.seed, idx, 1))
@@ -307,12 +310,8 @@ def run_sr_evaluate(run: SREvaluateRun) -> Path:
                                    batch_size=run.batch_size, generator=run.seed)
     schema = sr_evaluate_schema(run.sigma_g)
     with ResultWriter(run.out, config=_config(run), columns=schema.columns) as writer:
-        for idx, name in enumerate(names):
-            if idx in writer.done:
-                continue
+        for idx, name, x, y in _pending(run, writer, names, xs, device):
             t0 = time.perf_counter()
-            x = xs[idx:idx + 1].to(device)
-            y = degrade(x, factor=run.factor)
             with torch.no_grad():
                 outs = {"bilinear": y, "base": net(y)}
             for s in run.sigma_g:
